@@ -1,0 +1,82 @@
+"""Safe checkpoint loading for mmengine on torch >= 2.6.
+
+mmengine 0.10.7 calls ``torch.load(filename, map_location)``; since torch 2.6 that means
+``weights_only=True``, which refuses mmengine's own checkpoints (they hold a
+``HistoryBuffer`` and numpy arrays in ``message_hub``), so ``--resume`` breaks. Passing
+``weights_only=False`` would unpickle arbitrary code from any downloaded file. Instead, local
+checkpoints are loaded with ``weights_only=True`` and an allow-list of exactly the extra
+classes an mmengine/mmpretrain checkpoint contains. Anything else is refused with
+:class:`UnsafeCheckpointError`; nothing falls back to unsafe unpickling.
+
+:func:`register_safe_checkpoint_loader` (called on ``import mmdeit``) registers the loader for
+local paths in mmengine's ``CheckpointLoader``, which ``load_checkpoint``, ``Runner.resume``,
+``load_from`` and ``init_cfg=dict(type='Pretrained')`` all go through.
+"""
+
+import os.path as osp
+import pickle
+from typing import Any, List, Optional
+
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer
+from mmengine.runner.checkpoint import CheckpointLoader
+
+__all__ = ['UnsafeCheckpointError', 'safe_globals', 'safe_load', 'register_safe_checkpoint_loader']
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint holds objects outside the allow-list (it could run code on load)."""
+
+
+def safe_globals() -> List[Any]:
+    """The classes and functions, beyond torch's defaults, that a checkpoint may reference.
+
+    ``message_hub`` holds :class:`HistoryBuffer` objects whose state is numpy arrays and
+    scalars; numpy pickles those through ``_reconstruct``/``scalar`` plus dtype classes.
+    """
+    multiarray = np.core.multiarray if hasattr(np, 'core') else np._core.multiarray
+    dtype_classes = [type(np.dtype(t)) for t in (
+        np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8, np.uint8,
+        np.bool_)]
+    return [HistoryBuffer, multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype,
+            *dtype_classes]
+
+
+def safe_load(filename: str, map_location: Optional[Any] = None) -> Any:
+    """``torch.load`` a local file with ``weights_only=True`` and the allow-list above.
+
+    Args:
+        filename: Path of the checkpoint.
+        map_location: As in :func:`torch.load`. Defaults to None.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        UnsafeCheckpointError: The file references a class outside the allow-list.
+        RuntimeError: The file is truncated or not a torch checkpoint.
+    """
+    filename = osp.expanduser(str(filename))
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'checkpoint {filename} can not be found')
+    try:
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(filename, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f'Refused to load checkpoint {filename}: it references objects that are not on '
+            f"mmdeit's allow-list of checkpoint contents, so loading it could execute code. "
+            f'If you trust the file, convert it to a plain state dict yourself. Details: {err}'
+        ) from None
+    except (EOFError, RuntimeError, ValueError, OSError) as err:
+        raise RuntimeError(
+            f'Could not read checkpoint {filename}: it is truncated or not a torch checkpoint '
+            f'({type(err).__name__}: {err})') from None
+
+
+def _load_from_local(filename: str, map_location: Optional[Any] = None) -> Any:
+    return safe_load(filename, map_location)
+
+
+def register_safe_checkpoint_loader() -> None:
+    """Make mmengine load local checkpoints through :func:`safe_load` (idempotent)."""
+    CheckpointLoader.register_scheme(prefixes='', loader=_load_from_local, force=True)

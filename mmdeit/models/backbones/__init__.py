@@ -1,0 +1,4 @@
+from .distilled_vision_transformer import DistilledVisionTransformer
+from .vision_transformer import VisionTransformer
+
+__all__ = ['DistilledVisionTransformer', 'VisionTransformer']

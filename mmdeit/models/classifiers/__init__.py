@@ -1,0 +1,3 @@
+from .distilled_image_classifier import DistilledImageClassifier
+
+__all__ = ['DistilledImageClassifier']

@@ -1,0 +1,230 @@
+"""An ``ImageClassifier`` that trains a DeiT student against a frozen teacher."""
+
+import copy
+import os.path as osp
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModel
+from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
+from mmpretrain.models.classifiers import ImageClassifier
+from mmpretrain.structures import DataSample
+
+from mmdeit.registry import MODELS
+from ..heads import DeiTClsHead
+
+
+class _TeacherRef:
+    """Holds the teacher outside the module tree of the student.
+
+    As a plain attribute (not a submodule) the teacher is invisible to ``state_dict()``,
+    mmengine's ``get_state_dict`` (checkpoints), ``parameters()`` (optimizer constructors), DDP
+    and ``init_weights``. A deep copy of the student (e.g. an EMA model) shares the frozen teacher
+    instead of duplicating it.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __deepcopy__(self, memo: dict) -> '_TeacherRef':
+        return self
+
+
+def _is_local_path(path: str) -> bool:
+    return '://' not in path
+
+
+def _teacher_num_classes(teacher: nn.Module) -> Optional[int]:
+    """The number of classes of a teacher classifier, or None if it cannot be told."""
+    candidates = (
+        getattr(getattr(teacher, 'head', None), 'num_classes', None),  # ImageClassifier
+        getattr(getattr(teacher, 'model', None), 'num_classes', None),  # TimmClassifier
+        getattr(teacher, 'num_classes', None),
+    )
+    for value in candidates:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+@MODELS.register_module()
+class DistilledImageClassifier(ImageClassifier):
+    """Image classifier with a frozen teacher for DeiT's distillation through attention.
+
+    The student is an ``ImageClassifier`` whose head is a :class:`~mmdeit.models.heads.DeiTClsHead`
+    (usually on a ``DistilledVisionTransformer``); the head's ``DistillationLoss`` mode says how
+    the teacher is used. In training (mode 'loss') the teacher gets exactly the student's input
+    batch, i.e. after the data preprocessor and the batch augments (Mixup/CutMix), runs under
+    ``torch.no_grad`` in eval mode, and its logits are passed to the head's loss. So the teacher
+    must expect the student's input normalisation and resolution. Validation and prediction use
+    the student only.
+
+    The teacher is frozen (``requires_grad=False``), stays in eval mode through ``.train()``,
+    moves with the student (``.to()``, ``.cuda()``, ``.half()``, ...), and is not a submodule:
+    it is absent from ``state_dict()``, checkpoints, the optimizer and DDP. A checkpoint of this
+    model therefore loads strictly into an ``ImageClassifier`` with the same backbone and head.
+
+    Args:
+        backbone: Backbone config, see ``ImageClassifier``.
+        neck: Neck config. Defaults to None.
+        head: Config of a ``DeiTClsHead``. Defaults to None, which is an error.
+        teacher: The teacher: a model config dict of any classifier registered in the
+            ``mmdeit`` scope or its parent mmpretrain (e.g. ``ImageClassifier``, or
+            ``TimmClassifier`` for timm's ``regnety_160``, the official teacher), the path of a
+            config file whose ``model`` is such a dict, or an ``nn.Module``. Its ``tensor``-mode
+            output must be logits (B, num_classes) with the student's ``num_classes``.
+            Required for loss modes 'soft' and 'hard'; ignored (not built, with a warning) in
+            mode 'none'. Defaults to None.
+        teacher_ckpt: Checkpoint of the teacher, loaded strictly through mmengine's
+            ``CheckpointLoader`` (local path or URL). Its weights may be the whole file or under
+            'state_dict' or 'model'. If None the teacher keeps the weights it is built with
+            (e.g. timm's ``pretrained=True``); its ``init_cfg`` is not run. Defaults to None.
+        pretrained: Checkpoint of the student, see ``ImageClassifier``. Defaults to None.
+        train_cfg: Training setting, e.g. ``dict(augments=[...])``. Defaults to None.
+        data_preprocessor: Data preprocessor config. Defaults to None
+            (``ClsDataPreprocessor``).
+        init_cfg: Initialization config of the student. Defaults to None.
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 neck: Optional[dict] = None,
+                 head: Optional[dict] = None,
+                 teacher: Optional[dict | str | nn.Module] = None,
+                 teacher_ckpt: Optional[str] = None,
+                 pretrained: Optional[str] = None,
+                 train_cfg: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None):
+        if teacher_ckpt is not None:
+            if not isinstance(teacher_ckpt, str):
+                raise TypeError('teacher_ckpt must be a path or URL string, got '
+                                f'{type(teacher_ckpt).__name__}')
+            if teacher is None:
+                raise ValueError(f'teacher_ckpt {teacher_ckpt!r} is given but teacher is None')
+            if _is_local_path(teacher_ckpt) and not osp.isfile(teacher_ckpt):
+                raise FileNotFoundError(f'teacher_ckpt {teacher_ckpt!r} does not exist')
+        if teacher is not None and not isinstance(teacher, (dict, str, nn.Module)):
+            raise TypeError('teacher must be a model config dict, a config file path or an '
+                            f'nn.Module, got {type(teacher).__name__}')
+        if head is None:
+            raise ValueError('DistilledImageClassifier needs a head (a DeiTClsHead config)')
+        super().__init__(backbone=backbone, neck=neck, head=head, pretrained=pretrained,
+                         train_cfg=train_cfg, data_preprocessor=data_preprocessor,
+                         init_cfg=init_cfg)
+        if not isinstance(self.head, DeiTClsHead):
+            raise TypeError('DistilledImageClassifier needs a DeiTClsHead head, got '
+                            f'{type(self.head).__name__}')
+
+        mode = self.head.loss_module.mode
+        self._teacher_ref: Optional[_TeacherRef] = None
+        if not self.head.loss_module.needs_teacher:
+            if teacher is not None:
+                MMLogger.get_current_instance().warning(
+                    "The distillation loss mode is 'none': the teacher is not used, so it is "
+                    'not built.')
+            return
+        if teacher is None:
+            raise ValueError(f'distillation loss mode {mode!r} needs a teacher: set teacher '
+                             '(a model config dict or a config file path) and teacher_ckpt, '
+                             "or use mode='none'")
+        teacher = self._build_teacher(teacher)
+        if teacher_ckpt is not None:
+            self._load_teacher_ckpt(teacher, teacher_ckpt)
+        else:
+            MMLogger.get_current_instance().warning(
+                'teacher_ckpt is None: the teacher keeps the weights it was built with.')
+        teacher.requires_grad_(False)
+        teacher.eval()
+        self._teacher_ref = _TeacherRef(teacher)
+
+    @property
+    def teacher(self) -> Optional[nn.Module]:
+        """The frozen teacher, or None (loss mode 'none')."""
+        ref = self.__dict__.get('_teacher_ref')  # absent while the parent class builds
+        return None if ref is None else ref.module
+
+    def _build_teacher(self, teacher: dict | str | nn.Module) -> nn.Module:
+        """Build the teacher and check that its class count is the student's."""
+        if isinstance(teacher, str):
+            if not osp.isfile(teacher):
+                raise FileNotFoundError(f'teacher config file {teacher!r} does not exist')
+            cfg = Config.fromfile(teacher)
+            if not isinstance(cfg.get('model'), dict):
+                raise ValueError(f'teacher config file {teacher!r} has no model dict')
+            teacher = cfg.model.to_dict()
+        if isinstance(teacher, dict):
+            if 'type' not in teacher:
+                raise ValueError(f'teacher config needs a type, got {teacher!r}')
+            teacher = MODELS.build(copy.deepcopy(teacher))
+        num_classes = _teacher_num_classes(teacher)
+        if num_classes is not None and num_classes != self.head.num_classes:
+            raise ValueError(f'teacher has {num_classes} classes but the student head has '
+                             f'num_classes={self.head.num_classes}; they must match')
+        return teacher
+
+    @staticmethod
+    def _load_teacher_ckpt(teacher: nn.Module, teacher_ckpt: str) -> None:
+        """Load the teacher's weights strictly with mmengine's checkpoint loader."""
+        logger = MMLogger.get_current_instance()
+        checkpoint = CheckpointLoader.load_checkpoint(teacher_ckpt, map_location='cpu',
+                                                      logger=logger)
+        state_dict = checkpoint
+        for key in ('state_dict', 'model'):  # mmengine / official DeiT layouts
+            if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+                state_dict = checkpoint[key]
+                break
+        # Checkpoints saved from a DDP-wrapped model prefix every key with 'module.'.
+        state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
+        load_state_dict(teacher, state_dict, strict=True, logger=logger)
+        logger.info(f'Loaded the teacher from {teacher_ckpt}')
+
+    def _apply(self, fn, recurse: bool = True):
+        # ``.to()``, ``.cuda()``, ``.half()``, ... all go through ``_apply``; the teacher is not
+        # a submodule, so move it explicitly.
+        super()._apply(fn, recurse)
+        if recurse and self.teacher is not None:
+            self.teacher._apply(fn)
+        return self
+
+    def train(self, mode: bool = True) -> 'DistilledImageClassifier':
+        """Set the student's mode; the teacher stays in eval mode."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    @torch.no_grad()
+    def teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits (B, num_classes) on ``inputs``, without gradient."""
+        teacher = self.teacher
+        if teacher is None:
+            raise RuntimeError('this model has no teacher (distillation loss mode is none)')
+        if teacher.training:
+            teacher.eval()
+        if isinstance(teacher, BaseModel):
+            logits = teacher(inputs, mode='tensor')
+        else:
+            logits = teacher(inputs)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+            raise TypeError('the teacher must output logits of shape (B, num_classes), got '
+                            f'{got}')
+        return logits.detach()
+
+    def loss(self, inputs: torch.Tensor, data_samples: List[DataSample]) -> dict:
+        """Losses of a batch (already preprocessed and batch-augmented).
+
+        Args:
+            inputs: The student's input batch (B, C, H, W); the teacher sees the same tensor.
+            data_samples: The annotations of the batch.
+
+        Returns:
+            dict[str, Tensor]: ``loss_cls`` and ``loss_distill``, see ``DistillationLoss``.
+        """
+        feats = self.extract_feat(inputs)
+        teacher_logits = self.teacher_logits(inputs) if self.teacher is not None else None
+        return self.head.loss(feats, data_samples, teacher_logits=teacher_logits)

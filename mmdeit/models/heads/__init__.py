@@ -1,0 +1,3 @@
+from .deit_cls_head import DeiTClsHead
+
+__all__ = ['DeiTClsHead']

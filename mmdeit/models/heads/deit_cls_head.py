@@ -1,0 +1,154 @@
+"""Two-token DeiT classification head that can be trained with a teacher."""
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.logging import MMLogger
+from mmpretrain.evaluation.metrics import Accuracy
+from mmpretrain.models.heads import VisionTransformerClsHead
+from mmpretrain.structures import DataSample
+
+from mmdeit.registry import MODELS
+from ..losses import DistillationLoss
+
+
+@MODELS.register_module()
+class DeiTClsHead(VisionTransformerClsHead):
+    """DeiT head: one linear classifier on the class token, one on the distillation token.
+
+    The state_dict keys are mmpretrain's ``DeiTClsHead``'s (``layers.head.*`` and
+    ``layers.head_dist.*``, plus ``layers.pre_logits.*`` with ``hidden_dim``), so its checkpoints
+    load strictly. Unlike mmpretrain's head this one trains: :meth:`loss` computes the logits of
+    both tokens and passes them, the labels and the teacher's logits to a
+    :class:`~mmdeit.models.losses.DistillationLoss`.
+
+    Prediction (:meth:`forward`, :meth:`predict`) returns, by ``inference_mode``:
+
+    - 'fusion': ``(head(cls) + head_dist(dist)) / 2``, the paper's and mmpretrain's output;
+    - 'cls': ``head(cls)`` only;
+    - 'dist': ``head_dist(dist)`` only.
+
+    Args:
+        num_classes: Number of classes.
+        in_channels: Channels of the tokens (the backbone's ``embed_dims``).
+        hidden_dim: Width of an extra hidden layer (shared by both tokens) before the
+            classifiers; None for none. Defaults to None.
+        act_cfg: Activation of the hidden layer. Defaults to ``dict(type='Tanh')``.
+        inference_mode: 'fusion', 'cls' or 'dist', see above. Defaults to 'fusion'.
+        loss: Config (or instance) of a :class:`DistillationLoss`, built in the ``mmdeit`` scope.
+            Defaults to ``dict(type='DistillationLoss', mode='none')`` (no teacher).
+        topk: Top-k accuracy reported when ``cal_acc``. Defaults to ``(1, )``.
+        cal_acc: Report the training accuracy of the prediction logits (hard labels only).
+            Defaults to False.
+        init_cfg: Initialization config. Defaults to a truncated normal (std 0.02) on the
+            linear layers, as the official DeiT code initializes ``head`` and ``head_dist``.
+    """
+
+    INFERENCE_MODES = ('fusion', 'cls', 'dist')
+
+    def __init__(self,
+                 num_classes: int,
+                 in_channels: int,
+                 hidden_dim: Optional[int] = None,
+                 act_cfg: dict = dict(type='Tanh'),
+                 inference_mode: str = 'fusion',
+                 loss: dict | nn.Module = dict(type='DistillationLoss', mode='none'),
+                 topk: int | Tuple[int, ...] = (1, ),
+                 cal_acc: bool = False,
+                 init_cfg: Optional[dict] = dict(type='TruncNormal', layer='Linear', std=.02)):
+        if inference_mode not in self.INFERENCE_MODES:
+            raise ValueError(f'inference_mode must be one of {self.INFERENCE_MODES}, got '
+                             f'{inference_mode!r}')
+        if isinstance(loss, dict):
+            loss = MODELS.build(loss)
+        if not isinstance(loss, DistillationLoss):
+            raise TypeError('loss of DeiTClsHead must be a DistillationLoss (config), got '
+                            f'{type(loss).__name__}; put the base criterion into its base_loss')
+        super().__init__(num_classes=num_classes, in_channels=in_channels,
+                         hidden_dim=hidden_dim, act_cfg=act_cfg, init_cfg=init_cfg, loss=loss,
+                         topk=topk, cal_acc=cal_acc)
+        self.inference_mode = inference_mode
+        self._warned_untrained_dist = False
+
+    def _init_layers(self):
+        """Build ``layers`` of the parent, then add ``layers.head_dist``."""
+        super()._init_layers()
+        width = self.in_channels if self.hidden_dim is None else self.hidden_dim
+        self.layers.add_module('head_dist', nn.Linear(width, self.num_classes))
+
+    def pre_logits(self, feats: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The (cls, dist) tokens, each (B, C'), of the last output, after the hidden layer.
+
+        Args:
+            feats: The backbone outputs; the last one is a pair ``(cls, dist)`` of (B, C)
+                tensors (``DistilledVisionTransformer`` with ``out_type='cls_token'``).
+        """
+        last = feats[-1]
+        if not isinstance(last, (tuple, list)) or len(last) != 2:
+            raise TypeError('DeiTClsHead expects the last backbone output to be a pair '
+                            '(cls_token, dist_token); use DistilledVisionTransformer with '
+                            "out_type='cls_token'")
+        cls_token, dist_token = last
+        if self.hidden_dim is not None:
+            cls_token = self.layers.act(self.layers.pre_logits(cls_token))
+            dist_token = self.layers.act(self.layers.pre_logits(dist_token))
+        return cls_token, dist_token
+
+    def forward_logits(self, feats: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Logits of both heads: ``(cls_score, dist_score)``, each (B, num_classes)."""
+        cls_token, dist_token = self.pre_logits(feats)
+        return self.layers.head(cls_token), self.layers.head_dist(dist_token)
+
+    def forward(self, feats: Sequence) -> torch.Tensor:
+        """Prediction logits (B, num_classes) according to ``inference_mode``."""
+        return self._fuse(*self.forward_logits(feats))
+
+    def loss(self,
+             feats: Sequence,
+             data_samples: List[DataSample],
+             teacher_logits: Optional[torch.Tensor] = None,
+             **kwargs) -> Dict[str, torch.Tensor]:
+        """Training losses ``loss_cls`` and ``loss_distill`` (see :class:`DistillationLoss`).
+
+        Args:
+            feats: The backbone outputs, see :meth:`pre_logits`.
+            data_samples: Samples with ``gt_label`` or, after Mixup/CutMix, ``gt_score``.
+            teacher_logits: The teacher's logits (B, num_classes) on the same input batch;
+                required unless the loss mode is 'none'. Defaults to None.
+            **kwargs: Unused, accepted for interface compatibility with ``ClsHead.loss``.
+
+        Returns:
+            dict[str, Tensor]: the loss terms (and ``accuracy_top-k`` with ``cal_acc``).
+        """
+        cls_score, dist_score = self.forward_logits(feats)
+        if 'gt_score' in data_samples[0]:
+            # Batch augments (Mixup/CutMix) turn the labels into soft scores.
+            target = torch.stack([s.gt_score for s in data_samples])  # (B, num_classes)
+        else:
+            target = torch.cat([s.gt_label for s in data_samples])  # (B, )
+        if self.loss_module.mode == 'none' and self.inference_mode != 'cls' \
+                and not self._warned_untrained_dist:
+            MMLogger.get_current_instance().warning(
+                "DistillationLoss mode 'none' trains only the class-token head; "
+                f"inference_mode {self.inference_mode!r} uses the untrained head_dist. "
+                "Consider inference_mode='cls'.")
+            self._warned_untrained_dist = True
+        losses = dict(self.loss_module(cls_score, dist_score, target, teacher_logits))
+        if self.cal_acc:
+            if target.ndim != 1:
+                raise ValueError('cal_acc needs hard labels; it is meaningless with batch '
+                                 'augments such as Mixup/CutMix')
+            with torch.no_grad():
+                pred = self._fuse(cls_score, dist_score)
+            acc = Accuracy.calculate(pred, target, topk=self.topk)
+            losses.update({f'accuracy_top-{k}': a for k, a in zip(self.topk, acc)})
+        return losses
+
+    def _fuse(self, cls_score: torch.Tensor, dist_score: torch.Tensor) -> torch.Tensor:
+        """Combine the two logits as :meth:`forward` does."""
+        if self.inference_mode == 'cls':
+            return cls_score
+        if self.inference_mode == 'dist':
+            return dist_score
+        return (cls_score + dist_score) / 2

@@ -1,0 +1,3 @@
+from .distillation_loss import DistillationLoss
+
+__all__ = ['DistillationLoss']

@@ -1,0 +1,244 @@
+import copy
+
+import pytest
+import torch
+from mmpretrain.models.backbones import DistilledVisionTransformer as MMPretrainDeiT
+from mmpretrain.models.utils import resize_pos_embed as mmpretrain_resize_pos_embed
+from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
+
+from mmdeit.models.backbones import DistilledVisionTransformer
+from mmdeit.models.utils import resize_pos_embed
+from mmdeit.registry import MODELS
+
+TINY = dict(embed_dims=48, num_layers=4, num_heads=3, feedforward_channels=96)
+OUT_TYPES = ('cls_token', 'featmap', 'avg_featmap', 'raw')
+
+
+def _pair(model_cfg):
+    """An mmdeit backbone and an mmpretrain one holding the same weights (strict load)."""
+    ours = DistilledVisionTransformer(**model_cfg)
+    ours.init_weights()
+    theirs = MMPretrainDeiT(**model_cfg)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    return ours.eval(), theirs.eval()
+
+
+def _flatten(outs):
+    flat = []
+    for out in outs:
+        flat.extend(out if isinstance(out, (tuple, list)) else [out])
+    return flat
+
+
+@pytest.mark.parametrize('arch', ['deit-tiny', TINY])
+@pytest.mark.parametrize('out_type', OUT_TYPES)
+@pytest.mark.parametrize('out_indices', [-1, (0, 2, -1)])
+@pytest.mark.parametrize('input_hw', [(224, 224), (256, 309)])
+def test_parity_with_mmpretrain(arch, out_type, out_indices, input_hw):
+    if isinstance(out_indices, tuple) and arch == 'deit-tiny':
+        out_indices = (2, 5, -1)
+    cfg = dict(arch=arch, img_size=224, out_type=out_type, out_indices=out_indices)
+    ours, theirs = _pair(cfg)
+    x = torch.randn(2, 3, *input_hw)
+    with torch.no_grad():
+        got, want = _flatten(ours(x)), _flatten(theirs(x))
+    n_out = 1 if isinstance(out_indices, int) else len(out_indices)
+    assert len(ours(x)) == n_out
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('arch', ['deit-small', 'deit-base', 'small', 'base', 'large'])
+def test_real_arch_state_dict_matches_mmpretrain(arch):
+    ours = DistilledVisionTransformer(arch=arch, img_size=32, patch_size=16)
+    theirs = MMPretrainDeiT(arch=arch, img_size=32, patch_size=16)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize('out_type, shape', [
+    ('featmap', (2, 48, 4, 6)), ('avg_featmap', (2, 48)), ('raw', (2, 4 * 6 + 2, 48))])
+def test_output_shapes(out_type, shape):
+    model = DistilledVisionTransformer(arch=TINY, img_size=32, patch_size=8, out_indices=(1, 3),
+                                       out_type=out_type)
+    outs = model(torch.randn(2, 3, 32, 48))
+    assert len(outs) == 2 and all(o.shape == shape for o in outs)
+
+
+def test_cls_token_output_is_a_pair_per_index():
+    model = DistilledVisionTransformer(arch=TINY, img_size=32, patch_size=8, out_indices=(1, 3))
+    model.init_weights()
+    outs = model(torch.randn(2, 3, 32, 48))
+    assert len(outs) == 2
+    for cls, dist in outs:
+        assert cls.shape == dist.shape == (2, 48)
+        assert not torch.equal(cls, dist)
+
+
+@pytest.mark.parametrize('out_type', OUT_TYPES)
+def test_gradients_reach_every_parameter(out_type):
+    model = DistilledVisionTransformer(arch=TINY, img_size=32, patch_size=8, out_type=out_type,
+                                       drop_path_rate=0.1, drop_rate=0.1)
+    model.init_weights()
+    model.train()
+    outs = _flatten(model(torch.randn(2, 3, 32, 32)))
+    sum(o.float().pow(2).mean() for o in outs).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_pre_norm_is_applied():
+    model = DistilledVisionTransformer(arch=TINY, img_size=32, patch_size=8, pre_norm=True)
+    model.init_weights()
+    assert 'pre_norm.weight' in model.state_dict()
+    seen = {}
+    model.layers[0].register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+    model.eval()(torch.randn(2, 3, 32, 32) * 5 + 3)
+    tokens = seen['x']  # layer input: pre-normed tokens (LN weight 1, bias 0 at init)
+    torch.testing.assert_close(tokens.mean(-1), torch.zeros(tokens.shape[:2]), atol=1e-4,
+                               rtol=0)
+    torch.testing.assert_close(tokens.std(-1, unbiased=False), torch.ones(tokens.shape[:2]),
+                               atol=1e-3, rtol=0)
+
+
+def test_frozen_stages_freeze_dist_token_and_survive_train():
+    model = DistilledVisionTransformer(arch=TINY, img_size=32, patch_size=8, frozen_stages=2)
+    assert model.train() is model
+    assert model.eval() is model
+    model.train()
+    for name in ('cls_token', 'dist_token', 'pos_embed'):
+        assert not getattr(model, name).requires_grad, name
+    for module in (model.patch_embed, model.layers[0], model.layers[1]):
+        assert not module.training
+        assert not any(p.requires_grad for p in module.parameters())
+    for module in (model.layers[2], model.layers[3], model.ln1):
+        assert module.training
+        assert all(p.requires_grad for p in module.parameters())
+
+
+def test_frozen_all_stages_freezes_final_norm():
+    model = DistilledVisionTransformer(arch=TINY, img_size=32, patch_size=8, frozen_stages=4)
+    model.train()
+    assert not model.ln1.training
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_get_layer_depth():
+    model = DistilledVisionTransformer(arch=TINY, img_size=32, patch_size=8)
+    for name in ('cls_token', 'dist_token', 'pos_embed', 'patch_embed.projection.weight'):
+        assert model.get_layer_depth(name) == (0, 6)
+    assert model.get_layer_depth('layers.2.attn.qkv.weight') == (3, 6)
+    assert model.get_layer_depth('ln1.weight') == (5, 6)
+    assert model.get_layer_depth('backbone.dist_token', prefix='backbone.') == (0, 6)
+    assert model.get_layer_depth('head.layers.head.weight', prefix='backbone.') == (5, 6)
+
+
+def test_with_cp_keeps_outputs_and_gradients():
+    cfg = dict(arch=TINY, img_size=32, patch_size=8, out_type='raw')
+    plain = DistilledVisionTransformer(**cfg)
+    plain.init_weights()
+    cp = DistilledVisionTransformer(**cfg, with_cp=True)
+    cp.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    outs = [m.train()(x)[0] for m in (plain, cp)]
+    torch.testing.assert_close(outs[0], outs[1])
+    for out in outs:
+        out.square().mean().backward()
+    for (name, p1), p2 in zip(plain.named_parameters(), cp.parameters()):
+        torch.testing.assert_close(p1.grad, p2.grad, msg=name)
+
+
+def test_resize_pos_embed_matches_mmpretrain():
+    pos = torch.randn(1, 2 + 14 * 14, 16)
+    for dst in [(14, 14), (16, 20), (24, 24)]:
+        torch.testing.assert_close(
+            resize_pos_embed(pos, (14, 14), dst, 'bicubic', 2),
+            mmpretrain_resize_pos_embed(pos, (14, 14), dst, 'bicubic', 2))
+    assert resize_pos_embed(pos, (14, 14), (14, 14), num_extra_tokens=2) is pos
+    out = resize_pos_embed(pos, (14, 14), (7, 9), num_extra_tokens=2)
+    assert out.shape == (1, 2 + 63, 16)
+    torch.testing.assert_close(out[:, :2], pos[:, :2])  # cls and dist kept as they are
+    with pytest.raises(ValueError, match='num_extra_tokens'):
+        resize_pos_embed(pos, (14, 14), (7, 7), num_extra_tokens=1)
+
+
+def test_checkpoint_at_other_size_loads_with_resized_pos_embed():
+    small = DistilledVisionTransformer(arch=TINY, img_size=32, patch_size=8)
+    small.init_weights()
+    big = DistilledVisionTransformer(arch=TINY, img_size=48, patch_size=8)
+    state = copy.deepcopy(small.state_dict())
+    big.load_state_dict(state, strict=True)
+    want = resize_pos_embed(small.pos_embed.detach(), (4, 4), (6, 6), 'bicubic', 2)
+    torch.testing.assert_close(big.pos_embed.detach(), want)
+    torch.testing.assert_close(big.dist_token, small.dist_token)
+
+
+def test_strict_state_dict_round_trip(tmp_path):
+    model = DistilledVisionTransformer(arch=TINY, img_size=32, patch_size=8,
+                                       layer_scale_init_value=0.1, pre_norm=True)
+    model.init_weights()
+    torch.save(model.state_dict(), tmp_path / 'b.pth')
+    again = DistilledVisionTransformer(arch=TINY, img_size=32, patch_size=8,
+                                       layer_scale_init_value=0.1, pre_norm=True)
+    again.load_state_dict(torch.load(tmp_path / 'b.pth', weights_only=True), strict=True)
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(model.eval()(x)[0][0], again.eval()(x)[0][0])
+
+
+def test_forward_with_details():
+    model = DistilledVisionTransformer(arch=TINY, img_size=32, patch_size=8, out_indices=(1, 3))
+    model.init_weights()
+    model.eval()
+    x = torch.randn(2, 3, 32, 40)
+    details = model.forward_with_details(x)
+    assert details['patch_resolution'] == (4, 5)
+    assert len(details['hidden_states']) == 5 and len(details['attentions']) == 4
+    assert details['attentions'][0].shape == (2, 3, 22, 22)
+    torch.testing.assert_close(details['attentions'][-1].sum(-1), torch.ones(2, 3, 22))
+    for got, want in zip(_flatten(details['outs']), _flatten(model(x))):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_registry_builds_in_scope_and_keeps_mmpretrain_separate():
+    model = MODELS.build(dict(type='DistilledVisionTransformer', arch=TINY, img_size=32,
+                              patch_size=8))
+    assert isinstance(model, DistilledVisionTransformer)
+    model = MMPRETRAIN_MODELS.build(dict(type='mmdeit.DistilledVisionTransformer', arch=TINY,
+                                         img_size=32, patch_size=8))
+    assert isinstance(model, DistilledVisionTransformer)
+    theirs = MMPRETRAIN_MODELS.build(dict(type='DistilledVisionTransformer', arch='deit-tiny',
+                                          img_size=32))
+    assert isinstance(theirs, MMPretrainDeiT)
+    assert not isinstance(theirs, DistilledVisionTransformer)
+
+
+def test_builds_from_mmseg_scope():
+    mmseg_registry = pytest.importorskip('mmseg.registry')
+    model = mmseg_registry.MODELS.build(dict(type='mmdeit.DistilledVisionTransformer', arch=TINY,
+                                             img_size=32, patch_size=8, out_type='featmap'))
+    assert isinstance(model, DistilledVisionTransformer)
+    assert model(torch.randn(1, 3, 32, 32))[0].shape == (1, 48, 4, 4)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(arch='deit-huge'), 'arch'),
+    (dict(arch=dict(embed_dims=8, num_layers=2, num_heads=2)), 'feedforward_channels'),
+    (dict(arch=TINY, img_size=30, patch_size=8), 'img_size'),
+    (dict(arch=TINY, out_type='tokens'), 'out_type'),
+    (dict(arch=TINY, out_indices=4), 'out_indices'),
+    (dict(arch=TINY, out_indices=(-5,)), 'out_indices'),
+    (dict(arch=TINY, frozen_stages=5), 'frozen_stages'),
+    (dict(arch=TINY, frozen_stages=-2), 'frozen_stages'),
+    (dict(arch=dict(TINY, num_heads=5)), 'num_heads'),
+    (dict(arch=TINY, layer_cfgs=[dict()] * 3), 'layer_cfgs'),
+])
+def test_bad_config_errors(kwargs, match):
+    kwargs.setdefault('img_size', 32)
+    kwargs.setdefault('patch_size', 8)
+    with pytest.raises(ValueError, match=match):
+        DistilledVisionTransformer(**kwargs)

@@ -1,0 +1,64 @@
+"""Evaluate a checkpoint with an mmdeit config (arguments as mmpretrain's tools/test.py)."""
+
+import argparse
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import Config, DictAction
+from mmengine.evaluator import DumpResults
+from mmengine.runner import Runner
+
+import mmdeit  # noqa: F401  (registers modules, safe checkpoint loading)
+from mmdeit.datasets import check_data_roots
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test a classifier (mmdeit)')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save logs and metrics')
+    parser.add_argument('--out', help='dump the predictions to this pickle file')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config entries, key=value')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    if not osp.isfile(args.checkpoint):
+        sys.exit(f'mmdeit: checkpoint {args.checkpoint} does not exist')
+    cfg.train_dataloader = cfg.train_cfg = cfg.optim_wrapper = cfg.param_scheduler = None
+    try:
+        check_data_roots(cfg)
+    except FileNotFoundError as err:
+        sys.exit(f'mmdeit: cannot test {args.config}: {err}')
+    runner = Runner.from_cfg(cfg)
+    if args.out:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            sys.exit('mmdeit: --out must end with .pkl or .pickle')
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+    metrics = runner.test()
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
