@@ -13,10 +13,27 @@ from mmengine.registry import Registry
 from mmpretrain import registry as mmpretrain_registry
 
 __all__ = [
-    'RUNNERS', 'RUNNER_CONSTRUCTORS', 'LOOPS', 'HOOKS', 'LOG_PROCESSORS', 'OPTIMIZERS',
-    'OPTIM_WRAPPERS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'PARAM_SCHEDULERS', 'DATASETS',
-    'DATA_SAMPLERS', 'TRANSFORMS', 'MODELS', 'MODEL_WRAPPERS', 'WEIGHT_INITIALIZERS',
-    'BATCH_AUGMENTS', 'TASK_UTILS', 'METRICS', 'EVALUATORS', 'VISUALIZERS', 'VISBACKENDS',
+    'RUNNERS',
+    'RUNNER_CONSTRUCTORS',
+    'LOOPS',
+    'HOOKS',
+    'LOG_PROCESSORS',
+    'OPTIMIZERS',
+    'OPTIM_WRAPPERS',
+    'OPTIM_WRAPPER_CONSTRUCTORS',
+    'PARAM_SCHEDULERS',
+    'DATASETS',
+    'DATA_SAMPLERS',
+    'TRANSFORMS',
+    'MODELS',
+    'MODEL_WRAPPERS',
+    'WEIGHT_INITIALIZERS',
+    'BATCH_AUGMENTS',
+    'TASK_UTILS',
+    'METRICS',
+    'EVALUATORS',
+    'VISUALIZERS',
+    'VISBACKENDS',
 ]
 
 
@@ -25,7 +42,17 @@ _LOCATIONS = ['mmdeit']
 
 
 def _child(name: str, parent: Registry, locations: list) -> Registry:
-    return Registry(name, parent=parent, scope='mmdeit', locations=locations)
+    # The parent's locations too: a child registry does not trigger its parent's lazy imports,
+    # and mmpretrain's modules (UniversalVisualizer, ...) must resolve from scope mmdeit.
+    registry = Registry(
+        name, parent=parent, scope='mmdeit', locations=locations + list(parent._locations)
+    )
+    # mmengine resolves 'mmdeit.X' from another scope (mmdet, mmseg) only through the root
+    # registry's direct children, and ours hangs below mmpretrain's: link it to the root too.
+    root = registry._get_root_registry()
+    if 'mmdeit' not in root.children:
+        root._add_child(registry)
+    return registry
 
 
 _p = mmpretrain_registry
@@ -37,7 +64,8 @@ LOG_PROCESSORS = _child('log processor', _p.LOG_PROCESSORS, _LOCATIONS)
 OPTIMIZERS = _child('optimizer', _p.OPTIMIZERS, _LOCATIONS)
 OPTIM_WRAPPERS = _child('optim_wrapper', _p.OPTIM_WRAPPERS, _LOCATIONS)
 OPTIM_WRAPPER_CONSTRUCTORS = _child(
-    'optimizer wrapper constructor', _p.OPTIM_WRAPPER_CONSTRUCTORS, _LOCATIONS)
+    'optimizer wrapper constructor', _p.OPTIM_WRAPPER_CONSTRUCTORS, _LOCATIONS
+)
 PARAM_SCHEDULERS = _child('parameter scheduler', _p.PARAM_SCHEDULERS, _LOCATIONS)
 DATASETS = _child('dataset', _p.DATASETS, _LOCATIONS)
 DATA_SAMPLERS = _child('data sampler', _p.DATA_SAMPLERS, _LOCATIONS)

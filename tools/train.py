@@ -21,20 +21,22 @@ def parse_args(argv=None):
         nargs='?',
         type=str,
         const='auto',
-        help='resume from this checkpoint; without a value, from the latest one in work-dir')
+        help='resume from this checkpoint; without a value, from the latest one in work-dir',
+    )
     parser.add_argument('--amp', action='store_true', help='mixed precision training')
     parser.add_argument('--no-validate', action='store_true', help='skip validation')
     parser.add_argument(
-        '--auto-scale-lr', action='store_true', help='scale the lr with the real batch size')
+        '--auto-scale-lr', action='store_true', help='scale the lr with the real batch size'
+    )
     parser.add_argument('--no-pin-memory', action='store_true')
     parser.add_argument('--no-persistent-workers', action='store_true')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
-        help='override config entries, key=value (e.g. train_cfg.max_iters=2)')
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+        help='override config entries, key=value (e.g. train_cfg.max_iters=2)',
+    )
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:

@@ -29,18 +29,55 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds objects outside the allow-list (it could run code on load)."""
 
 
+_STATISTICS = ('min', 'max', 'current', 'mean')
+
+
+def _history_buffer_getattr(owner: Any, name: str) -> Any:
+    """Stands in for ``getattr`` while unpickling, resolving nothing but HistoryBuffer's
+    default statistics methods (a HistoryBuffer pickles ``getattr(HistoryBuffer, 'mean')``).
+
+    A general ``getattr`` would hand a crafted file a way to reach arbitrary attributes.
+    """
+    if owner is HistoryBuffer and name in _STATISTICS:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f'checkpoint asks for getattr({owner!r}, {name!r}); only HistoryBuffer.{_STATISTICS} '
+        f'are allowed'
+    )
+
+
 def safe_globals() -> List[Any]:
     """The classes and functions, beyond torch's defaults, that a checkpoint may reference.
 
     ``message_hub`` holds :class:`HistoryBuffer` objects whose state is numpy arrays and
-    scalars; numpy pickles those through ``_reconstruct``/``scalar`` plus dtype classes.
+    scalars (numpy pickles those through ``_reconstruct``/``scalar``, ``ndarray``, ``dtype``
+    and dtype classes) and references to its statistics methods (through ``getattr``, which is
+    replaced by the restricted :func:`_history_buffer_getattr`).
     """
     multiarray = np.core.multiarray if hasattr(np, 'core') else np._core.multiarray
-    dtype_classes = [type(np.dtype(t)) for t in (
-        np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8, np.uint8,
-        np.bool_)]
-    return [HistoryBuffer, multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype,
-            *dtype_classes]
+    dtype_classes = [
+        type(np.dtype(t))
+        for t in (
+            np.float64,
+            np.float32,
+            np.float16,
+            np.int64,
+            np.int32,
+            np.int16,
+            np.int8,
+            np.uint8,
+            np.bool_,
+        )
+    ]
+    return [
+        HistoryBuffer,
+        multiarray._reconstruct,
+        multiarray.scalar,
+        np.ndarray,
+        np.dtype,
+        *dtype_classes,
+        (_history_buffer_getattr, 'builtins.getattr'),
+    ]
 
 
 def safe_load(filename: str, map_location: Optional[Any] = None) -> Any:
@@ -70,7 +107,8 @@ def safe_load(filename: str, map_location: Optional[Any] = None) -> Any:
     except (EOFError, RuntimeError, ValueError, OSError) as err:
         raise RuntimeError(
             f'Could not read checkpoint {filename}: it is truncated or not a torch checkpoint '
-            f'({type(err).__name__}: {err})') from None
+            f'({type(err).__name__}: {err})'
+        ) from None
 
 
 def _load_from_local(filename: str, map_location: Optional[Any] = None) -> Any:

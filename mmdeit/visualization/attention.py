@@ -32,9 +32,9 @@ def fuse_heads(attention: torch.Tensor, head_fusion: str = 'mean') -> torch.Tens
     return attention.amax(dim=1) if head_fusion == 'max' else attention.amin(dim=1)
 
 
-def attention_rollout(attentions: Sequence[torch.Tensor],
-                      head_fusion: str = 'mean',
-                      residual_weight: float = 0.5) -> torch.Tensor:
+def attention_rollout(
+    attentions: Sequence[torch.Tensor], head_fusion: str = 'mean', residual_weight: float = 0.5
+) -> torch.Tensor:
     """Attention rollout over layers.
 
     Each layer's head-fused attention ``A`` is mixed with the identity for the residual path,
@@ -51,20 +51,24 @@ def attention_rollout(attentions: Sequence[torch.Tensor],
     """
     if not attentions:
         raise ValueError('attentions must hold at least one layer')
-    if not 0. <= residual_weight <= 1.:
+    if not 0.0 <= residual_weight <= 1.0:
         raise ValueError(f'residual_weight must be in [0, 1], got {residual_weight}')
     rollout = None
     for attention in attentions:
         fused = fuse_heads(attention.float(), head_fusion)  # (B, N, N)
         eye = torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
-        mixed = (1. - residual_weight) * fused + residual_weight * eye
+        mixed = (1.0 - residual_weight) * fused + residual_weight * eye
         mixed = mixed / mixed.sum(dim=-1, keepdim=True)
         rollout = mixed if rollout is None else mixed @ rollout
     return rollout
 
 
-def token_attention_map(attention: torch.Tensor, token_index: int, num_extra_tokens: int,
-                        patch_resolution: Sequence[int]) -> torch.Tensor:
+def token_attention_map(
+    attention: torch.Tensor,
+    token_index: int,
+    num_extra_tokens: int,
+    patch_resolution: Sequence[int],
+) -> torch.Tensor:
     """The attention of one token to the patches, as a map on the patch grid.
 
     Args:
@@ -79,8 +83,10 @@ def token_attention_map(attention: torch.Tensor, token_index: int, num_extra_tok
     h, w = int(patch_resolution[0]), int(patch_resolution[1])
     n = attention.shape[-1]
     if n != num_extra_tokens + h * w:
-        raise ValueError(f'attention has {n} tokens, but num_extra_tokens={num_extra_tokens} '
-                         f'plus a {h}x{w} grid makes {num_extra_tokens + h * w}')
+        raise ValueError(
+            f'attention has {n} tokens, but num_extra_tokens={num_extra_tokens} '
+            f'plus a {h}x{w} grid makes {num_extra_tokens + h * w}'
+        )
     if not 0 <= token_index < n:
         raise ValueError(f'token_index {token_index} is out of range for {n} tokens')
     row = attention[..., token_index, num_extra_tokens:]  # (..., H*W)
@@ -103,8 +109,9 @@ def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return tensor[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()  # (H', W', 3)
 
 
-def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5,
-                    cmap: str = 'jet') -> np.ndarray:
+def overlay_heatmap(
+    image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = 'jet'
+) -> np.ndarray:
     """Colour a map, scale it to the image and blend the two.
 
     Args:
@@ -120,24 +127,26 @@ def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5,
 
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f'image must be (H, W, 3), got {image.shape}')
-    if not 0. <= alpha <= 1.:
+    if not 0.0 <= alpha <= 1.0:
         raise ValueError(f'alpha must be in [0, 1], got {alpha}')
     heat_t = torch.as_tensor(normalize_map(heat))[None, None]  # (1, 1, h, w)
     heat_t = F.interpolate(heat_t, size=image.shape[:2], mode='bilinear', align_corners=False)
-    colored = colormaps[cmap](heat_t[0, 0].clamp(0, 1).numpy())[..., :3] * 255.  # (H, W, 3)
-    blend = (1. - alpha) * image.astype(np.float32) + alpha * colored
+    colored = colormaps[cmap](heat_t[0, 0].clamp(0, 1).numpy())[..., :3] * 255.0  # (H, W, 3)
+    blend = (1.0 - alpha) * image.astype(np.float32) + alpha * colored
     return np.clip(np.round(blend), 0, 255).astype(np.uint8)
 
 
-def attention_panels(image: np.ndarray,
-                     attentions: Sequence[torch.Tensor],
-                     patch_resolution: Sequence[int],
-                     tokens: Mapping[str, int],
-                     num_extra_tokens: int,
-                     layer: int = -1,
-                     head_fusion: str = 'mean',
-                     alpha: float = 0.5,
-                     cmap: str = 'jet') -> List[List[Panel]]:
+def attention_panels(
+    image: np.ndarray,
+    attentions: Sequence[torch.Tensor],
+    patch_resolution: Sequence[int],
+    tokens: Mapping[str, int],
+    num_extra_tokens: int,
+    layer: int = -1,
+    head_fusion: str = 'mean',
+    alpha: float = 0.5,
+    cmap: str = 'jet',
+) -> List[List[Panel]]:
     """Overlays for each token: its rollout, then one map per head of ``layer``.
 
     Args:
@@ -154,24 +163,38 @@ def attention_panels(image: np.ndarray,
     Returns:
         One row per token of (title, (H, W, 3) uint8) panels: the input, the rollout, each head.
     """
+    num_layers = len(attentions)
+    if not -num_layers <= layer < num_layers:
+        raise ValueError(f'layer {layer} is out of range for {num_layers} layers')
     rollout = attention_rollout([a[:1] for a in attentions], head_fusion)  # (1, N, N)
     last = attentions[layer][:1].float()  # (1, heads, N, N)
-    layer_index = layer % len(attentions)
+    layer_index = layer % num_layers
     rows = []
     for name, index in tokens.items():
         roll = token_attention_map(rollout, index, num_extra_tokens, patch_resolution)[0]
         heads = token_attention_map(last, index, num_extra_tokens, patch_resolution)[0]
-        row = [(f'{name}: input', image),
-               (f'{name}: rollout', overlay_heatmap(image, roll.cpu().numpy(), alpha, cmap))]
-        row += [(f'{name}: L{layer_index} head {h}',
-                 overlay_heatmap(image, heads[h].cpu().numpy(), alpha, cmap))
-                for h in range(heads.shape[0])]
+        row = [
+            (f'{name}: input', image),
+            (f'{name}: rollout', overlay_heatmap(image, roll.cpu().numpy(), alpha, cmap)),
+        ]
+        row += [
+            (
+                f'{name}: L{layer_index} head {h}',
+                overlay_heatmap(image, heads[h].cpu().numpy(), alpha, cmap),
+            )
+            for h in range(heads.shape[0])
+        ]
         rows.append(row)
     return rows
 
 
-def save_panel_grid(rows: Sequence[Sequence[Panel]], out_file: str, title_height: int = 20,
-                    font_size: float = 9., dpi: int = 100) -> Tuple[int, int]:
+def save_panel_grid(
+    rows: Sequence[Sequence[Panel]],
+    out_file: str,
+    title_height: int = 20,
+    font_size: float = 9.0,
+    dpi: int = 100,
+) -> Tuple[int, int]:
     """Save rows of equally sized panels, each under its title, as one PNG.
 
     The PNG is exactly ``cols * W`` by ``rows * (H + title_height)`` pixels, where (H, W) is
@@ -196,8 +219,9 @@ def save_panel_grid(rows: Sequence[Sequence[Panel]], out_file: str, title_height
     for row in rows:
         for title, panel in row:
             if panel.shape[:2] != (panel_h, panel_w):
-                raise ValueError(f'panel {title!r} is {panel.shape[:2]}, expected '
-                                 f'{(panel_h, panel_w)}')
+                raise ValueError(
+                    f'panel {title!r} is {panel.shape[:2]}, expected {(panel_h, panel_w)}'
+                )
     cols = max(len(row) for row in rows)
     cell_h = panel_h + title_height
     width, height = cols * panel_w, len(rows) * cell_h
@@ -209,7 +233,13 @@ def save_panel_grid(rows: Sequence[Sequence[Panel]], out_file: str, title_height
             ax = fig.add_axes((c * panel_w / width, bottom, panel_w / width, panel_h / height))
             ax.imshow(panel, interpolation='nearest', aspect='auto')
             ax.set_axis_off()
-            fig.text((c + 0.5) * panel_w / width, (height - r * cell_h - title_height / 2) / height,
-                     title, ha='center', va='center', fontsize=font_size)
+            fig.text(
+                (c + 0.5) * panel_w / width,
+                (height - r * cell_h - title_height / 2) / height,
+                title,
+                ha='center',
+                va='center',
+                fontsize=font_size,
+            )
     fig.savefig(out_file, dpi=dpi, format='png')
     return width, height

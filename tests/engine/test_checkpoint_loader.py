@@ -12,28 +12,46 @@ from ..conftest import TINY_ARCH
 
 
 def _runner_cfg(image_folder, work_dir, max_iters, **kwargs):
-    pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(32, 32)),
-                dict(type='PackInputs')]
+    pipeline = [
+        dict(type='LoadImageFromFile'),
+        dict(type='Resize', scale=(32, 32)),
+        dict(type='PackInputs'),
+    ]
     return dict(
         model=dict(
             type='ImageClassifier',
             data_preprocessor=dict(num_classes=2, mean=[127.5] * 3, std=[64.0] * 3),
-            backbone=dict(type='DistilledVisionTransformer', arch=TINY_ARCH, img_size=32,
-                          patch_size=8, out_type='avg_featmap'),
-            head=dict(type='LinearClsHead', num_classes=2, in_channels=32,
-                      loss=dict(type='CrossEntropyLoss'))),
+            backbone=dict(
+                type='DistilledVisionTransformer',
+                arch=TINY_ARCH,
+                img_size=32,
+                patch_size=8,
+                out_type='avg_featmap',
+            ),
+            head=dict(
+                type='LinearClsHead',
+                num_classes=2,
+                in_channels=32,
+                loss=dict(type='CrossEntropyLoss'),
+            ),
+        ),
         work_dir=str(work_dir),
         train_dataloader=dict(
-            batch_size=2, num_workers=0,
+            batch_size=2,
+            num_workers=0,
             sampler=dict(type='DefaultSampler', shuffle=True),
-            dataset=dict(type='CustomDataset', data_root=str(image_folder), pipeline=pipeline)),
+            dataset=dict(type='CustomDataset', data_root=str(image_folder), pipeline=pipeline),
+        ),
         train_cfg=dict(by_epoch=False, max_iters=max_iters),
         optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05)),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False),
-                           logger=dict(type='LoggerHook', interval=1)),
+        default_hooks=dict(
+            checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False),
+            logger=dict(type='LoggerHook', interval=1),
+        ),
         randomness=dict(seed=0, deterministic=True),
         default_scope='mmdeit',
-        **kwargs)
+        **kwargs,
+    )
 
 
 def test_runner_checkpoint_resumes_with_weights_only(image_folder, tmp_path):
@@ -45,7 +63,8 @@ def test_runner_checkpoint_resumes_with_weights_only(image_folder, tmp_path):
     assert saved['meta']['iter'] == 2 and 'message_hub' in saved and 'optimizer' in saved
 
     resumed = Runner.from_cfg(
-        _runner_cfg(image_folder, tmp_path / 'resumed', 4, resume=True, load_from=str(ckpt)))
+        _runner_cfg(image_folder, tmp_path / 'resumed', 4, resume=True, load_from=str(ckpt))
+    )
     resumed.train()
     assert resumed.iter == 4
     steps = {int(s['step']) for s in resumed.optim_wrapper.optimizer.state_dict()['state'].values()}

@@ -18,23 +18,48 @@ import torch
 from mmengine.logging import MMLogger
 
 from mmdeit.models.utils.checkpoint_convert import FORMATS, TARGETS, convert_checkpoint
+from mmdeit.models.utils.hf_checkpoint_convert import HF_LAYOUTS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Convert DeiT checkpoints between the official, timm, HF transformers, '
-        'mmpretrain and mmdeit layouts.')
+        'mmpretrain and mmdeit layouts.'
+    )
     parser.add_argument('src', help='source checkpoint (.pth/.bin, or .safetensors)')
     parser.add_argument('dst', help='where to write the converted checkpoint')
-    parser.add_argument('--to', choices=TARGETS, default='mmdeit',
-                        help='target layout (default: mmdeit, a full classifier checkpoint)')
-    parser.add_argument('--from', dest='fmt', choices=FORMATS, default=None,
-                        help='source layout (default: detected from the keys)')
-    parser.add_argument('--img-size', type=int, default=None,
-                        help='resize the position embedding to this input size, e.g. 384')
-    parser.add_argument('--unsafe-load', action='store_true',
-                        help='load with weights_only=False (runs pickled code: only for files '
-                        'you trust, e.g. training checkpoints holding argparse.Namespace)')
+    parser.add_argument(
+        '--to',
+        choices=TARGETS,
+        default='mmdeit',
+        help='target layout (default: mmdeit, a full classifier checkpoint)',
+    )
+    parser.add_argument(
+        '--from',
+        dest='fmt',
+        choices=FORMATS,
+        default=None,
+        help='source layout (default: detected from the keys)',
+    )
+    parser.add_argument(
+        '--img-size',
+        type=int,
+        default=None,
+        help='resize the position embedding to this input size, e.g. 384',
+    )
+    parser.add_argument(
+        '--hf-layout',
+        choices=HF_LAYOUTS,
+        default='legacy',
+        help='key names for --to hf: legacy (transformers 4 and the Hub files, '
+        'the default) or v5 (transformers >= 5 modules)',
+    )
+    parser.add_argument(
+        '--unsafe-load',
+        action='store_true',
+        help='load with weights_only=False (runs pickled code: only for files '
+        'you trust, e.g. training checkpoints holding argparse.Namespace)',
+    )
     return parser.parse_args(argv)
 
 
@@ -44,14 +69,17 @@ def load_source(path: str, unsafe: bool = False) -> dict:
         raise FileNotFoundError(f'source checkpoint {path!r} does not exist')
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
+
         return load_file(path, device='cpu')
     try:
         return torch.load(path, map_location='cpu', weights_only=not unsafe)
     except Exception as err:  # torch raises UnpicklingError or RuntimeError here
         if unsafe:
             raise
-        raise RuntimeError(f'could not load {path!r} with weights_only=True ({err}). If you trust '
-                           'the file, rerun with --unsafe-load.') from err
+        raise RuntimeError(
+            f'could not load {path!r} with weights_only=True ({err}). If you trust '
+            'the file, rerun with --unsafe-load.'
+        ) from err
 
 
 def save_atomic(obj, path: str) -> None:
@@ -63,6 +91,7 @@ def save_atomic(obj, path: str) -> None:
     try:
         if dst.suffix == '.safetensors':
             from safetensors.torch import save_file
+
             save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
         else:
             torch.save(obj, tmp)
@@ -78,8 +107,9 @@ def main(argv=None) -> int:
     logger = MMLogger.get_instance('deit_to_mmdeit', log_level='INFO')
     try:
         checkpoint = load_source(args.src, args.unsafe_load)
-        converted = convert_checkpoint(checkpoint, to=args.to, img_size=args.img_size,
-                                       fmt=args.fmt)
+        converted = convert_checkpoint(
+            checkpoint, to=args.to, img_size=args.img_size, fmt=args.fmt, hf_layout=args.hf_layout
+        )
     except (FileNotFoundError, RuntimeError, ValueError, TypeError, KeyError) as err:
         logger.error(f'cannot convert {args.src}: {err}')
         return 1
@@ -88,10 +118,12 @@ def main(argv=None) -> int:
     logger.info(f'wrote {args.to} checkpoint with {len(state_dict)} tensors to {args.dst}')
     if args.to == 'mmdeit':
         meta = converted['meta']
-        logger.info(f"source format {meta['converted_from']}; distilled={meta['distilled']}, "
-                    f"arch={meta['arch']} (num_heads assumes 64-dim heads), "
-                    f"patch_size={meta['patch_size']}, img_size={meta['img_size']}, "
-                    f"num_classes={meta['num_classes']}")
+        logger.info(
+            f'source format {meta["converted_from"]}; distilled={meta["distilled"]}, '
+            f'arch={meta["arch"]} (num_heads assumes 64-dim heads), '
+            f'patch_size={meta["patch_size"]}, img_size={meta["img_size"]}, '
+            f'num_classes={meta["num_classes"]}'
+        )
     return 0
 
 

@@ -29,13 +29,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--out', required=True, help='output folder for the PNGs')
     parser.add_argument('--device', default='cpu', help='device, e.g. cpu or cuda:0')
-    parser.add_argument('--layer', type=int, default=-1,
-                        help='layer whose per-head maps are drawn (default: -1, the last)')
-    parser.add_argument('--head-fusion', choices=('mean', 'max', 'min'), default='mean',
-                        help='how heads are combined in the rollout (default: mean)')
+    parser.add_argument(
+        '--layer',
+        type=int,
+        default=-1,
+        help='layer whose per-head maps are drawn (default: -1, the last)',
+    )
+    parser.add_argument(
+        '--head-fusion',
+        choices=('mean', 'max', 'min'),
+        default='mean',
+        help='how heads are combined in the rollout (default: mean)',
+    )
     parser.add_argument('--alpha', type=float, default=0.5, help='overlay weight (default 0.5)')
-    parser.add_argument('--panel-size', type=int, default=224,
-                        help='side of each panel in pixels (default: 224)')
+    parser.add_argument(
+        '--panel-size', type=int, default=224, help='side of each panel in pixels (default: 224)'
+    )
     return parser.parse_args(argv)
 
 
@@ -72,8 +81,9 @@ def build_pipeline(cfg):
     if pipeline is None:
         pipeline = cfg.get('test_dataloader', {}).get('dataset', {}).get('pipeline')
     if not pipeline:
-        raise ValueError('the config has neither test_pipeline nor '
-                         'test_dataloader.dataset.pipeline')
+        raise ValueError(
+            'the config has neither test_pipeline nor test_dataloader.dataset.pipeline'
+        )
     return Compose([TRANSFORMS.build(t) for t in pipeline])
 
 
@@ -95,8 +105,10 @@ def visualize(model, pipeline, image_path: Path, out_dir: Path, args) -> Path:
 
     backbone = model.backbone
     if not hasattr(backbone, 'forward_with_details'):
-        raise TypeError(f'{type(backbone).__name__} has no forward_with_details; use an mmdeit '
-                        f'backbone such as DistilledVisionTransformer')
+        raise TypeError(
+            f'{type(backbone).__name__} has no forward_with_details; use an mmdeit '
+            f'backbone such as DistilledVisionTransformer'
+        )
     data = pipeline(dict(img_path=str(image_path)))
     batch = model.data_preprocessor(pseudo_collate([data]), False)
     details = backbone.forward_with_details(batch['inputs'])
@@ -104,9 +116,16 @@ def visualize(model, pipeline, image_path: Path, out_dir: Path, args) -> Path:
     shown = resize_image(np.ascontiguousarray(shown), (args.panel_size, args.panel_size))
     names = {'cls_token': 'cls', 'dist_token': 'dist'}
     tokens = {names.get(n, n): i for i, n in enumerate(backbone.extra_tokens)}
-    rows = attention_panels(shown, details['attentions'], details['patch_resolution'], tokens,
-                            backbone.num_extra_tokens, layer=args.layer,
-                            head_fusion=args.head_fusion, alpha=args.alpha)
+    rows = attention_panels(
+        shown,
+        details['attentions'],
+        details['patch_resolution'],
+        tokens,
+        backbone.num_extra_tokens,
+        layer=args.layer,
+        head_fusion=args.head_fusion,
+        alpha=args.alpha,
+    )
     out_file = out_dir / f'{image_path.stem}_attention.png'
     save_panel_grid(rows, str(out_file))
     return out_file
@@ -119,6 +138,7 @@ def main(argv=None) -> int:
     cfg = getattr(model, 'cfg', None)
     if cfg is None:
         from mmengine.config import Config
+
         cfg = Config.fromfile(args.config)
     pipeline = build_pipeline(cfg)
     out_dir = Path(args.out)

@@ -2,8 +2,9 @@
 # AdamW, lr = 5e-4 * batch / 512, weight decay 0.05 (none on norms, biases, position embedding
 # and the cls/dist tokens), 300 epochs, 5 linear warm-up epochs from 1e-6, cosine to 1e-5.
 optim_wrapper = dict(
-    optimizer=dict(type='AdamW', lr=5e-4 * 1024 / 512, weight_decay=0.05, eps=1e-8,
-                   betas=(0.9, 0.999)),
+    optimizer=dict(
+        type='AdamW', lr=5e-4 * 1024 / 512, weight_decay=0.05, eps=1e-8, betas=(0.9, 0.999)
+    ),
     paramwise_cfg=dict(
         norm_decay_mult=0.0,
         bias_decay_mult=0.0,
@@ -17,10 +18,22 @@ optim_wrapper = dict(
 
 param_scheduler = [
     # 5e-4 * 1024 / 512 = 1e-3; start factor so that warm-up starts at 1e-6
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=5,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=5, end=300,
-         convert_to_iter_based=True),
+    dict(
+        type='LinearLR',
+        start_factor=1e-3,
+        by_epoch=True,
+        begin=0,
+        end=5,
+        convert_to_iter_based=True,
+    ),
+    dict(
+        type='CosineAnnealingLR',
+        eta_min=1e-5,
+        by_epoch=True,
+        begin=5,
+        end=300,
+        convert_to_iter_based=True,
+    ),
 ]
 
 train_cfg = dict(by_epoch=True, max_epochs=300, val_interval=1)

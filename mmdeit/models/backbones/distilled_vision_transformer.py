@@ -5,6 +5,7 @@ from typing import Tuple
 import torch
 
 from mmdeit.registry import MODELS
+
 from .vision_transformer import VisionTransformer
 
 

@@ -37,19 +37,22 @@ class MultiheadAttention(BaseModule):
         init_cfg: Initialization config. Defaults to None.
     """
 
-    def __init__(self,
-                 embed_dims: int,
-                 num_heads: int,
-                 qkv_bias: bool = True,
-                 attn_drop: float = 0.,
-                 proj_drop: float = 0.,
-                 drop_path_rate: float = 0.,
-                 layer_scale_init_value: float = 0.,
-                 init_cfg: Optional[dict] = None):
+    def __init__(
+        self,
+        embed_dims: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        drop_path_rate: float = 0.0,
+        layer_scale_init_value: float = 0.0,
+        init_cfg: Optional[dict] = None,
+    ):
         super().__init__(init_cfg=init_cfg)
         if embed_dims % num_heads != 0:
             raise ValueError(
-                f'embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})')
+                f'embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})'
+            )
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.head_dims = embed_dims // num_heads
@@ -74,7 +77,7 @@ class MultiheadAttention(BaseModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend. ``x``: (B, N, C) -> (B, N, C), the residual branch (no shortcut added)."""
         q, k, v = self._qkv(x)
-        drop = self.attn_drop if self.training else 0.
+        drop = self.attn_drop if self.training else 0.0
         return self._project(F.scaled_dot_product_attention(q, k, v, dropout_p=drop))
 
     def forward_with_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -102,17 +105,20 @@ class FFN(BaseModule):
         init_cfg: Initialization config. Defaults to None.
     """
 
-    def __init__(self,
-                 embed_dims: int,
-                 feedforward_channels: int,
-                 ffn_drop: float = 0.,
-                 drop_path_rate: float = 0.,
-                 layer_scale_init_value: float = 0.,
-                 init_cfg: Optional[dict] = None):
+    def __init__(
+        self,
+        embed_dims: int,
+        feedforward_channels: int,
+        ffn_drop: float = 0.0,
+        drop_path_rate: float = 0.0,
+        layer_scale_init_value: float = 0.0,
+        init_cfg: Optional[dict] = None,
+    ):
         super().__init__(init_cfg=init_cfg)
         self.layers = nn.Sequential(
             nn.Sequential(
-                nn.Linear(embed_dims, feedforward_channels), nn.GELU(), nn.Dropout(ffn_drop)),
+                nn.Linear(embed_dims, feedforward_channels), nn.GELU(), nn.Dropout(ffn_drop)
+            ),
             nn.Linear(feedforward_channels, embed_dims),
             nn.Dropout(ffn_drop),
         )
@@ -142,18 +148,20 @@ class TransformerEncoderLayer(BaseModule):
         init_cfg: Initialization config. Defaults to None.
     """
 
-    def __init__(self,
-                 embed_dims: int,
-                 num_heads: int,
-                 feedforward_channels: int,
-                 layer_scale_init_value: float = 0.,
-                 drop_rate: float = 0.,
-                 attn_drop_rate: float = 0.,
-                 drop_path_rate: float = 0.,
-                 qkv_bias: bool = True,
-                 norm_cfg: dict = dict(type='LN'),
-                 with_cp: bool = False,
-                 init_cfg: Optional[dict] = None):
+    def __init__(
+        self,
+        embed_dims: int,
+        num_heads: int,
+        feedforward_channels: int,
+        layer_scale_init_value: float = 0.0,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        qkv_bias: bool = True,
+        norm_cfg: dict = dict(type='LN'),
+        with_cp: bool = False,
+        init_cfg: Optional[dict] = None,
+    ):
         super().__init__(init_cfg=init_cfg)
         self.embed_dims = embed_dims
         self.with_cp = with_cp
@@ -165,14 +173,16 @@ class TransformerEncoderLayer(BaseModule):
             attn_drop=attn_drop_rate,
             proj_drop=drop_rate,
             drop_path_rate=drop_path_rate,
-            layer_scale_init_value=layer_scale_init_value)
+            layer_scale_init_value=layer_scale_init_value,
+        )
         self.ln2 = build_norm_layer(norm_cfg, embed_dims)
         self.ffn = FFN(
             embed_dims,
             feedforward_channels,
             ffn_drop=drop_rate,
             drop_path_rate=drop_path_rate,
-            layer_scale_init_value=layer_scale_init_value)
+            layer_scale_init_value=layer_scale_init_value,
+        )
 
     def init_weights(self) -> None:
         super().init_weights()

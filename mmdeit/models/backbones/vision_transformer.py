@@ -12,6 +12,7 @@ from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from mmpretrain.models.utils import build_norm_layer, to_2tuple
 
 from mmdeit.registry import MODELS
+
 from ..utils import resize_pos_embed
 from .transformer_layer import TransformerEncoderLayer
 
@@ -19,8 +20,9 @@ ARCH_KEYS = ('embed_dims', 'num_layers', 'num_heads', 'feedforward_channels')
 
 
 def _arch(embed_dims: int, num_layers: int, num_heads: int, ffn: int) -> dict:
-    return dict(embed_dims=embed_dims, num_layers=num_layers, num_heads=num_heads,
-                feedforward_channels=ffn)
+    return dict(
+        embed_dims=embed_dims, num_layers=num_layers, num_heads=num_heads, feedforward_channels=ffn
+    )
 
 
 @MODELS.register_module()
@@ -73,26 +75,28 @@ class VisionTransformer(BaseBackbone):
     #: Names of the learnt tokens concatenated before the patch tokens, in order.
     extra_tokens: Tuple[str, ...] = ('cls_token',)
 
-    def __init__(self,
-                 arch: Union[str, dict] = 'base',
-                 img_size: Union[int, Sequence[int]] = 224,
-                 patch_size: Union[int, Sequence[int]] = 16,
-                 in_channels: int = 3,
-                 out_indices: Union[int, Sequence[int]] = -1,
-                 drop_rate: float = 0.,
-                 drop_path_rate: float = 0.,
-                 qkv_bias: bool = True,
-                 norm_cfg: dict = dict(type='LN', eps=1e-6),
-                 final_norm: bool = True,
-                 out_type: str = 'cls_token',
-                 frozen_stages: int = -1,
-                 interpolate_mode: str = 'bicubic',
-                 layer_scale_init_value: float = 0.,
-                 patch_cfg: dict = dict(),
-                 layer_cfgs: Union[dict, Sequence[dict]] = dict(),
-                 pre_norm: bool = False,
-                 with_cp: bool = False,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+    def __init__(
+        self,
+        arch: Union[str, dict] = 'base',
+        img_size: Union[int, Sequence[int]] = 224,
+        patch_size: Union[int, Sequence[int]] = 16,
+        in_channels: int = 3,
+        out_indices: Union[int, Sequence[int]] = -1,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        qkv_bias: bool = True,
+        norm_cfg: dict = dict(type='LN', eps=1e-6),
+        final_norm: bool = True,
+        out_type: str = 'cls_token',
+        frozen_stages: int = -1,
+        interpolate_mode: str = 'bicubic',
+        layer_scale_init_value: float = 0.0,
+        patch_cfg: dict = dict(),
+        layer_cfgs: Union[dict, Sequence[dict]] = dict(),
+        pre_norm: bool = False,
+        with_cp: bool = False,
+        init_cfg: Optional[Union[dict, List[dict]]] = None,
+    ):
         super().__init__(init_cfg)
         self.arch_settings = self._parse_arch(arch)
         self.embed_dims = self.arch_settings['embed_dims']
@@ -100,42 +104,52 @@ class VisionTransformer(BaseBackbone):
         self.img_size = to_2tuple(img_size)
         patch_hw = to_2tuple(patch_size)
         if any(s % p for s, p in zip(self.img_size, patch_hw)):
-            raise ValueError(f'img_size {self.img_size} must be divisible by patch_size '
-                             f'{patch_hw}')
+            raise ValueError(f'img_size {self.img_size} must be divisible by patch_size {patch_hw}')
         if out_type not in self.OUT_TYPES:
             raise ValueError(f'out_type must be one of {self.OUT_TYPES}, got {out_type!r}')
         self.out_type = out_type
         self.out_indices = self._parse_out_indices(out_indices)
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= self.num_layers:
-            raise ValueError(f'frozen_stages must be an int in [-1, {self.num_layers}] '
-                             f'(num_layers), got {frozen_stages!r}')
+            raise ValueError(
+                f'frozen_stages must be an int in [-1, {self.num_layers}] '
+                f'(num_layers), got {frozen_stages!r}'
+            )
         self.frozen_stages = frozen_stages
         self.interpolate_mode = interpolate_mode
 
-        self.patch_embed = PatchEmbed(**{
-            **dict(in_channels=in_channels, input_size=img_size, embed_dims=self.embed_dims,
-                   conv_type='Conv2d', kernel_size=patch_size, stride=patch_size,
-                   bias=not pre_norm),
-            **patch_cfg,
-        })
+        self.patch_embed = PatchEmbed(
+            **{
+                **dict(
+                    in_channels=in_channels,
+                    input_size=img_size,
+                    embed_dims=self.embed_dims,
+                    conv_type='Conv2d',
+                    kernel_size=patch_size,
+                    stride=patch_size,
+                    bias=not pre_norm,
+                ),
+                **patch_cfg,
+            }
+        )
         self.patch_resolution = self.patch_embed.init_out_size
         num_patches = self.patch_resolution[0] * self.patch_resolution[1]
 
         for name in self.extra_tokens:
             setattr(self, name, nn.Parameter(torch.zeros(1, 1, self.embed_dims)))
         self.pos_embed = nn.Parameter(
-            torch.zeros(1, num_patches + self.num_extra_tokens, self.embed_dims))
+            torch.zeros(1, num_patches + self.num_extra_tokens, self.embed_dims)
+        )
         self._register_load_state_dict_pre_hook(self._prepare_pos_embed)
         self.drop_after_pos = nn.Dropout(p=drop_rate)
-        self.pre_norm = build_norm_layer(norm_cfg, self.embed_dims) if pre_norm \
-            else nn.Identity()
+        self.pre_norm = build_norm_layer(norm_cfg, self.embed_dims) if pre_norm else nn.Identity()
 
         dpr = np.linspace(0, drop_path_rate, self.num_layers)  # stochastic depth decay rule
         if isinstance(layer_cfgs, dict):
             layer_cfgs = [layer_cfgs] * self.num_layers
         if len(layer_cfgs) != self.num_layers:
-            raise ValueError(f'layer_cfgs has {len(layer_cfgs)} entries, expected '
-                             f'num_layers={self.num_layers}')
+            raise ValueError(
+                f'layer_cfgs has {len(layer_cfgs)} entries, expected num_layers={self.num_layers}'
+            )
         self.layers = nn.ModuleList()
         for i in range(self.num_layers):
             cfg = dict(
@@ -147,7 +161,8 @@ class VisionTransformer(BaseBackbone):
                 drop_path_rate=float(dpr[i]),
                 qkv_bias=qkv_bias,
                 norm_cfg=norm_cfg,
-                with_cp=with_cp)
+                with_cp=with_cp,
+            )
             cfg.update(layer_cfgs[i])
             self.layers.append(TransformerEncoderLayer(**cfg))
 
@@ -170,8 +185,10 @@ class VisionTransformer(BaseBackbone):
         if isinstance(arch, str):
             key = arch.lower()
             if key not in cls.arch_zoo:
-                raise ValueError(f'arch {arch!r} is unknown; choose from '
-                                 f'{sorted(cls.arch_zoo)} or pass a dict with keys {ARCH_KEYS}')
+                raise ValueError(
+                    f'arch {arch!r} is unknown; choose from '
+                    f'{sorted(cls.arch_zoo)} or pass a dict with keys {ARCH_KEYS}'
+                )
             return dict(cls.arch_zoo[key])
         if not isinstance(arch, dict):
             raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
@@ -184,14 +201,17 @@ class VisionTransformer(BaseBackbone):
         if isinstance(out_indices, int):
             out_indices = [out_indices]
         if not isinstance(out_indices, Sequence) or not out_indices:
-            raise TypeError(f'out_indices must be an int or a non-empty sequence of ints, got '
-                            f'{out_indices!r}')
+            raise TypeError(
+                f'out_indices must be an int or a non-empty sequence of ints, got {out_indices!r}'
+            )
         parsed = []
         for index in out_indices:
             if not isinstance(index, int) or not -self.num_layers <= index < self.num_layers:
-                raise ValueError(f'out_indices entry {index!r} is out of range for '
-                                 f'num_layers={self.num_layers} (allowed: '
-                                 f'{-self.num_layers}..{self.num_layers - 1})')
+                raise ValueError(
+                    f'out_indices entry {index!r} is out of range for '
+                    f'num_layers={self.num_layers} (allowed: '
+                    f'{-self.num_layers}..{self.num_layers - 1})'
+                )
             parsed.append(index % self.num_layers)
         return parsed
 
@@ -211,18 +231,25 @@ class VisionTransformer(BaseBackbone):
         num_patches = ckpt_shape[1] - self.num_extra_tokens
         side = int(round(np.sqrt(num_patches)))
         if side * side != num_patches:
-            raise ValueError(f'checkpoint {name} of shape {ckpt_shape} does not hold '
-                             f'{self.num_extra_tokens} extra tokens plus a square patch grid')
+            raise ValueError(
+                f'checkpoint {name} of shape {ckpt_shape} does not hold '
+                f'{self.num_extra_tokens} extra tokens plus a square patch grid'
+            )
         MMLogger.get_current_instance().info(
-            f'Resize {name} from {ckpt_shape} to {tuple(self.pos_embed.shape)}.')
-        state_dict[name] = resize_pos_embed(state_dict[name], (side, side),
-                                            self.patch_resolution, self.interpolate_mode,
-                                            self.num_extra_tokens)
+            f'Resize {name} from {ckpt_shape} to {tuple(self.pos_embed.shape)}.'
+        )
+        state_dict[name] = resize_pos_embed(
+            state_dict[name],
+            (side, side),
+            self.patch_resolution,
+            self.interpolate_mode,
+            self.num_extra_tokens,
+        )
 
     # ------------------------------------------------------------------ freezing
     def _freeze_stages(self) -> None:
         self.drop_after_pos.eval()
-        frozen = [self.patch_embed, self.pre_norm, *self.layers[:self.frozen_stages]]
+        frozen = [self.patch_embed, self.pre_norm, *self.layers[: self.frozen_stages]]
         if self.frozen_stages == self.num_layers:
             frozen += [getattr(self, n) for n in ('ln1', 'ln2') if hasattr(self, n)]
         for module in frozen:
@@ -250,7 +277,7 @@ class VisionTransformer(BaseBackbone):
         num_layers = self.num_layers + 2
         if not param_name.startswith(prefix):
             return num_layers - 1, num_layers
-        name = param_name[len(prefix):]
+        name = param_name[len(prefix) :]
         if name in ('pos_embed', *self.extra_tokens) or name.startswith('patch_embed'):
             return 0, num_layers
         if name.startswith('layers.'):
@@ -264,8 +291,13 @@ class VisionTransformer(BaseBackbone):
         x, patch_resolution = self.patch_embed(x)  # (B, H*W, C)
         tokens = [getattr(self, n).expand(B, -1, -1) for n in self.extra_tokens]
         x = torch.cat((*tokens, x), dim=1)  # (B, k+H*W, C)
-        x = x + resize_pos_embed(self.pos_embed, self.patch_resolution, patch_resolution,
-                                 self.interpolate_mode, self.num_extra_tokens)
+        x = x + resize_pos_embed(
+            self.pos_embed,
+            self.patch_resolution,
+            patch_resolution,
+            self.interpolate_mode,
+            self.num_extra_tokens,
+        )
         return self.pre_norm(self.drop_after_pos(x)), patch_resolution
 
     def _format_output(self, x: torch.Tensor, hw: Tuple[int, int]):
@@ -274,7 +306,7 @@ class VisionTransformer(BaseBackbone):
             return x
         if self.out_type == 'cls_token':
             return x[:, 0]
-        patch_token = x[:, self.num_extra_tokens:]  # (B, H*W, C)
+        patch_token = x[:, self.num_extra_tokens :]  # (B, H*W, C)
         if self.out_type == 'featmap':
             return patch_token.reshape(x.shape[0], *hw, -1).permute(0, 3, 1, 2)  # (B, C, H, W)
         return self.ln2(patch_token.mean(dim=1))  # avg_featmap: (B, C)
@@ -315,5 +347,9 @@ class VisionTransformer(BaseBackbone):
         """
         x, hw = self._embed(x)
         outs, hidden_states, attentions = self._run_layers(x, hw, with_details=True)
-        return dict(outs=outs, hidden_states=tuple(hidden_states),
-                    attentions=tuple(attentions), patch_resolution=hw)
+        return dict(
+            outs=outs,
+            hidden_states=tuple(hidden_states),
+            attentions=tuple(attentions),
+            patch_resolution=hw,
+        )

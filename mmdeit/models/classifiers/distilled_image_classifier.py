@@ -14,6 +14,7 @@ from mmpretrain.models.classifiers import ImageClassifier
 from mmpretrain.structures import DataSample
 
 from mmdeit.registry import MODELS
+
 from ..heads import DeiTClsHead
 
 
@@ -89,35 +90,53 @@ class DistilledImageClassifier(ImageClassifier):
         init_cfg: Initialization config of the student. Defaults to None.
     """
 
-    def __init__(self,
-                 backbone: dict,
-                 neck: Optional[dict] = None,
-                 head: Optional[dict] = None,
-                 teacher: Optional[dict | str | nn.Module] = None,
-                 teacher_ckpt: Optional[str] = None,
-                 pretrained: Optional[str] = None,
-                 train_cfg: Optional[dict] = None,
-                 data_preprocessor: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None):
+    def __init__(
+        self,
+        backbone: dict,
+        neck: Optional[dict] = None,
+        head: Optional[dict] = None,
+        teacher: Optional[dict | str | nn.Module] = None,
+        teacher_ckpt: Optional[str] = None,
+        pretrained: Optional[str] = None,
+        train_cfg: Optional[dict] = None,
+        data_preprocessor: Optional[dict] = None,
+        init_cfg: Optional[dict] = None,
+    ):
         if teacher_ckpt is not None:
             if not isinstance(teacher_ckpt, str):
-                raise TypeError('teacher_ckpt must be a path or URL string, got '
-                                f'{type(teacher_ckpt).__name__}')
+                raise TypeError(
+                    f'teacher_ckpt must be a path or URL string, got {type(teacher_ckpt).__name__}'
+                )
             if teacher is None:
                 raise ValueError(f'teacher_ckpt {teacher_ckpt!r} is given but teacher is None')
             if _is_local_path(teacher_ckpt) and not osp.isfile(teacher_ckpt):
                 raise FileNotFoundError(f'teacher_ckpt {teacher_ckpt!r} does not exist')
         if teacher is not None and not isinstance(teacher, (dict, str, nn.Module)):
-            raise TypeError('teacher must be a model config dict, a config file path or an '
-                            f'nn.Module, got {type(teacher).__name__}')
+            raise TypeError(
+                'teacher must be a model config dict, a config file path or an '
+                f'nn.Module, got {type(teacher).__name__}'
+            )
         if head is None:
             raise ValueError('DistilledImageClassifier needs a head (a DeiTClsHead config)')
-        super().__init__(backbone=backbone, neck=neck, head=head, pretrained=pretrained,
-                         train_cfg=train_cfg, data_preprocessor=data_preprocessor,
-                         init_cfg=init_cfg)
+        # ``ImageClassifier`` builds its parts with mmpretrain's registry, which without a
+        # default scope resolves 'DeiTClsHead' to mmpretrain's head; build them in ours.
+        backbone, neck, head = (
+            MODELS.build(part) if isinstance(part, dict) else part
+            for part in (backbone, neck, head)
+        )
+        super().__init__(
+            backbone=backbone,
+            neck=neck,
+            head=head,
+            pretrained=pretrained,
+            train_cfg=train_cfg,
+            data_preprocessor=data_preprocessor,
+            init_cfg=init_cfg,
+        )
         if not isinstance(self.head, DeiTClsHead):
-            raise TypeError('DistilledImageClassifier needs a DeiTClsHead head, got '
-                            f'{type(self.head).__name__}')
+            raise TypeError(
+                f'DistilledImageClassifier needs a DeiTClsHead head, got {type(self.head).__name__}'
+            )
 
         mode = self.head.loss_module.mode
         self._teacher_ref: Optional[_TeacherRef] = None
@@ -125,18 +144,22 @@ class DistilledImageClassifier(ImageClassifier):
             if teacher is not None:
                 MMLogger.get_current_instance().warning(
                     "The distillation loss mode is 'none': the teacher is not used, so it is "
-                    'not built.')
+                    'not built.'
+                )
             return
         if teacher is None:
-            raise ValueError(f'distillation loss mode {mode!r} needs a teacher: set teacher '
-                             '(a model config dict or a config file path) and teacher_ckpt, '
-                             "or use mode='none'")
+            raise ValueError(
+                f'distillation loss mode {mode!r} needs a teacher: set teacher '
+                '(a model config dict or a config file path) and teacher_ckpt, '
+                "or use mode='none'"
+            )
         teacher = self._build_teacher(teacher)
         if teacher_ckpt is not None:
             self._load_teacher_ckpt(teacher, teacher_ckpt)
         else:
             MMLogger.get_current_instance().warning(
-                'teacher_ckpt is None: the teacher keeps the weights it was built with.')
+                'teacher_ckpt is None: the teacher keeps the weights it was built with.'
+            )
         teacher.requires_grad_(False)
         teacher.eval()
         self._teacher_ref = _TeacherRef(teacher)
@@ -162,16 +185,19 @@ class DistilledImageClassifier(ImageClassifier):
             teacher = MODELS.build(copy.deepcopy(teacher))
         num_classes = _teacher_num_classes(teacher)
         if num_classes is not None and num_classes != self.head.num_classes:
-            raise ValueError(f'teacher has {num_classes} classes but the student head has '
-                             f'num_classes={self.head.num_classes}; they must match')
+            raise ValueError(
+                f'teacher has {num_classes} classes but the student head has '
+                f'num_classes={self.head.num_classes}; they must match'
+            )
         return teacher
 
     @staticmethod
     def _load_teacher_ckpt(teacher: nn.Module, teacher_ckpt: str) -> None:
         """Load the teacher's weights strictly with mmengine's checkpoint loader."""
         logger = MMLogger.get_current_instance()
-        checkpoint = CheckpointLoader.load_checkpoint(teacher_ckpt, map_location='cpu',
-                                                      logger=logger)
+        checkpoint = CheckpointLoader.load_checkpoint(
+            teacher_ckpt, map_location='cpu', logger=logger
+        )
         state_dict = checkpoint
         for key in ('state_dict', 'model'):  # mmengine / official DeiT layouts
             if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
@@ -211,8 +237,7 @@ class DistilledImageClassifier(ImageClassifier):
             logits = teacher(inputs)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
-            raise TypeError('the teacher must output logits of shape (B, num_classes), got '
-                            f'{got}')
+            raise TypeError(f'the teacher must output logits of shape (B, num_classes), got {got}')
         return logits.detach()
 
     def loss(self, inputs: torch.Tensor, data_samples: List[DataSample]) -> dict:

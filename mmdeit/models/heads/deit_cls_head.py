@@ -10,7 +10,11 @@ from mmpretrain.models.heads import VisionTransformerClsHead
 from mmpretrain.structures import DataSample
 
 from mmdeit.registry import MODELS
+
 from ..losses import DistillationLoss
+
+#: Default ``init_cfg`` of :class:`DeiTClsHead` (official DeiT: trunc_normal(std=.02), bias 0).
+OFFICIAL_HEAD_INIT = dict(type='TruncNormal', layer='Linear', std=0.02)
 
 
 @MODELS.register_module()
@@ -34,40 +38,56 @@ class DeiTClsHead(VisionTransformerClsHead):
         in_channels: Channels of the tokens (the backbone's ``embed_dims``).
         hidden_dim: Width of an extra hidden layer (shared by both tokens) before the
             classifiers; None for none. Defaults to None.
-        act_cfg: Activation of the hidden layer. Defaults to ``dict(type='Tanh')``.
+        act_cfg: Activation of the hidden layer. Defaults to None, i.e. ``dict(type='Tanh')``.
         inference_mode: 'fusion', 'cls' or 'dist', see above. Defaults to 'fusion'.
         loss: Config (or instance) of a :class:`DistillationLoss`, built in the ``mmdeit`` scope.
-            Defaults to ``dict(type='DistillationLoss', mode='none')`` (no teacher).
+            Defaults to None, i.e. ``dict(type='DistillationLoss', mode='none')`` (no
+            teacher).
         topk: Top-k accuracy reported when ``cal_acc``. Defaults to ``(1, )``.
         cal_acc: Report the training accuracy of the prediction logits (hard labels only).
             Defaults to False.
-        init_cfg: Initialization config. Defaults to a truncated normal (std 0.02) on the
-            linear layers, as the official DeiT code initializes ``head`` and ``head_dist``.
+        init_cfg: Initialization config. Defaults to ``OFFICIAL_HEAD_INIT``, a truncated
+            normal (std 0.02) on the linear layers, as the official DeiT code initializes
+            ``head`` and ``head_dist``.
     """
 
     INFERENCE_MODES = ('fusion', 'cls', 'dist')
 
-    def __init__(self,
-                 num_classes: int,
-                 in_channels: int,
-                 hidden_dim: Optional[int] = None,
-                 act_cfg: dict = dict(type='Tanh'),
-                 inference_mode: str = 'fusion',
-                 loss: dict | nn.Module = dict(type='DistillationLoss', mode='none'),
-                 topk: int | Tuple[int, ...] = (1, ),
-                 cal_acc: bool = False,
-                 init_cfg: Optional[dict] = dict(type='TruncNormal', layer='Linear', std=.02)):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        hidden_dim: Optional[int] = None,
+        act_cfg: Optional[dict] = None,
+        inference_mode: str = 'fusion',
+        loss: Optional[dict | nn.Module] = None,
+        topk: int | Tuple[int, ...] = (1,),
+        cal_acc: bool = False,
+        init_cfg: Optional[dict] = OFFICIAL_HEAD_INIT,
+    ):
+        act_cfg = dict(type='Tanh') if act_cfg is None else act_cfg
+        loss = dict(type='DistillationLoss', mode='none') if loss is None else loss
         if inference_mode not in self.INFERENCE_MODES:
-            raise ValueError(f'inference_mode must be one of {self.INFERENCE_MODES}, got '
-                             f'{inference_mode!r}')
+            raise ValueError(
+                f'inference_mode must be one of {self.INFERENCE_MODES}, got {inference_mode!r}'
+            )
         if isinstance(loss, dict):
             loss = MODELS.build(loss)
         if not isinstance(loss, DistillationLoss):
-            raise TypeError('loss of DeiTClsHead must be a DistillationLoss (config), got '
-                            f'{type(loss).__name__}; put the base criterion into its base_loss')
-        super().__init__(num_classes=num_classes, in_channels=in_channels,
-                         hidden_dim=hidden_dim, act_cfg=act_cfg, init_cfg=init_cfg, loss=loss,
-                         topk=topk, cal_acc=cal_acc)
+            raise TypeError(
+                'loss of DeiTClsHead must be a DistillationLoss (config), got '
+                f'{type(loss).__name__}; put the base criterion into its base_loss'
+            )
+        super().__init__(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            hidden_dim=hidden_dim,
+            act_cfg=act_cfg,
+            init_cfg=init_cfg,
+            loss=loss,
+            topk=topk,
+            cal_acc=cal_acc,
+        )
         self.inference_mode = inference_mode
         self._warned_untrained_dist = False
 
@@ -86,9 +106,11 @@ class DeiTClsHead(VisionTransformerClsHead):
         """
         last = feats[-1]
         if not isinstance(last, (tuple, list)) or len(last) != 2:
-            raise TypeError('DeiTClsHead expects the last backbone output to be a pair '
-                            '(cls_token, dist_token); use DistilledVisionTransformer with '
-                            "out_type='cls_token'")
+            raise TypeError(
+                'DeiTClsHead expects the last backbone output to be a pair '
+                '(cls_token, dist_token); use DistilledVisionTransformer with '
+                "out_type='cls_token'"
+            )
         cls_token, dist_token = last
         if self.hidden_dim is not None:
             cls_token = self.layers.act(self.layers.pre_logits(cls_token))
@@ -104,11 +126,13 @@ class DeiTClsHead(VisionTransformerClsHead):
         """Prediction logits (B, num_classes) according to ``inference_mode``."""
         return self._fuse(*self.forward_logits(feats))
 
-    def loss(self,
-             feats: Sequence,
-             data_samples: List[DataSample],
-             teacher_logits: Optional[torch.Tensor] = None,
-             **kwargs) -> Dict[str, torch.Tensor]:
+    def loss(
+        self,
+        feats: Sequence,
+        data_samples: List[DataSample],
+        teacher_logits: Optional[torch.Tensor] = None,
+        **kwargs,
+    ) -> Dict[str, torch.Tensor]:
         """Training losses ``loss_cls`` and ``loss_distill`` (see :class:`DistillationLoss`).
 
         Args:
@@ -127,22 +151,30 @@ class DeiTClsHead(VisionTransformerClsHead):
             target = torch.stack([s.gt_score for s in data_samples])  # (B, num_classes)
         else:
             target = torch.cat([s.gt_label for s in data_samples])  # (B, )
-        if self.loss_module.mode == 'none' and self.inference_mode != 'cls' \
-                and not self._warned_untrained_dist:
+        if (
+            self.loss_module.mode == 'none'
+            and self.inference_mode != 'cls'
+            and not self._warned_untrained_dist
+        ):
             MMLogger.get_current_instance().warning(
                 "DistillationLoss mode 'none' trains only the class-token head; "
-                f"inference_mode {self.inference_mode!r} uses the untrained head_dist. "
-                "Consider inference_mode='cls'.")
+                f'inference_mode {self.inference_mode!r} uses the untrained head_dist. '
+                "Consider inference_mode='cls'."
+            )
             self._warned_untrained_dist = True
         losses = dict(self.loss_module(cls_score, dist_score, target, teacher_logits))
         if self.cal_acc:
             if target.ndim != 1:
-                raise ValueError('cal_acc needs hard labels; it is meaningless with batch '
-                                 'augments such as Mixup/CutMix')
+                raise ValueError(
+                    'cal_acc needs hard labels; it is meaningless with batch '
+                    'augments such as Mixup/CutMix'
+                )
             with torch.no_grad():
                 pred = self._fuse(cls_score, dist_score)
-            acc = Accuracy.calculate(pred, target, topk=self.topk)
-            losses.update({f'accuracy_top-{k}': a for k, a in zip(self.topk, acc)})
+            topk = (self.topk,) if isinstance(self.topk, int) else tuple(self.topk)
+            # One entry per k, each a list over the (single, default) score threshold.
+            acc = Accuracy.calculate(pred, target, topk=topk)
+            losses.update({f'accuracy_top-{k}': a[0] for k, a in zip(topk, acc)})
         return losses
 
     def _fuse(self, cls_score: torch.Tensor, dist_score: torch.Tensor) -> torch.Tensor:

@@ -53,28 +53,34 @@ class DistillationLoss(nn.Module):
         alpha: Weight of the teacher term in [0, 1]. Defaults to 0.5.
         tau: Temperature of soft distillation, > 0. Defaults to 1.0.
         base_loss: Config (or module) of the base criterion on the class-token logits, called
-            as ``base_loss(cls_score, target, avg_factor=B)``. Defaults to
+            as ``base_loss(cls_score, target, avg_factor=B)``. Defaults to None, i.e.
             ``dict(type='CrossEntropyLoss', loss_weight=1.0)``.
     """
 
     MODES = ('none', 'soft', 'hard')
 
-    def __init__(self,
-                 mode: str = 'none',
-                 alpha: float = 0.5,
-                 tau: float = 1.0,
-                 base_loss: dict | nn.Module = dict(type='CrossEntropyLoss', loss_weight=1.0)):
+    def __init__(
+        self,
+        mode: str = 'none',
+        alpha: float = 0.5,
+        tau: float = 1.0,
+        base_loss: Optional[dict | nn.Module] = None,
+    ):
         super().__init__()
+        if base_loss is None:
+            base_loss = dict(type='CrossEntropyLoss', loss_weight=1.0)
         if mode not in self.MODES:
             raise ValueError(f'mode must be one of {self.MODES}, got {mode!r}')
         self.mode = mode
-        self.alpha = _check_real('alpha', alpha, 0., 1.)
-        self.tau = _check_real('tau', tau, 0., float('inf'), low_open=True)
+        self.alpha = _check_real('alpha', alpha, 0.0, 1.0)
+        self.tau = _check_real('tau', tau, 0.0, float('inf'), low_open=True)
         if isinstance(base_loss, dict):
             base_loss = MODELS.build(base_loss)
         if not isinstance(base_loss, nn.Module):
-            raise TypeError('base_loss must be a loss config dict or an nn.Module, got '
-                            f'{type(base_loss).__name__}')
+            raise TypeError(
+                'base_loss must be a loss config dict or an nn.Module, got '
+                f'{type(base_loss).__name__}'
+            )
         self.base_loss = base_loss
 
     @property
@@ -82,8 +88,7 @@ class DistillationLoss(nn.Module):
         """Whether :meth:`forward` needs ``teacher_score`` (modes 'soft' and 'hard')."""
         return self.mode != 'none'
 
-    def distill_term(self, dist_score: torch.Tensor,
-                     teacher_score: torch.Tensor) -> torch.Tensor:
+    def distill_term(self, dist_score: torch.Tensor, teacher_score: torch.Tensor) -> torch.Tensor:
         """The unweighted teacher term (0-dim) of mode 'soft' or 'hard'."""
         if self.mode == 'hard':
             return F.cross_entropy(dist_score, teacher_score.argmax(dim=1))
@@ -92,18 +97,21 @@ class DistillationLoss(nn.Module):
             F.log_softmax(dist_score / tau, dim=1),
             F.log_softmax(teacher_score / tau, dim=1),
             reduction='sum',
-            log_target=True)
+            log_target=True,
+        )
         # Dividing by numel (B * num_classes), not by B, is the official DeiT normalisation
         # (the legacy PyTorch 'mean' behaviour of kl_div, see facebookresearch/deit issue 61).
         # It scales the soft term down by num_classes; the published alpha/tau were tuned with
         # it, so it is kept to reproduce the paper's loss exactly.
         return kl * (tau * tau) / dist_score.numel()
 
-    def forward(self,
-                cls_score: torch.Tensor,
-                dist_score: torch.Tensor,
-                target: torch.Tensor,
-                teacher_score: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    def forward(
+        self,
+        cls_score: torch.Tensor,
+        dist_score: torch.Tensor,
+        target: torch.Tensor,
+        teacher_score: Optional[torch.Tensor] = None,
+    ) -> Dict[str, torch.Tensor]:
         """Compute the two loss terms.
 
         Args:
@@ -118,16 +126,20 @@ class DistillationLoss(nn.Module):
         """
         base = self.base_loss(cls_score, target, avg_factor=cls_score.size(0))
         if self.mode == 'none':
-            return dict(loss_cls=base, loss_distill=dist_score.sum() * 0.)
+            return dict(loss_cls=base, loss_distill=dist_score.sum() * 0.0)
         if teacher_score is None:
-            raise ValueError(f"DistillationLoss mode {self.mode!r} needs teacher_score (the "
-                             "teacher's logits); use mode='none' to train without a teacher")
+            raise ValueError(
+                f'DistillationLoss mode {self.mode!r} needs teacher_score (the '
+                "teacher's logits); use mode='none' to train without a teacher"
+            )
         if teacher_score.shape != dist_score.shape:
-            raise ValueError(f'teacher_score shape {tuple(teacher_score.shape)} does not match '
-                             f'dist_score shape {tuple(dist_score.shape)} (batch, num_classes)')
+            raise ValueError(
+                f'teacher_score shape {tuple(teacher_score.shape)} does not match '
+                f'dist_score shape {tuple(dist_score.shape)} (batch, num_classes)'
+            )
         teacher_score = teacher_score.detach()
         distill = self.distill_term(dist_score, teacher_score)
-        return dict(loss_cls=base * (1. - self.alpha), loss_distill=distill * self.alpha)
+        return dict(loss_cls=base * (1.0 - self.alpha), loss_distill=distill * self.alpha)
 
     def extra_repr(self) -> str:
         return f'mode={self.mode!r}, alpha={self.alpha}, tau={self.tau}'

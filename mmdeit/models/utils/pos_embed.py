@@ -39,7 +39,8 @@ def resize_pos_embed(
     if length != num_extra_tokens + src_h * src_w:
         raise ValueError(
             f'pos_embed has {length} tokens, but num_extra_tokens={num_extra_tokens} plus a '
-            f'{src_h}x{src_w} grid needs {num_extra_tokens + src_h * src_w}')
+            f'{src_h}x{src_w} grid needs {num_extra_tokens + src_h * src_w}'
+        )
     extra_tokens = pos_embed[:, :num_extra_tokens]
     grid = pos_embed[:, num_extra_tokens:].reshape(1, src_h, src_w, channels)  # (1, H, W, C)
     grid = grid.permute(0, 3, 1, 2)  # (1, C, H, W)

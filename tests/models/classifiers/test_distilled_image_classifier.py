@@ -8,6 +8,9 @@ import torch.nn.functional as F
 from mmengine.optim import OptimWrapper
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
+from mmpretrain.models import ImageClassifier
+from mmpretrain.models.backbones import DistilledVisionTransformer as MMPretrainDistilledViT
+from mmpretrain.models.heads import DeiTClsHead as MMPretrainDeiTClsHead
 from mmpretrain.structures import DataSample
 from torch.utils.data import Dataset
 
@@ -22,20 +25,39 @@ PREPROCESSOR = dict(num_classes=NUM_CLASSES, mean=[127.5] * 3, std=[127.5] * 3, 
 
 def _student_parts(mode: str = 'hard', alpha: float = 0.5, tau: float = 1.0) -> dict:
     return dict(
-        backbone=dict(type='DistilledVisionTransformer', arch=TINY_ARCH, img_size=IMG,
-                      patch_size=8, out_type='cls_token'),
-        head=dict(type='DeiTClsHead', num_classes=NUM_CLASSES, in_channels=32,
-                  loss=dict(type='DistillationLoss', mode=mode, alpha=alpha, tau=tau)))
+        backbone=dict(
+            type='DistilledVisionTransformer',
+            arch=TINY_ARCH,
+            img_size=IMG,
+            patch_size=8,
+            out_type='cls_token',
+        ),
+        head=dict(
+            type='DeiTClsHead',
+            num_classes=NUM_CLASSES,
+            in_channels=32,
+            loss=dict(type='DistillationLoss', mode=mode, alpha=alpha, tau=tau),
+        ),
+    )
 
 
 def _teacher_cfg(num_classes: int = NUM_CLASSES) -> dict:
     # A tiny ResNet with BatchNorm: its running statistics reveal a teacher left in train mode.
     return dict(
         type='ImageClassifier',
-        backbone=dict(type='ResNet', depth=18, stem_channels=8, base_channels=8, num_stages=2,
-                      strides=(1, 2), dilations=(1, 1), out_indices=(1, )),
+        backbone=dict(
+            type='ResNet',
+            depth=18,
+            stem_channels=8,
+            base_channels=8,
+            num_stages=2,
+            strides=(1, 2),
+            dilations=(1, 1),
+            out_indices=(1,),
+        ),
         neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=num_classes, in_channels=16))
+        head=dict(type='LinearClsHead', num_classes=num_classes, in_channels=16),
+    )
 
 
 @pytest.fixture
@@ -53,17 +75,22 @@ def teacher_ckpt(tmp_path):
 
 
 def _model_cfg(teacher_ckpt, mode='hard', **kwargs) -> dict:
-    cfg = dict(type='DistilledImageClassifier', **_student_parts(mode),
-               teacher=_teacher_cfg(), teacher_ckpt=teacher_ckpt,
-               data_preprocessor=copy.deepcopy(PREPROCESSOR))
+    cfg = dict(
+        type='DistilledImageClassifier',
+        **_student_parts(mode),
+        teacher=_teacher_cfg(),
+        teacher_ckpt=teacher_ckpt,
+        data_preprocessor=copy.deepcopy(PREPROCESSOR),
+    )
     cfg.update(kwargs)
     return cfg
 
 
 def _batch(n: int = 2, seed: int = 0) -> dict:
     gen = torch.Generator().manual_seed(seed)
-    inputs = [torch.randint(0, 256, (3, IMG, IMG), generator=gen, dtype=torch.uint8)
-              for _ in range(n)]
+    inputs = [
+        torch.randint(0, 256, (3, IMG, IMG), generator=gen, dtype=torch.uint8) for _ in range(n)
+    ]
     samples = [DataSample().set_gt_label(i % NUM_CLASSES) for i in range(n)]
     return dict(inputs=inputs, data_samples=samples)
 
@@ -73,8 +100,9 @@ class _TinyDataset(Dataset):
 
     def __init__(self, n: int = 4):
         batch = _batch(n)
-        self.items = [dict(inputs=i, data_samples=s)
-                      for i, s in zip(batch['inputs'], batch['data_samples'])]
+        self.items = [
+            dict(inputs=i, data_samples=s) for i, s in zip(batch['inputs'], batch['data_samples'])
+        ]
         self.metainfo = dict(classes=[str(i) for i in range(NUM_CLASSES)])
 
     def __len__(self) -> int:
@@ -116,8 +144,9 @@ def test_deepcopy_shares_the_frozen_teacher(teacher_ckpt):
 
 
 def test_teacher_sees_the_augmented_student_batch(teacher_ckpt):
-    cfg = _model_cfg(teacher_ckpt, mode='soft',
-                     train_cfg=dict(augments=[dict(type='Mixup', alpha=0.8)]))
+    cfg = _model_cfg(
+        teacher_ckpt, mode='soft', train_cfg=dict(augments=[dict(type='Mixup', alpha=0.8)])
+    )
     model = MODELS.build(cfg)
     model.init_weights()
     seen = {}
@@ -132,26 +161,49 @@ def test_teacher_sees_the_augmented_student_batch(teacher_ckpt):
     cls_logits, dist_logits = model.head.forward_logits(model.extract_feat(data['inputs']))
     with torch.no_grad():
         teacher_logits = model.teacher(data['inputs'], mode='tensor')
-    kl = F.kl_div(F.log_softmax(dist_logits, 1), F.log_softmax(teacher_logits, 1),
-                  reduction='sum', log_target=True) / dist_logits.numel()
+    kl = (
+        F.kl_div(
+            F.log_softmax(dist_logits, 1),
+            F.log_softmax(teacher_logits, 1),
+            reduction='sum',
+            log_target=True,
+        )
+        / dist_logits.numel()
+    )
     assert torch.allclose(losses['loss_distill'], 0.5 * kl, atol=1e-6)
 
 
 def test_runner_trains_one_iteration_and_checkpoints_the_student_only(teacher_ckpt, tmp_path):
     work_dir = tmp_path / 'work_dir'
     runner = Runner(
-        model=_model_cfg(teacher_ckpt, mode='hard',
-                         train_cfg=dict(augments=[dict(type='CutMix', alpha=1.0)])),
+        model=_model_cfg(
+            teacher_ckpt, mode='hard', train_cfg=dict(augments=[dict(type='CutMix', alpha=1.0)])
+        ),
         work_dir=str(work_dir),
-        train_dataloader=dict(dataset=_TinyDataset(), batch_size=2, num_workers=0,
-                              sampler=dict(type='DefaultSampler', shuffle=False)),
-        train_cfg=dict(by_epoch=False, max_iters=1),
+        train_dataloader=dict(
+            dataset=_TinyDataset(),
+            batch_size=2,
+            num_workers=0,
+            sampler=dict(type='DefaultSampler', shuffle=False),
+        ),
+        train_cfg=dict(by_epoch=False, max_iters=1, val_interval=1),
+        val_dataloader=dict(
+            dataset=_TinyDataset(),
+            batch_size=2,
+            num_workers=0,
+            sampler=dict(type='DefaultSampler', shuffle=False),
+        ),
+        val_evaluator=dict(type='Accuracy', topk=(1,)),
+        val_cfg=dict(),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1, by_epoch=False),
-                           logger=dict(type='LoggerHook', interval=1)),
+        default_hooks=dict(
+            checkpoint=dict(type='CheckpointHook', interval=1, by_epoch=False),
+            logger=dict(type='LoggerHook', interval=1),
+        ),
         default_scope='mmdeit',
         env_cfg=dict(dist_cfg=dict(backend='gloo')),
-        log_level='WARNING')
+        log_level='WARNING',
+    )
     model = runner.model
     teacher_before = copy.deepcopy(model.teacher.state_dict())
     grads = {}
@@ -167,19 +219,32 @@ def test_runner_trains_one_iteration_and_checkpoints_the_student_only(teacher_ck
     assert not model.teacher.training
     for key in ('loss_cls', 'loss_distill'):
         assert runner.message_hub.get_scalar(f'train/{key}').current() > 0
+    accuracy = runner.message_hub.get_scalar('val/accuracy/top1').current()  # validated
+    assert 0 <= accuracy <= 100
 
     ckpt = CheckpointLoader.load_checkpoint(str(work_dir / 'iter_1.pth'), map_location='cpu')
     assert ckpt['state_dict'] and not any(k.startswith('teacher') for k in ckpt['state_dict'])
     num_student_params = len(list(model.parameters()))
     assert sum(len(g['params']) for g in ckpt['optimizer']['param_groups']) == num_student_params
-    plain = MODELS.build(dict(type='ImageClassifier', **_student_parts('none')))
-    plain.load_state_dict(ckpt['state_dict'], strict=True)
-    plain.eval()
+    # Teacher-less models: mmdeit's parts in an ImageClassifier, and mmpretrain's own DeiT.
+    parts = _student_parts('none')
+    plain = ImageClassifier(
+        backbone=MODELS.build(parts['backbone']), head=MODELS.build(parts['head'])
+    )
+    mmpretrain_deit = ImageClassifier(
+        backbone=MMPretrainDistilledViT(
+            **{k: v for k, v in parts['backbone'].items() if k != 'type'}
+        ),
+        head=MMPretrainDeiTClsHead(num_classes=NUM_CLASSES, in_channels=32),
+    )
     model.eval()
     data = model.data_preprocessor(_batch(2, seed=3), False)
     with torch.no_grad():
         expected = model(**data, mode='tensor')
-        assert torch.allclose(plain(**data, mode='tensor'), expected, atol=1e-6)
+        for other in (plain, mmpretrain_deit):
+            other.load_state_dict(ckpt['state_dict'], strict=True)
+            other.eval()
+            assert torch.allclose(other(**data, mode='tensor'), expected, atol=1e-5)
 
 
 def test_predict_uses_the_student_only(teacher_ckpt):
@@ -196,13 +261,16 @@ def test_predict_uses_the_student_only(teacher_ckpt):
 
 
 def test_none_mode_trains_without_teacher():
-    cfg = dict(type='DistilledImageClassifier', **_student_parts('none'),
-               data_preprocessor=copy.deepcopy(PREPROCESSOR))
+    cfg = dict(
+        type='DistilledImageClassifier',
+        **_student_parts('none'),
+        data_preprocessor=copy.deepcopy(PREPROCESSOR),
+    )
     model = MODELS.build(cfg)
     assert model.teacher is None
     optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
     losses = model.train_step(_batch(2), optim)
-    assert losses['loss_distill'].item() == 0. and losses['loss_cls'].item() > 0
+    assert losses['loss_distill'].item() == 0.0 and losses['loss_cls'].item() > 0
 
 
 def test_teacher_is_ignored_in_none_mode(teacher_ckpt):
@@ -227,20 +295,32 @@ def test_teacher_ckpt_in_official_deit_layout(teacher_ckpt, tmp_path):
 
 def test_timm_teacher(tmp_path):
     pytest.importorskip('timm')
-    timm_cfg = dict(type='TimmClassifier', model_name='resnet10t', pretrained=False,
-                    num_classes=NUM_CLASSES)
+    timm_cfg = dict(
+        type='TimmClassifier', model_name='resnet10t', pretrained=False, num_classes=NUM_CLASSES
+    )
     teacher = MODELS.build(timm_cfg)
     path = tmp_path / 'timm.pth'
     torch.save(teacher.state_dict(), path)  # timm's own key layout
-    model = MODELS.build(dict(type='DistilledImageClassifier', **_student_parts('soft'),
-                              teacher=timm_cfg, teacher_ckpt=str(path)))
+    model = MODELS.build(
+        dict(
+            type='DistilledImageClassifier',
+            **_student_parts('soft'),
+            teacher=timm_cfg,
+            teacher_ckpt=str(path),
+        )
+    )
     assert torch.equal(model.teacher.model.fc.weight, teacher.model.fc.weight)
     with pytest.raises(ValueError, match='num_classes'):
-        MODELS.build(dict(type='DistilledImageClassifier', **_student_parts('soft'),
-                          teacher=dict(timm_cfg, num_classes=NUM_CLASSES + 1)))
+        MODELS.build(
+            dict(
+                type='DistilledImageClassifier',
+                **_student_parts('soft'),
+                teacher=dict(timm_cfg, num_classes=NUM_CLASSES + 1),
+            )
+        )
 
 
-def test_class_count_mismatch_is_a_build_error(teacher_ckpt):
+def test_class_count_mismatch_is_a_build_error():
     with pytest.raises(ValueError, match='teacher has 5 classes.*num_classes=4'):
         MODELS.build(_model_cfg(None, teacher=_teacher_cfg(num_classes=5)))
 
@@ -264,8 +344,11 @@ def test_missing_teacher_config_file_is_an_error(teacher_ckpt, tmp_path):
 
 def test_teacher_ckpt_without_teacher_is_an_error(teacher_ckpt):
     with pytest.raises(ValueError, match='teacher is None'):
-        MODELS.build(dict(type='DistilledImageClassifier', **_student_parts('none'),
-                          teacher_ckpt=teacher_ckpt))
+        MODELS.build(
+            dict(
+                type='DistilledImageClassifier', **_student_parts('none'), teacher_ckpt=teacher_ckpt
+            )
+        )
 
 
 def test_wrong_teacher_ckpt_is_an_error(tmp_path):

@@ -17,7 +17,7 @@ def _feats(seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     cls_token = torch.randn(B, C, generator=gen)
     dist_token = torch.randn(B, C, generator=gen)
-    return ((cls_token, dist_token), )
+    return ((cls_token, dist_token),)
 
 
 def _samples(labels=(0, 1, 3)):
@@ -40,8 +40,12 @@ def test_state_dict_keys_match_mmpretrain(hidden_dim):
     head = _head(hidden_dim=hidden_dim)
     reference = MMPretrainDeiTClsHead(num_classes=K, in_channels=C, hidden_dim=hidden_dim)
     assert set(head.state_dict()) == set(reference.state_dict())
-    assert {'layers.head.weight', 'layers.head.bias', 'layers.head_dist.weight',
-            'layers.head_dist.bias'} <= set(head.state_dict())
+    assert {
+        'layers.head.weight',
+        'layers.head.bias',
+        'layers.head_dist.weight',
+        'layers.head_dist.bias',
+    } <= set(head.state_dict())
     reference.load_state_dict(head.state_dict(), strict=True)
     head.eval()
     reference.eval()
@@ -65,8 +69,9 @@ def test_predict_modes_give_documented_logits(mode):
     cls_token, dist_token = feats[-1]
     cls_logits = cls_token @ head.layers.head.weight.T + head.layers.head.bias
     dist_logits = dist_token @ head.layers.head_dist.weight.T + head.layers.head_dist.bias
-    expected = {'fusion': (cls_logits + dist_logits) / 2, 'cls': cls_logits,
-                'dist': dist_logits}[mode]
+    expected = {'fusion': (cls_logits + dist_logits) / 2, 'cls': cls_logits, 'dist': dist_logits}[
+        mode
+    ]
     with torch.no_grad():
         assert torch.allclose(head(feats), expected, atol=1e-6)
         samples = head.predict(feats)
@@ -93,7 +98,8 @@ def test_loss_trains_both_heads_with_teacher(mode):
     assert set(losses) == {'loss_cls', 'loss_distill'}
     cls_logits, dist_logits = head.forward_logits(feats)
     expected = DistillationLoss(mode=mode, alpha=0.5, tau=2.0)(
-        cls_logits, dist_logits, torch.tensor([0, 1, 3]), teacher)
+        cls_logits, dist_logits, torch.tensor([0, 1, 3]), teacher
+    )
     for key in losses:
         assert torch.allclose(losses[key], expected[key])
     sum(losses.values()).backward()
@@ -121,7 +127,7 @@ def test_none_mode_needs_no_teacher():
     losses = head.loss(feats, _samples())
     cls_logits, _ = head.forward_logits(feats)
     assert torch.allclose(losses['loss_cls'], F.cross_entropy(cls_logits, torch.tensor([0, 1, 3])))
-    assert losses['loss_distill'].item() == 0.
+    assert losses['loss_distill'].item() == 0.0
     sum(losses.values()).backward()
     assert torch.all(head.layers.head_dist.weight.grad == 0)
 
@@ -139,7 +145,7 @@ def test_cal_acc_reports_accuracy_of_prediction_logits():
     cls_logits, _ = head.forward_logits(feats)
     labels = cls_logits.argmax(1).tolist()
     losses = head.loss(feats, _samples(labels))
-    assert losses['accuracy_top-1'].item() == pytest.approx(100.)
+    assert losses['accuracy_top-1'].item() == pytest.approx(100.0)
 
 
 def test_bad_inference_mode():
@@ -160,4 +166,4 @@ def test_bad_num_classes():
 def test_feats_without_dist_token_is_an_error():
     head = _head()
     with pytest.raises(TypeError, match='dist_token'):
-        head((torch.randn(B, C), ))
+        head((torch.randn(B, C),))

@@ -16,12 +16,12 @@ def _log_softmax(x: torch.Tensor) -> torch.Tensor:
     return shifted - shifted.exp().sum(dim=1, keepdim=True).log()
 
 
-def _reference_total(cls_score, dist_score, target, teacher, mode, alpha, tau, smooth=0.):
+def _reference_total(cls_score, dist_score, target, teacher, mode, alpha, tau, smooth=0.0):
     """Official DeiT total loss, in float64, from first principles."""
     cls_score, dist_score, teacher = cls_score.double(), dist_score.double(), teacher.double()
     if target.dim() == 1:
         probs = torch.zeros(B, C, dtype=torch.float64)
-        probs[torch.arange(B), target] = 1.
+        probs[torch.arange(B), target] = 1.0
     else:
         probs = target.double()
     probs = probs * (1 - smooth) + smooth / C  # 'original' label smoothing
@@ -44,7 +44,7 @@ def _inputs(soft_labels: bool, seed: int = 0):
     cls_score = torch.randn(B, C, generator=gen) * 3
     dist_score = torch.randn(B, C, generator=gen) * 3
     teacher = torch.randn(B, C, generator=gen) * 3
-    labels = torch.randint(0, C, (B, ), generator=gen)
+    labels = torch.randint(0, C, (B,), generator=gen)
     if soft_labels:
         # What mmpretrain's Mixup produces: lam * onehot(y) + (1 - lam) * onehot(y[perm]).
         lam = 0.7
@@ -57,31 +57,36 @@ def _inputs(soft_labels: bool, seed: int = 0):
 
 
 BASE_LOSSES = {
-    'ce': (dict(type='CrossEntropyLoss', loss_weight=1.0), 0.),
-    'ce_soft': (dict(type='CrossEntropyLoss', use_soft=True, loss_weight=1.0), 0.),
+    'ce': (dict(type='CrossEntropyLoss', loss_weight=1.0), 0.0),
+    'ce_soft': (dict(type='CrossEntropyLoss', use_soft=True, loss_weight=1.0), 0.0),
     'label_smooth': (dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'), 0.1),
 }
 
 
+# use_soft=True expects soft labels, so it is only paired with Mixup labels.
+LABELS_AND_BASES = [
+    (False, 'ce'),
+    (False, 'label_smooth'),
+    (True, 'ce'),
+    (True, 'ce_soft'),
+    (True, 'label_smooth'),
+]
+
+
 @pytest.mark.parametrize('mode', ['none', 'soft', 'hard'])
-@pytest.mark.parametrize('soft_labels', [False, True], ids=['hard_labels', 'mixup_labels'])
-@pytest.mark.parametrize('base', list(BASE_LOSSES))
+@pytest.mark.parametrize('soft_labels,base', LABELS_AND_BASES)
 @pytest.mark.parametrize('alpha,tau', [(0.5, 1.0), (0.3, 3.0)])
 def test_total_matches_official_formula(mode, soft_labels, base, alpha, tau):
-    if base == 'ce_soft' and not soft_labels:
-        pytest.skip('use_soft=True expects soft labels')
     base_cfg, smooth = BASE_LOSSES[base]
     loss = DistillationLoss(mode=mode, alpha=alpha, tau=tau, base_loss=base_cfg)
     cls_score, dist_score, target, teacher = _inputs(soft_labels)
     out = loss(cls_score, dist_score, target, teacher)
     assert set(out) == {'loss_cls', 'loss_distill'}
     total = out['loss_cls'] + out['loss_distill']
-    expected = _reference_total(cls_score, dist_score, target, teacher, mode, alpha, tau,
-                                smooth)
+    expected = _reference_total(cls_score, dist_score, target, teacher, mode, alpha, tau, smooth)
     assert abs(total.item() - expected.item()) < 1e-6
-    base_only = _reference_total(cls_score, dist_score, target, teacher, 'none', alpha, tau,
-                                 smooth)
-    weight = 1. if mode == 'none' else 1 - alpha
+    base_only = _reference_total(cls_score, dist_score, target, teacher, 'none', alpha, tau, smooth)
+    weight = 1.0 if mode == 'none' else 1 - alpha
     assert abs(out['loss_cls'].item() - weight * base_only.item()) < 1e-6
 
 
@@ -92,8 +97,8 @@ def test_soft_normalisation_is_numel_not_batch():
     cls_score, dist_score, target, teacher = _inputs(False, seed=1)
     distill = loss(cls_score, dist_score, target, teacher)['loss_distill']
     per_sample = torch.nn.functional.kl_div(
-        dist_score.log_softmax(1), teacher.log_softmax(1), reduction='batchmean',
-        log_target=True)
+        dist_score.log_softmax(1), teacher.log_softmax(1), reduction='batchmean', log_target=True
+    )
     assert math.isclose(distill.item() * C, per_sample.item(), rel_tol=1e-5)
 
 
@@ -102,7 +107,7 @@ def test_none_mode_needs_no_teacher_and_keeps_dist_in_graph():
     cls_score, dist_score, target, _ = _inputs(False)
     dist_score.requires_grad_(True)
     out = loss(cls_score, dist_score, target)
-    assert out['loss_distill'].item() == 0.
+    assert out['loss_distill'].item() == 0.0
     out['loss_distill'].backward()
     assert dist_score.grad is not None and torch.all(dist_score.grad == 0)
 
@@ -133,18 +138,21 @@ def test_teacher_shape_mismatch_is_an_error():
         loss(cls_score, dist_score, target, torch.randn(B, C + 1))
 
 
-@pytest.mark.parametrize('kwargs,error,match', [
-    (dict(mode='kd'), ValueError, 'mode'),
-    (dict(mode='Soft'), ValueError, 'mode'),
-    (dict(alpha=-0.1), ValueError, 'alpha'),
-    (dict(alpha=1.5), ValueError, 'alpha'),
-    (dict(alpha='0.5'), TypeError, 'alpha'),
-    (dict(alpha=True), TypeError, 'alpha'),
-    (dict(tau=0.), ValueError, 'tau'),
-    (dict(tau=-1.), ValueError, 'tau'),
-    (dict(tau=None), TypeError, 'tau'),
-    (dict(base_loss=42), TypeError, 'base_loss'),
-])
+@pytest.mark.parametrize(
+    'kwargs,error,match',
+    [
+        (dict(mode='kd'), ValueError, 'mode'),
+        (dict(mode='Soft'), ValueError, 'mode'),
+        (dict(alpha=-0.1), ValueError, 'alpha'),
+        (dict(alpha=1.5), ValueError, 'alpha'),
+        (dict(alpha='0.5'), TypeError, 'alpha'),
+        (dict(alpha=True), TypeError, 'alpha'),
+        (dict(tau=0.0), ValueError, 'tau'),
+        (dict(tau=-1.0), ValueError, 'tau'),
+        (dict(tau=None), TypeError, 'tau'),
+        (dict(base_loss=42), TypeError, 'base_loss'),
+    ],
+)
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         DistillationLoss(**kwargs)
@@ -154,4 +162,4 @@ def test_alpha_bounds_are_allowed():
     cls_score, dist_score, target, teacher = _inputs(False)
     out0 = DistillationLoss(mode='hard', alpha=0)(cls_score, dist_score, target, teacher)
     out1 = DistillationLoss(mode='hard', alpha=1)(cls_score, dist_score, target, teacher)
-    assert out0['loss_distill'].item() == 0. and out1['loss_cls'].item() == 0.
+    assert out0['loss_distill'].item() == 0.0 and out1['loss_cls'].item() == 0.0
