@@ -1,0 +1,3 @@
+_base_ = './deit-small-distilled_8xb128_in1k.py'
+
+model = dict(backbone=dict(arch='deit-tiny'), head=dict(in_channels=192))
