@@ -1,0 +1,168 @@
+"""``init_model`` / ``inference_model``: a trained checkpoint to predictions in two calls."""
+
+import copy
+import os.path as osp
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.dataset import Compose, pseudo_collate
+from mmengine.logging import MMLogger
+from mmengine.registry import init_default_scope
+from mmengine.runner import load_checkpoint
+
+from mmdeit.registry import DATASETS, MODELS
+
+ImageType = Union[str, Path, np.ndarray]
+
+
+def _student_cfg(cfg: Config) -> dict:
+    """The model config for inference: a distilled classifier loses its teacher."""
+    model_cfg = copy.deepcopy(cfg.model)
+    # As the Runner does: the top-level data_preprocessor (mean/std, to_rgb) is the model's.
+    if model_cfg.get('data_preprocessor') is None and cfg.get('data_preprocessor'):
+        model_cfg['data_preprocessor'] = copy.deepcopy(cfg.data_preprocessor)
+    if model_cfg.get('type') in ('DistilledImageClassifier', 'mmdeit.DistilledImageClassifier'):
+        model_cfg['type'] = 'ImageClassifier'
+        model_cfg.pop('teacher', None)
+        model_cfg.pop('teacher_ckpt', None)
+    model_cfg.pop('pretrained', None)
+    model_cfg.pop('train_cfg', None)  # batch augments are for training only
+    return model_cfg
+
+
+def _classes_from_cfg(cfg: Config) -> Optional[tuple]:
+    for loader in ('test_dataloader', 'val_dataloader', 'train_dataloader'):
+        dataset = (cfg.get(loader) or {}).get('dataset')
+        if not dataset:
+            continue
+        classes = (dataset.get('metainfo') or {}).get('classes')
+        if classes:
+            return tuple(classes)
+        dataset_cls = DATASETS.get(dataset.get('type', ''))
+        classes = getattr(dataset_cls, 'METAINFO', {}).get('classes')
+        if classes:
+            return tuple(classes)
+    return None
+
+
+def init_model(
+    config: Union[str, Path, Config],
+    checkpoint: Optional[str] = None,
+    device: Union[str, torch.device] = 'cpu',
+    **overrides,
+) -> nn.Module:
+    """Build a classifier from a config for inference, optionally loading a checkpoint.
+
+    A ``DistilledImageClassifier`` is built without its teacher (prediction uses the student
+    only). The checkpoint is loaded strictly; missing or unexpected keys are an error that
+    names them.
+
+    Args:
+        config: Config file path or :class:`Config`.
+        checkpoint: Checkpoint path; None keeps the initialisation. Defaults to None.
+        device: Device to put the model on. Defaults to 'cpu'.
+        **overrides: Config entries to override, as ``--cfg-options`` keys, e.g.
+            ``**{'model.head.inference_mode': 'cls'}``.
+
+    Returns:
+        The model in eval mode, with ``model.cfg`` (the config) and ``model.dataset_meta``
+        (``{'classes': ...}`` when the class names are known, from the checkpoint's meta or
+        the config's dataset).
+    """
+    if isinstance(config, (str, Path)):
+        if not osp.isfile(config):
+            raise FileNotFoundError(f'config {config} does not exist')
+        config = Config.fromfile(str(config))
+    elif not isinstance(config, Config):
+        raise TypeError(f'config must be a path or a Config, got {type(config).__name__}')
+    cfg = copy.deepcopy(config)
+    if overrides:
+        cfg.merge_from_dict(overrides)
+    init_default_scope(cfg.get('default_scope', 'mmdeit'))
+    model = MODELS.build(_student_cfg(cfg))
+    classes = _classes_from_cfg(cfg)
+    if checkpoint is not None:
+        if not osp.isfile(checkpoint):
+            raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
+        ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+        meta_classes = ckpt.get('meta', {}).get('dataset_meta', {}).get('classes')
+        classes = tuple(meta_classes) if meta_classes else classes
+    else:
+        model.init_weights()
+        MMLogger.get_current_instance().warning('init_model: no checkpoint, random weights')
+    model.cfg = cfg
+    model.dataset_meta = {'classes': classes} if classes else {}
+    return model.to(device).eval()
+
+
+def _check_array(img: np.ndarray, in_channels: int) -> None:
+    if img.ndim != 3 or img.shape[2] != in_channels:
+        raise ValueError(
+            f'img must be an (H, W, {in_channels}) array in BGR order (as mmcv.imread gives), '
+            f'got shape {img.shape}; convert grey or RGBA images first, e.g. with '
+            f'mmcv.gray2bgr or img[..., :3]'
+        )
+    if img.dtype != np.uint8:
+        raise ValueError(f'img must be uint8, got {img.dtype}')
+
+
+def _test_pipeline(cfg: Config) -> list:
+    pipeline = cfg.get('test_pipeline') or cfg.test_dataloader.dataset.pipeline
+    return copy.deepcopy(list(pipeline))
+
+
+def inference_model(
+    model: nn.Module, img: Union[ImageType, Sequence[ImageType]]
+) -> Union[dict, List[dict]]:
+    """Classify one image or a list of images with the config's test pipeline.
+
+    Args:
+        model: A model from :func:`init_model`.
+        img: An image path, a BGR uint8 (H, W, 3) array, or a list of them.
+
+    Returns:
+        For each image a dict with ``pred_label`` (int), ``pred_score`` (float),
+        ``pred_scores`` (np.ndarray of all class probabilities) and ``pred_class`` (str, when
+        the class names are known); a list of them for a list input.
+    """
+    single = not isinstance(img, (list, tuple))
+    images = [img] if single else list(img)
+    if not images:
+        raise ValueError('img is an empty list')
+    pipeline = _test_pipeline(model.cfg)
+    in_channels = getattr(getattr(model, 'backbone', None), 'patch_embed', None)
+    in_channels = getattr(getattr(in_channels, 'projection', None), 'in_channels', 3)
+    load = Compose(pipeline)
+    no_load = Compose([t for t in pipeline if t['type'] != 'LoadImageFromFile'])
+    batch = []
+    for item in images:
+        if isinstance(item, (str, Path)):
+            if not osp.isfile(item):
+                raise FileNotFoundError(f'image {item} does not exist')
+            try:
+                batch.append(load(dict(img_path=str(item))))
+            except Exception as err:  # a truncated or non-image file
+                raise ValueError(f'cannot read image {item}: {err}') from None
+        elif isinstance(item, np.ndarray):
+            _check_array(item, in_channels)
+            batch.append(
+                no_load(dict(img=item, img_shape=item.shape[:2], ori_shape=item.shape[:2]))
+            )
+        else:
+            raise TypeError(f'img must be a path or an np.ndarray, got {type(item).__name__}')
+    classes = model.dataset_meta.get('classes') if hasattr(model, 'dataset_meta') else None
+    with torch.no_grad():
+        samples = model.test_step(pseudo_collate(batch))
+    results = []
+    for sample in samples:
+        scores = sample.pred_score.detach().cpu().numpy()
+        label = int(sample.pred_label.item())
+        result = dict(pred_label=label, pred_score=float(scores[label]), pred_scores=scores)
+        if classes:
+            result['pred_class'] = classes[label]
+        results.append(result)
+    return results[0] if single else results

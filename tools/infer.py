@@ -1,0 +1,34 @@
+"""Classify an image and print the top-5 classes: ``python tools/infer.py IMG CONFIG CKPT``."""
+
+import argparse
+
+import numpy as np
+
+from mmdeit.apis import inference_model, init_model
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Classify an image with an mmdeit model')
+    parser.add_argument('img', help='image file')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--device', default='cpu', help='device, e.g. cpu or cuda:0')
+    parser.add_argument('--topk', type=int, default=5, help='how many classes to print')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    model = init_model(args.config, args.checkpoint, device=args.device)
+    result = inference_model(model, args.img)
+    classes = model.dataset_meta.get('classes')
+    scores = result['pred_scores']
+    print(f'{args.img}: top-{min(args.topk, len(scores))}')
+    for rank, idx in enumerate(np.argsort(-scores)[: args.topk], start=1):
+        name = classes[idx] if classes else str(idx)
+        print(f'{rank}. {name:<30} {scores[idx]:.4f}  (class {idx})')
+    return result
+
+
+if __name__ == '__main__':
+    main()
