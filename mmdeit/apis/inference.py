@@ -42,7 +42,8 @@ def _classes_from_cfg(cfg: Config) -> Optional[tuple]:
         classes = (dataset.get('metainfo') or {}).get('classes')
         if classes:
             return tuple(classes)
-        dataset_cls = DATASETS.get(dataset.get('type', ''))
+        dataset_type = dataset.get('type')
+        dataset_cls = DATASETS.get(dataset_type) if isinstance(dataset_type, str) else None
         classes = getattr(dataset_cls, 'METAINFO', {}).get('classes')
         if classes:
             return tuple(classes)

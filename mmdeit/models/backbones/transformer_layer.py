@@ -4,6 +4,14 @@ Module and parameter names follow mmpretrain 1.2 (``ln1``, ``attn.qkv``, ``attn.
 ``ln2``, ``ffn.layers.0.0``, ``ffn.layers.1``, ``attn.gamma1``, ``ffn.gamma2``) so that
 mmpretrain checkpoints load strictly. Attention runs through
 :func:`torch.nn.functional.scaled_dot_product_attention`.
+
+Speed (see ``docs/benchmarks.md``): the qkv output is viewed, never copied, as the three
+(B, h, N, d) operands of SDPA, whose output is laid out (B, N, h, d) in memory, so the output
+projection reads it as a (B*N, C) view. The shortcut is summed inside the GEMM of the output
+projection and of the second FFN layer (``addmm`` with the shortcut as its input) instead of
+in a separate add, and stochastic depth is one ``addcmul``. Without autograd (inference) the
+FFN's GELU and shortcut are computed in place. All of this is exact (fp32, erf GELU): only the
+rounding order of the sums changes.
 """
 
 from typing import Optional, Tuple
@@ -15,6 +23,60 @@ from mmcv.cnn.bricks.drop import DropPath
 from mmengine.model import BaseModule
 from mmpretrain.models.utils import LayerScale, build_norm_layer
 from torch.utils.checkpoint import checkpoint
+
+
+def _active_dropout(module: nn.Module) -> bool:
+    """Whether a dropout-like module (Dropout or DropPath) changes its input now."""
+    p = getattr(module, 'p', getattr(module, 'drop_prob', 0.0))
+    return module.training and p > 0
+
+
+def _residual_linear(
+    identity: torch.Tensor,
+    x: torch.Tensor,
+    linear: nn.Linear,
+    dropout: nn.Module,
+    layer_scale: nn.Module,
+    drop_path: nn.Module,
+    inplace: bool = False,
+) -> torch.Tensor:
+    """``identity + drop_path(layer_scale(dropout(linear(x))))`` with fewer memory passes.
+
+    The common case (no active dropout, no LayerScale) sums the shortcut inside the GEMM:
+    ``addmm(identity, x, W^T)`` then adds the bias in place; an active DropPath becomes one
+    ``addcmul`` with the per-sample mask (drawn exactly as mmcv's ``drop_path`` draws it).
+
+    Args:
+        identity: The shortcut (B, N, C_out).
+        x: The branch input (B, N, C_in).
+        linear: The branch's linear layer.
+        dropout: Dropout after the linear layer.
+        layer_scale: LayerScale or ``nn.Identity``.
+        drop_path: DropPath or ``nn.Identity``.
+        inplace: Write the result into ``identity``'s memory; only for a temporary that
+            nothing else holds, with autograd off. Defaults to False.
+    """
+    if (
+        _active_dropout(dropout)
+        or not isinstance(layer_scale, nn.Identity)
+        or torch.is_autocast_enabled(x.device.type)  # keep the shortcut in full precision
+    ):
+        return identity + drop_path(layer_scale(dropout(linear(x))))
+    if _active_dropout(drop_path):
+        keep = 1 - drop_path.drop_prob
+        shape = (identity.shape[0],) + (1,) * (identity.dim() - 1)  # (B, 1, 1)
+        mask = (keep + torch.rand(shape, dtype=x.dtype, device=x.device)).floor_().div_(keep)
+        return torch.addcmul(identity, linear(x), mask)
+    shape = identity.shape
+    x2d = x.reshape(-1, x.shape[-1])  # (B*N, C_in), a view for contiguous x
+    identity2d = identity.reshape(-1, shape[-1])  # (B*N, C_out)
+    if inplace and identity.is_contiguous():
+        out = identity2d.addmm_(x2d, linear.weight.t())
+    else:
+        out = torch.addmm(identity2d, x2d, linear.weight.t())
+    if linear.bias is not None:
+        out.add_(linear.bias)
+    return out.view(shape)
 
 
 def _layer_scale(dims: int, init_value: float, data_format: str = 'channels_last') -> nn.Module:
@@ -69,16 +131,26 @@ class MultiheadAttention(BaseModule):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dims)  # (B, N, 3, h, d)
         return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, d), views
 
-    def _project(self, x: torch.Tensor) -> torch.Tensor:
+    def _project(self, x: torch.Tensor, identity: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, _, N, _ = x.shape
+        # SDPA's output is (B, N, h, d) in memory, so this is a view, not a copy.
         x = x.transpose(1, 2).reshape(B, N, self.embed_dims)  # (B, N, C)
-        return self.out_drop(self.gamma1(self.proj_drop(self.proj(x))))
+        if identity is None:
+            return self.out_drop(self.gamma1(self.proj_drop(self.proj(x))))
+        return _residual_linear(identity, x, self.proj, self.proj_drop, self.gamma1, self.out_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Attend. ``x``: (B, N, C) -> (B, N, C), the residual branch (no shortcut added)."""
+    def forward(self, x: torch.Tensor, identity: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attend. ``x``: (B, N, C) -> (B, N, C).
+
+        Args:
+            x: The (normalized) tokens (B, N, C).
+            identity: The shortcut (B, N, C) to add to the result, or None to return the
+                residual branch alone. Defaults to None.
+        """
         q, k, v = self._qkv(x)
         drop = self.attn_drop if self.training else 0.0
-        return self._project(F.scaled_dot_product_attention(q, k, v, dropout_p=drop))
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, h, N, d)
+        return self._project(out, identity)
 
     def forward_with_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Attend and also return the attention probabilities, shape (B, heads, N, N).
@@ -125,9 +197,41 @@ class FFN(BaseModule):
         self.gamma2 = _layer_scale(embed_dims, layer_scale_init_value)
         self.dropout_layer = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The residual branch, (B, N, C) -> (B, N, C)."""
-        return self.dropout_layer(self.gamma2(self.layers(x)))
+    def forward(
+        self,
+        x: torch.Tensor,
+        identity: Optional[torch.Tensor] = None,
+        reuse_identity: bool = False,
+    ) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C).
+
+        Args:
+            x: The (normalized) tokens (B, N, C).
+            identity: The shortcut (B, N, C) to add to the result, or None to return the
+                residual branch alone. Defaults to None.
+            reuse_identity: ``identity`` is a temporary of the caller: without autograd the
+                result is written into its memory. Defaults to False.
+        """
+        fc1, act, drop1 = self.layers[0]
+        fc2, drop2 = self.layers[1], self.layers[2]
+        no_grad = not torch.is_grad_enabled()
+        h = fc1(x)  # (B, N, feedforward_channels)
+        if no_grad and type(act) is nn.GELU:
+            h = torch.ops.aten.gelu_(h, approximate=act.approximate)  # exact erf GELU
+        else:
+            h = act(h)
+        h = drop1(h)
+        if identity is None:
+            return self.dropout_layer(self.gamma2(drop2(fc2(h))))
+        return _residual_linear(
+            identity,
+            h,
+            fc2,
+            drop2,
+            self.gamma2,
+            self.dropout_layer,
+            inplace=reuse_identity and no_grad,
+        )
 
 
 class TransformerEncoderLayer(BaseModule):
@@ -192,8 +296,8 @@ class TransformerEncoderLayer(BaseModule):
                 nn.init.normal_(m.bias, std=1e-6)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.ffn(self.ln2(x))
+        x = self.attn(self.ln1(x), identity=x)  # a new tensor: the input is never modified
+        return self.ffn(self.ln2(x), identity=x, reuse_identity=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C) -> (B, N, C)."""

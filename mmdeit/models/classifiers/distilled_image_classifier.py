@@ -119,9 +119,10 @@ class DistilledImageClassifier(ImageClassifier):
         if head is None:
             raise ValueError('DistilledImageClassifier needs a head (a DeiTClsHead config)')
         # ``ImageClassifier`` builds its parts with mmpretrain's registry, which without a
-        # default scope resolves 'DeiTClsHead' to mmpretrain's head; build them in ours.
+        # default scope resolves 'DeiTClsHead' to mmpretrain's head; build them in ours
+        # (whatever the default scope; an explicit '_scope_' in a part still wins).
         backbone, neck, head = (
-            MODELS.build(part) if isinstance(part, dict) else part
+            MODELS.build({'_scope_': 'mmdeit', **part}) if isinstance(part, dict) else part
             for part in (backbone, neck, head)
         )
         super().__init__(

@@ -72,7 +72,8 @@ class DeiTClsHead(VisionTransformerClsHead):
                 f'inference_mode must be one of {self.INFERENCE_MODES}, got {inference_mode!r}'
             )
         if isinstance(loss, dict):
-            loss = MODELS.build(loss)
+            # in mmdeit's scope whatever the default scope is (an mmdet/mmseg/mmpretrain run)
+            loss = MODELS.build({'_scope_': 'mmdeit', **loss})
         if not isinstance(loss, DistillationLoss):
             raise TypeError(
                 'loss of DeiTClsHead must be a DistillationLoss (config), got '

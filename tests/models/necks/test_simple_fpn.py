@@ -120,3 +120,11 @@ def test_bad_input_raises():
         neck((_featmap(channels=16),))
     with pytest.raises(IndexError, match='in_index'):
         SimpleFPN(in_channels=32, in_index=2)((_featmap(),))
+
+
+def test_mmdeit_models_exports_simple_fpn():
+    """Configs only have ``custom_imports=dict(imports=['mmdeit'])``: ``import mmdeit`` must
+    import the necks (``from .necks import *`` in mmdeit/models/__init__.py)."""
+    import mmdeit.models
+
+    assert getattr(mmdeit.models, 'SimpleFPN', None) is SimpleFPN
