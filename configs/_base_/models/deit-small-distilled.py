@@ -1,17 +1,14 @@
-# DeiT-S with a distillation token trained against a convnet teacher (the paper's "DeiT-S⚗").
+# DeiT-S with a distillation token trained against a convnet teacher (the paper's "DeiT-S⚗"):
+# the plain DeiT-S model with the DeiT backbone, two heads and a teacher.
 # Hard distillation (the paper's best): the dist token learns argmax(teacher), the cls token
 # the (mixed, smoothed) labels; total = (1 - alpha) * base + alpha * distill, alpha = 0.5.
+_base_ = './deit-small.py'
+
 model = dict(
     type='DistilledImageClassifier',
-    backbone=dict(
-        type='DistilledVisionTransformer',
-        arch='deit-small',
-        img_size=224,
-        patch_size=16,
-        drop_path_rate=0.1,
-    ),
-    neck=None,
+    backbone=dict(type='DistilledVisionTransformer'),
     head=dict(
+        _delete_=True,
         type='DeiTClsHead',
         num_classes=1000,
         in_channels=384,
@@ -31,9 +28,4 @@ model = dict(
         type='TimmClassifier', model_name='regnety_160', num_classes=1000, pretrained=False
     ),
     teacher_ckpt='checkpoints/regnety_160-a5fe301d.pth',
-    init_cfg=[
-        dict(type='TruncNormal', layer='Linear', std=0.02),
-        dict(type='Constant', layer='LayerNorm', val=1.0, bias=0.0),
-    ],
-    train_cfg=dict(augments=[dict(type='Mixup', alpha=0.8), dict(type='CutMix', alpha=1.0)]),
 )
