@@ -10,6 +10,7 @@ from mmengine.runner import Runner
 
 import mmdeit  # noqa: F401  (registers modules, safe checkpoint loading)
 from mmdeit.datasets import check_data_roots
+from mmdeit.engine import setup_cpu_distributed
 
 
 def parse_args(argv=None):
@@ -81,6 +82,7 @@ def main(argv=None):
         check_data_roots(cfg)
     except FileNotFoundError as err:
         sys.exit(f'mmdeit: cannot train {args.config}: {err}')
+    setup_cpu_distributed(cfg)  # torchrun without GPUs: gloo, DDP without device ids
     runner = Runner.from_cfg(cfg)
     runner.train()
 

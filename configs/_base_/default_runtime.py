@@ -16,6 +16,9 @@ env_cfg = dict(
     dist_cfg=dict(backend='nccl'),
 )
 
+# Stop with a clear message on a NaN/inf loss, before the broken state is checkpointed.
+custom_hooks = [dict(type='NanGuardHook')]
+
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='UniversalVisualizer', vis_backends=vis_backends)
 

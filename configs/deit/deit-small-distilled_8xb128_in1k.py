@@ -6,4 +6,7 @@ _base_ = [
     '../_base_/default_runtime.py',
 ]
 
-custom_hooks = [dict(type='EMAHook', momentum=4e-5, priority='ABOVE_NORMAL')]
+custom_hooks = [
+    dict(type='EMAHook', momentum=4e-5, priority='ABOVE_NORMAL'),
+    dict(type='NanGuardHook'),
+]

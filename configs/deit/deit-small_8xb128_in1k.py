@@ -8,4 +8,7 @@ _base_ = [
 
 # The official code clips no gradients for DeiT and keeps an EMA of the weights
 # (model_ema, decay 0.99996, i.e. momentum 4e-5); the paper reports the raw model.
-custom_hooks = [dict(type='EMAHook', momentum=4e-5, priority='ABOVE_NORMAL')]
+custom_hooks = [
+    dict(type='EMAHook', momentum=4e-5, priority='ABOVE_NORMAL'),
+    dict(type='NanGuardHook'),
+]

@@ -1,7 +1,8 @@
 """Fail early, with one clear message, when a config's dataset folder is not there."""
 
+import os
 import os.path as osp
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 from mmengine.config import Config
 
@@ -15,6 +16,9 @@ Download ImageNet-1k yourself (it cannot be fetched automatically) and link it t
 the path with --cfg-options train_dataloader.dataset.data_root=... (and val_/test_ alike)."""
 
 _IMAGENET_TYPES = ('ImageNet', 'ImageNet21k', 'mmpretrain.ImageNet')
+_FOLDER_TYPES = ('CustomDataset', 'mmpretrain.CustomDataset', *_IMAGENET_TYPES)
+#: mmpretrain ``CustomDataset``'s default ``extensions``.
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif')
 
 
 def _datasets(cfg: Config) -> Iterator[Tuple[str, dict]]:
@@ -24,6 +28,38 @@ def _datasets(cfg: Config) -> Iterator[Tuple[str, dict]]:
         while isinstance(dataset, dict):
             yield loader, dataset
             dataset = dataset.get('dataset')  # dataset wrappers (RepeatDataset, ...)
+
+
+def _has_image(folder: str, extensions: Sequence[str], in_subfolders: bool) -> bool:
+    """Whether ``folder`` (only its subfolders if ``in_subfolders``) holds an image file.
+
+    Stops at the first one found, so a full ImageNet folder costs a few directory reads.
+    """
+    extensions = tuple(e.lower() for e in extensions)
+    for dirpath, _, filenames in os.walk(folder, followlinks=True):
+        if in_subfolders and dirpath == folder:
+            continue
+        if any(name.lower().endswith(extensions) for name in filenames):
+            return True
+    return False
+
+
+def _empty_folder_problem(dataset: dict, folder: str) -> Optional[str]:
+    """The problem of a folder-scanning dataset (no ``ann_file``) whose folder has no image."""
+    if dataset.get('type') not in _FOLDER_TYPES or dataset.get('ann_file'):
+        return None
+    if not osp.isdir(folder):
+        return f'image folder {folder!r} does not exist'
+    extensions = dataset.get('extensions') or IMG_EXTENSIONS
+    # mmpretrain's ImageNet reads its unlabelled 'test' split from a flat folder.
+    with_label = dataset.get('with_label', dataset.get('split') != 'test')
+    if _has_image(folder, extensions, in_subfolders=with_label):
+        return None
+    where = f'{folder}/<class>/<image>' if with_label else f'{folder}/<image>'
+    return (
+        f'image folder {folder!r} holds no image (looked for {where} with extensions '
+        f'{tuple(extensions)})'
+    )
 
 
 def _problem(dataset: dict) -> Optional[str]:
@@ -43,18 +79,27 @@ def _problem(dataset: dict) -> Optional[str]:
             return f'image folder {folder!r} does not exist'
         if ann and not osp.isfile(osp.join(root, ann)) and not osp.isfile(ann):
             return f'ann_file {ann!r} does not exist under {root!r}'
-    return None
+        if not ann and not osp.isfile(osp.join(root, 'meta', f'{split}.txt')):
+            return _empty_folder_problem(dataset, osp.normpath(folder))
+        return None
+    prefix = dataset.get('data_prefix') or ''
+    if isinstance(prefix, dict):
+        prefix = prefix.get('img_path', '')
+    return _empty_folder_problem(dataset, osp.normpath(osp.join(root, prefix)))
 
 
 def check_data_roots(cfg: Config) -> None:
-    """Check that every dataloader's ``data_root`` (and ImageNet split folder) exists.
+    """Check that every dataloader's ``data_root`` (and ImageNet split folder) exists, and that
+    a dataset that scans a folder for images (``CustomDataset``, or ``ImageNet`` without an
+    annotation file) finds at least one there.
 
     Args:
         cfg: A full runner config.
 
     Raises:
-        FileNotFoundError: naming the dataloader, the path it looked at, and for ImageNet
-            the expected folder layout.
+        FileNotFoundError: naming the dataloader, the path it looked at (and for an empty
+            folder the layout and extensions looked for), and for ImageNet the expected
+            folder layout.
     """
     for loader, dataset in _datasets(cfg):
         problem = _problem(dataset)

@@ -287,6 +287,12 @@ class VisionTransformer(BaseBackbone):
     # ------------------------------------------------------------------ forward
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Patch-embed, prepend the extra tokens, add position embedding."""
+        in_channels = self.patch_embed.projection.in_channels
+        if x.dim() != 4 or x.shape[1] != in_channels:
+            raise ValueError(
+                f'{type(self).__name__} expects images of shape (B, {in_channels}, H, W) '
+                f'(in_channels={in_channels}), got {tuple(x.shape)}'
+            )
         B = x.shape[0]
         x, patch_resolution = self.patch_embed(x)  # (B, H*W, C)
         tokens = [getattr(self, n).expand(B, -1, -1) for n in self.extra_tokens]

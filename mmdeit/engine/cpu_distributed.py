@@ -1,0 +1,73 @@
+"""Distributed training on CPUs (gloo) with mmengine's ``pytorch`` launcher (torchrun)."""
+
+import datetime
+import logging
+
+import torch
+import torch.distributed as torch_dist
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+__all__ = ['setup_cpu_distributed']
+
+
+def setup_cpu_distributed(cfg: Config) -> bool:
+    """Make a torchrun-launched run (``launcher='pytorch'``) work on a machine without CUDA.
+
+    mmengine 0.10's pytorch launcher calls ``torch.cuda.set_device(LOCAL_RANK)`` before it
+    initialises the process group, and wraps the model in ``DistributedDataParallel`` with
+    ``device_ids=[LOCAL_RANK]``; both fail without a GPU. Without CUDA this function therefore
+    initialises the process group itself with the gloo backend (mmengine's ``Runner`` then
+    keeps it) and sets ``model_wrapper_cfg`` to ``MMDistributedDataParallel`` without device
+    ids. With CUDA, another launcher, or a process group already initialised, it does nothing.
+
+    Call it after the command-line options are merged and before ``Runner.from_cfg(cfg)``.
+
+    Args:
+        cfg: The full runner config; ``cfg.launcher``, ``cfg.env_cfg.dist_cfg`` (``backend``,
+            which must be gloo without CUDA and is switched to it with a warning otherwise,
+            and ``timeout`` in seconds), ``cfg.model_wrapper_cfg`` and
+            ``cfg.find_unused_parameters`` are read; the latter two and the backend are set.
+
+    Returns:
+        True if it initialised the process group, else False.
+    """
+    if cfg.get('launcher', 'none') != 'pytorch' or torch.cuda.is_available():
+        return False
+    if not torch_dist.is_available():
+        raise RuntimeError('launcher pytorch needs torch.distributed, which this torch lacks')
+    if torch_dist.is_initialized():
+        return False
+    env_cfg = cfg.setdefault('env_cfg', {})
+    dist_cfg = dict(env_cfg.get('dist_cfg') or {})
+    backend = dist_cfg.pop('backend', 'gloo')
+    if backend != 'gloo':
+        print_log(
+            f'env_cfg.dist_cfg.backend={backend!r} needs GPUs and none is available: using '
+            "'gloo' on the CPUs (set --cfg-options env_cfg.dist_cfg.backend=gloo to silence "
+            'this).',
+            logger='current',
+            level=logging.WARNING,
+        )
+    timeout = dist_cfg.pop('timeout', None)
+    if timeout is not None:
+        dist_cfg['timeout'] = datetime.timedelta(seconds=timeout)
+    # RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT come from torchrun's environment.
+    torch_dist.init_process_group(backend='gloo', **dist_cfg)
+    env_cfg.setdefault('dist_cfg', {})
+    env_cfg['dist_cfg']['backend'] = 'gloo'
+
+    wrapper = cfg.get('model_wrapper_cfg')
+    if wrapper is None:
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel',
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False),
+            device_ids=None,
+        )
+    elif wrapper.get('type', 'MMDistributedDataParallel') in (
+        'MMDistributedDataParallel',
+        'DistributedDataParallel',
+    ):
+        wrapper.setdefault('device_ids', None)
+    return True

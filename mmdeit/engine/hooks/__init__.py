@@ -1,0 +1,4 @@
+from .atomic_checkpoint_hook import LAST_CHECKPOINT, AtomicCheckpointHook
+from .nan_guard_hook import NanGuardHook
+
+__all__ = ['AtomicCheckpointHook', 'LAST_CHECKPOINT', 'NanGuardHook']
