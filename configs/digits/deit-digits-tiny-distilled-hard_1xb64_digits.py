@@ -5,12 +5,12 @@
 _base_ = [
     './_base_/deit-digits-tiny.py',
     './_base_/digits_bs64.py',
-    './_base_/digits_adamw_100e.py',
+    './_base_/digits_adamw_60e.py',
     './_base_/digits_runtime.py',
 ]
 
 model = dict(
     head=dict(loss=dict(mode='hard')),
     teacher='{{ fileDirname }}/resnet-digits_1xb64_digits.py',
-    teacher_ckpt='work_dirs/resnet-digits_1xb64_digits/epoch_100.pth',
+    teacher_ckpt='work_dirs/resnet-digits_1xb64_digits/epoch_30.pth',
 )

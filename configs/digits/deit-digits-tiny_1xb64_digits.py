@@ -3,7 +3,7 @@
 _base_ = [
     './_base_/deit-digits-tiny.py',
     './_base_/digits_bs64.py',
-    './_base_/digits_adamw_100e.py',
+    './_base_/digits_adamw_60e.py',
     './_base_/digits_runtime.py',
 ]
 

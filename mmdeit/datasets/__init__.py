@@ -1,3 +1,4 @@
 from .data_root_check import check_data_roots
+from .digits import DigitsDataset
 
-__all__ = ['check_data_roots']
+__all__ = ['check_data_roots', 'DigitsDataset']

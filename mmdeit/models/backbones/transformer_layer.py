@@ -42,9 +42,11 @@ def _residual_linear(
 ) -> torch.Tensor:
     """``identity + drop_path(layer_scale(dropout(linear(x))))`` with fewer memory passes.
 
-    The common case (no active dropout, no LayerScale) sums the shortcut inside the GEMM:
-    ``addmm(identity, x, W^T)`` then adds the bias in place; an active DropPath becomes one
-    ``addcmul`` with the per-sample mask (drawn exactly as mmcv's ``drop_path`` draws it).
+    The common case (no active dropout, no LayerScale) writes ``identity + bias`` once and lets
+    the GEMM accumulate ``x @ W^T`` into it (``addmm_``, beta=1): one memory pass instead of
+    the bias copy of ``addmm``, a new tensor for the branch and the add. An active DropPath
+    becomes one ``addcmul`` with the per-sample mask (drawn exactly as mmcv's ``drop_path``
+    draws it, so the random stream is the same).
 
     Args:
         identity: The shortcut (B, N, C_out).
@@ -67,16 +69,16 @@ def _residual_linear(
         shape = (identity.shape[0],) + (1,) * (identity.dim() - 1)  # (B, 1, 1)
         mask = (keep + torch.rand(shape, dtype=x.dtype, device=x.device)).floor_().div_(keep)
         return torch.addcmul(identity, linear(x), mask)
-    shape = identity.shape
+    shape = identity.shape  # (B, N, C_out)
     x2d = x.reshape(-1, x.shape[-1])  # (B*N, C_in), a view for contiguous x
     identity2d = identity.reshape(-1, shape[-1])  # (B*N, C_out)
+    bias = linear.bias
     if inplace and identity.is_contiguous():
-        out = identity2d.addmm_(x2d, linear.weight.t())
+        out = identity2d if bias is None else identity2d.add_(bias)
     else:
-        out = torch.addmm(identity2d, x2d, linear.weight.t())
-    if linear.bias is not None:
-        out.add_(linear.bias)
-    return out.view(shape)
+        # One pass writes ``identity + bias`` (the copy ``addmm`` would do for the bias).
+        out = identity2d.clone() if bias is None else identity2d + bias
+    return out.addmm_(x2d, linear.weight.t()).view(shape)  # GEMM with beta=1: adds in place
 
 
 def _layer_scale(dims: int, init_value: float, data_format: str = 'channels_last') -> nn.Module:

@@ -59,7 +59,8 @@ class DistilledImageClassifier(ImageClassifier):
     (usually on a ``DistilledVisionTransformer``); the head's ``DistillationLoss`` mode says how
     the teacher is used. In training (mode 'loss') the teacher gets exactly the student's input
     batch, i.e. after the data preprocessor and the batch augments (Mixup/CutMix), runs under
-    ``torch.no_grad`` in eval mode, and its logits are passed to the head's loss. So the teacher
+    ``torch.inference_mode`` (no autograd bookkeeping at all) in eval mode, and its logits (a
+    normal tensor, usable as a loss target) are passed to the head's loss. So the teacher
     must expect the student's input normalisation and resolution. Validation and prediction use
     the student only.
 
@@ -83,6 +84,9 @@ class DistilledImageClassifier(ImageClassifier):
             ``CheckpointLoader`` (local path or URL). Its weights may be the whole file or under
             'state_dict' or 'model'. If None the teacher keeps the weights it is built with
             (e.g. timm's ``pretrained=True``); its ``init_cfg`` is not run. Defaults to None.
+        teacher_channels_last: Run the teacher in the channels-last memory format (weights
+            converted once, each input batch per call), usually faster for convnet teachers
+            such as RegNetY on CPU (oneDNN) and on GPUs with tensor cores. Defaults to False.
         pretrained: Checkpoint of the student, see ``ImageClassifier``. Defaults to None.
         train_cfg: Training setting, e.g. ``dict(augments=[...])``. Defaults to None.
         data_preprocessor: Data preprocessor config. Defaults to None
@@ -97,6 +101,7 @@ class DistilledImageClassifier(ImageClassifier):
         head: Optional[dict] = None,
         teacher: Optional[dict | str | nn.Module] = None,
         teacher_ckpt: Optional[str] = None,
+        teacher_channels_last: bool = False,
         pretrained: Optional[str] = None,
         train_cfg: Optional[dict] = None,
         data_preprocessor: Optional[dict] = None,
@@ -115,6 +120,11 @@ class DistilledImageClassifier(ImageClassifier):
             raise TypeError(
                 'teacher must be a model config dict, a config file path or an '
                 f'nn.Module, got {type(teacher).__name__}'
+            )
+        if not isinstance(teacher_channels_last, bool):
+            raise TypeError(
+                'teacher_channels_last must be a bool (True or False), got '
+                f'{type(teacher_channels_last).__name__}'
             )
         if head is None:
             raise ValueError('DistilledImageClassifier needs a head (a DeiTClsHead config)')
@@ -140,6 +150,7 @@ class DistilledImageClassifier(ImageClassifier):
             )
 
         mode = self.head.loss_module.mode
+        self.teacher_channels_last = teacher_channels_last
         self._teacher_ref: Optional[_TeacherRef] = None
         if not self.head.loss_module.needs_teacher:
             if teacher is not None:
@@ -163,6 +174,8 @@ class DistilledImageClassifier(ImageClassifier):
             )
         teacher.requires_grad_(False)
         teacher.eval()
+        if teacher_channels_last:
+            teacher.to(memory_format=torch.channels_last)
         self._teacher_ref = _TeacherRef(teacher)
 
     @property
@@ -224,22 +237,29 @@ class DistilledImageClassifier(ImageClassifier):
             self.teacher.eval()
         return self
 
-    @torch.no_grad()
     def teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The teacher's logits (B, num_classes) on ``inputs``, without gradient."""
+        """The teacher's logits (B, num_classes) on ``inputs``, without gradient.
+
+        The teacher runs under ``torch.inference_mode``; the logits are cloned out of it into a
+        normal tensor (B x num_classes, a negligible copy), so a loss may save them for its
+        backward pass.
+        """
         teacher = self.teacher
         if teacher is None:
             raise RuntimeError('this model has no teacher (distillation loss mode is none)')
         if teacher.training:
             teacher.eval()
-        if isinstance(teacher, BaseModel):
-            logits = teacher(inputs, mode='tensor')
-        else:
-            logits = teacher(inputs)
+        with torch.inference_mode():
+            if self.teacher_channels_last and inputs.dim() == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            if isinstance(teacher, BaseModel):
+                logits = teacher(inputs, mode='tensor')
+            else:
+                logits = teacher(inputs)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
             raise TypeError(f'the teacher must output logits of shape (B, num_classes), got {got}')
-        return logits.detach()
+        return logits.clone()  # outside inference mode: a normal tensor, no grad
 
     def loss(self, inputs: torch.Tensor, data_samples: List[DataSample]) -> dict:
         """Losses of a batch (already preprocessed and batch-augmented).
