@@ -1,3 +1,3 @@
-from .inference import inference_model, init_model
+from .inference import inference_model, init_model, test_pipeline_cfg
 
-__all__ = ['inference_model', 'init_model']
+__all__ = ['inference_model', 'init_model', 'test_pipeline_cfg']

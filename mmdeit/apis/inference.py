@@ -111,9 +111,26 @@ def _check_array(img: np.ndarray, in_channels: int) -> None:
         raise ValueError(f'img must be uint8, got {img.dtype}')
 
 
-def _test_pipeline(cfg: Config) -> list:
-    pipeline = cfg.get('test_pipeline') or cfg.test_dataloader.dataset.pipeline
-    return copy.deepcopy(list(pipeline))
+def test_pipeline_cfg(cfg: Config, from_file: bool = True) -> List[dict]:
+    """The config's test pipeline, starting with ``LoadImageFromFile`` exactly when images
+    come from files.
+
+    Configs whose datasets hold images in memory (the digits ones) have no loading step; an
+    image path then still needs one, an array never does.
+
+    Args:
+        cfg: The full config (``test_pipeline`` or ``test_dataloader.dataset.pipeline``).
+        from_file: Whether the inputs are image paths. Defaults to True.
+    """
+    pipeline = cfg.get('test_pipeline') or (cfg.get('test_dataloader') or {}).get(
+        'dataset', {}
+    ).get('pipeline')
+    if not pipeline:
+        raise ValueError(
+            'the config has neither test_pipeline nor test_dataloader.dataset.pipeline'
+        )
+    pipeline = [t for t in copy.deepcopy(list(pipeline)) if t['type'] != 'LoadImageFromFile']
+    return [dict(type='LoadImageFromFile')] + pipeline if from_file else pipeline
 
 
 def inference_model(
@@ -134,11 +151,10 @@ def inference_model(
     images = [img] if single else list(img)
     if not images:
         raise ValueError('img is an empty list')
-    pipeline = _test_pipeline(model.cfg)
     in_channels = getattr(getattr(model, 'backbone', None), 'patch_embed', None)
     in_channels = getattr(getattr(in_channels, 'projection', None), 'in_channels', 3)
-    load = Compose(pipeline)
-    no_load = Compose([t for t in pipeline if t['type'] != 'LoadImageFromFile'])
+    load = Compose(test_pipeline_cfg(model.cfg, from_file=True))
+    no_load = Compose(test_pipeline_cfg(model.cfg, from_file=False))
     batch = []
     for item in images:
         if isinstance(item, (str, Path)):

@@ -72,19 +72,13 @@ def build_model(config: str, checkpoint: str, device: str) -> torch.nn.Module:
 
 
 def build_pipeline(cfg):
-    """The config's test pipeline (``test_dataloader.dataset.pipeline`` or ``test_pipeline``)."""
+    """The config's test pipeline, loading the image from its file first."""
     from mmengine.dataset import Compose
 
+    from mmdeit.apis import test_pipeline_cfg
     from mmdeit.registry import TRANSFORMS
 
-    pipeline = cfg.get('test_pipeline')
-    if pipeline is None:
-        pipeline = cfg.get('test_dataloader', {}).get('dataset', {}).get('pipeline')
-    if not pipeline:
-        raise ValueError(
-            'the config has neither test_pipeline nor test_dataloader.dataset.pipeline'
-        )
-    return Compose([TRANSFORMS.build(t) for t in pipeline])
+    return Compose([TRANSFORMS.build(t) for t in test_pipeline_cfg(cfg, from_file=True)])
 
 
 def list_images(path: str) -> List[Path]:
