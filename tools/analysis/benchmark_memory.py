@@ -16,7 +16,7 @@ import resource
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import List
+from typing import List, Optional
 
 import benchmark_models as bm
 import torch
@@ -39,8 +39,34 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _tensor_peak_mb(fn) -> Optional[float]:
+    """Peak of the tensor memory allocated by ``fn`` above what was live before (MiB).
+
+    Read from the torch profiler's allocation events (``profile_memory=True``); the CPU
+    counterpart of ``torch.cuda.max_memory_allocated() - memory_allocated()``. None if the
+    profiler does not expose them.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    try:
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']
+    except AttributeError:
+        return None
+    current = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak / 2**20
+
+
 def memory_child(spec: dict) -> dict:
-    """One configuration in a fresh process: peak memory of two training steps."""
+    """One configuration in a fresh process: peak memory of two training steps.
+
+    The first step is timed; on CPU the second one runs under the profiler, which gives the
+    peak tensor memory of a step (with the optimizer state already allocated).
+    """
     torch.set_num_threads(spec['threads'])
     dev = Device(spec['device'])
     args = argparse.Namespace(**spec['args'])
@@ -63,7 +89,12 @@ def memory_child(spec: dict) -> dict:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
         kind = 'getrusage ru_maxrss (peak RSS since start)'
     with dev.sdpa():
-        times = [dev.timed(step) for _ in range(2)]
+        step_s = dev.timed(step)
+        if dev.cuda:
+            step()
+            tensor_peak = torch.cuda.max_memory_allocated() / 2**20 - before
+        else:
+            tensor_peak = _tensor_peak_mb(step)
     if dev.cuda:
         peak = torch.cuda.max_memory_allocated() / 2**20
     elif linux:
@@ -74,8 +105,9 @@ def memory_child(spec: dict) -> dict:
         peak_mb=peak,
         before_step_mb=before,
         step_increase_mb=peak - before,
+        tensor_peak_mb=tensor_peak,
         measure=kind,
-        step_s=min(times),
+        step_s=step_s,
     )
 
 

@@ -8,10 +8,10 @@ mmpretrain checkpoints load strictly. Attention runs through
 Speed (see ``docs/benchmarks.md``): the qkv output is viewed, never copied, as the three
 (B, h, N, d) operands of SDPA, whose output is laid out (B, N, h, d) in memory, so the output
 projection reads it as a (B*N, C) view. The shortcut is summed inside the GEMM of the output
-projection and of the second FFN layer (``addmm`` with the shortcut as its input) instead of
-in a separate add, and stochastic depth is one ``addcmul``. Without autograd (inference) the
-FFN's GELU and shortcut are computed in place. All of this is exact (fp32, erf GELU): only the
-rounding order of the sums changes.
+projection and of the second FFN layer (``identity + bias`` is written once and ``addmm_``
+accumulates ``x @ W^T`` into it) instead of in a separate add, and stochastic depth is one
+``addcmul``. Without autograd (inference) the FFN's GELU and shortcut are computed in place.
+All of this is exact (fp32, erf GELU): only the rounding order of the sums changes.
 """
 
 from typing import Optional, Tuple
@@ -219,7 +219,7 @@ class FFN(BaseModule):
         no_grad = not torch.is_grad_enabled()
         h = fc1(x)  # (B, N, feedforward_channels)
         if no_grad and type(act) is nn.GELU:
-            h = torch.ops.aten.gelu_(h, approximate=act.approximate)  # exact erf GELU
+            h = torch.ops.aten.gelu_(h, approximate=act.approximate)  # in place; erf by default
         else:
             h = act(h)
         h = drop1(h)

@@ -271,6 +271,8 @@ class DistilledImageClassifier(ImageClassifier):
         Returns:
             dict[str, Tensor]: ``loss_cls`` and ``loss_distill``, see ``DistillationLoss``.
         """
-        feats = self.extract_feat(inputs)
+        # The teacher first: its activations are freed before the student's forward allocates
+        # the activations it keeps for backward, so the two never add up in memory.
         teacher_logits = self.teacher_logits(inputs) if self.teacher is not None else None
+        feats = self.extract_feat(inputs)
         return self.head.loss(feats, data_samples, teacher_logits=teacher_logits)
