@@ -41,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--work-dir', default='work_dirs/digits_seeds')
     parser.add_argument('--epochs', type=int, help='epochs of every run (default: the configs)')
+    parser.add_argument(
+        '--teacher-epochs', type=int, help='epochs of the teacher (default: --epochs, else 30)'
+    )
     parser.add_argument('--threads', type=int, default=1, help='torch threads, as tools/demo.py')
     parser.add_argument('--doc', default='docs/digits.md', help='the Markdown file to update')
     args = parser.parse_args(argv)
@@ -78,9 +81,13 @@ def format_section(
     """The Markdown written between the markers: table, per-seed numbers, command, machine."""
     seeds = sorted(per_seed)
     rows = [r['row'] for r in per_seed[seeds[0]]]
+    first = per_seed[seeds[0]]
+    epochs = (
+        f'teacher {first[0].get("epochs", "?")} epochs, students {first[-1].get("epochs", "?")}'
+    )
     lines = [
-        f'Val top-1 (%) of the last epoch on the fixed 360-image val split, {len(seeds)} '
-        f'training seeds ({", ".join(map(str, seeds))}); mean ± sample std.',
+        f'Val top-1 (%) of the last epoch on the fixed 360-image val split ({epochs}), '
+        f'{len(seeds)} training seeds ({", ".join(map(str, seeds))}); mean ± sample std.',
         '',
         '| run | val top-1 mean ± std | per seed | train time per run (mean) |',
         '| :-- | --: | --: | --: |',
@@ -136,6 +143,8 @@ def main(argv=None) -> Dict[int, List[dict]]:
         ]  # fmt: skip
         if args.epochs is not None:
             demo_argv += ['--epochs', str(args.epochs)]
+        if args.teacher_epochs is not None:
+            demo_argv += ['--teacher-epochs', str(args.teacher_epochs)]
         start = time.perf_counter()
         per_seed[seed] = demo.main(demo_argv)
         totals[seed] = time.perf_counter() - start
