@@ -118,6 +118,15 @@ def test_flops_and_parity(report):
     assert flops['train_step'] == 3 * flops['forward'] - patch_embed
     # torch's FlopCounterMode counts the same GEMMs and conv (not SDPA on CPU), 2 per MAC.
     assert report['flop_counter_forward_timm'] == flops['forward_without_attention']
+    # mmdeit's last layer computes the outputs of the 2 extra tokens only: the 16 patch rows
+    # of q, proj, fc1, fc2 and of both attention matmuls are not executed.
+    saved_gemm = 2 * patches * (2 * c * c + 2 * c * ffn)
+    saved_attention = 2 * patches * 2 * tokens * c
+    assert flops['mmdeit_forward'] == flops['forward'] - saved_gemm - saved_attention
+    counted = report['flop_counter_forward_mmdeit']
+    assert counted == flops['forward_without_attention'] - saved_gemm
+    # Training also skips the branches stochastic depth drops (rates 0 and 0.1 here): expected.
+    assert flops['mmdeit_train_step'] < 3 * flops['mmdeit_forward'] - patch_embed
     # The three libraries hold the same weights, so they compute the same logits.
     assert max(report['parity_max_abs_diff'].values()) < 1e-4
 

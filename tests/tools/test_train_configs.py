@@ -66,6 +66,9 @@ def test_deit_small_recipe_trains_two_iterations(tiny_imagenet, tmp_path):
     ckpt = torch.load(work_dir / 'epoch_1.pth', map_location='cpu', weights_only=False)
     assert ckpt['meta']['iter'] == 2
     assert 'ema_state_dict' in ckpt  # the recipe's EMA hook ran
+    groups = ckpt['optimizer']['param_groups']
+    assert all(g['fused'] for g in groups)  # the recipe's AdamW is torch's fused one
+    assert {g['weight_decay'] for g in groups} == {0.0, 0.05}  # no decay on norms/tokens
     log = next(work_dir.glob('*/*.log')).read_text()
     assert 'Epoch(train) [1][2/2]' in log and 'accuracy/top1' in log
 

@@ -152,7 +152,9 @@ def build_all(arch: Arch, cfg: dict) -> Dict[str, nn.Module]:
     return dict(mmdeit=ours, mmpretrain=theirs, timm=peer)
 
 
-def deit_flops(settings: dict, img_size: int, patch_size: int, num_classes: int) -> dict:
+def deit_flops(
+    settings: dict, img_size: int, patch_size: int, num_classes: int, drop_path_rate: float = 0.0
+) -> dict:
     """Matmul FLOPs per image, a multiply and an add counted as 2 FLOPs (2 per MAC).
 
     Counted: the patch-embedding convolution, the qkv/proj/fc1/fc2 GEMMs, the two attention
@@ -160,29 +162,55 @@ def deit_flops(settings: dict, img_size: int, patch_size: int, num_classes: int)
     residual adds (elementwise, well under 1% of the total). A training step is the forward
     plus twice the forward for the backward (input and weight gradients), except that the
     patch embedding needs no input gradient: ``3 * forward - patch_embed``.
+
+    ``forward`` and ``train_step`` are the work every implementation is asked to do. mmdeit
+    leaves out work whose result is unused (see ``transformer_layer.py``), so it executes
+    less: ``mmdeit_forward`` (its last layer computes the 2 extra tokens' outputs only) and
+    ``mmdeit_train_step`` (that, plus the expected saving of not computing the residual
+    branches that stochastic depth drops, at ``drop_path_rate``).
     """
     c, depth = settings['embed_dims'], settings['num_layers']
     ffn = settings['feedforward_channels']
     patches = (img_size // patch_size) ** 2
     tokens = patches + 2  # cls + dist
     patch_embed = 2 * patches * c * 3 * patch_size**2
+    attn_branch = 2 * tokens * 4 * c * c + 2 * 2 * tokens * tokens * c  # per layer
+    ffn_branch = 2 * tokens * 2 * c * ffn
     linear = 2 * tokens * (3 * c * c + c * c + 2 * c * ffn) * depth
     attention = 2 * 2 * tokens * tokens * c * depth
     heads = 2 * 2 * c * num_classes
     forward = patch_embed + linear + attention + heads
+    skipped_rows = tokens - 2  # last layer: the patch tokens' queries, proj and FFN
+    last_layer_saving = 2 * skipped_rows * (2 * c * c + 2 * c * ffn + 2 * tokens * c)
+    rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linspace
+    drop_saving = sum(r * (attn_branch + ffn_branch) for r in rates[:-1])
+    last_branches = attn_branch + ffn_branch - last_layer_saving
+    drop_saving += rates[-1] * last_branches
     return dict(
         forward=forward,
         forward_attention=attention,
         forward_without_attention=forward - attention,
         train_step=3 * forward - patch_embed,
+        mmdeit_forward=forward - last_layer_saving,
+        mmdeit_train_step=3 * (forward - last_layer_saving - drop_saving) - patch_embed,
     )
 
 
-def counted_forward_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """FLOPs of ``model.predict(x)`` by torch's FlopCounterMode (CPU: SDPA is not counted)."""
+def counted_forward_flops(model: nn.Module, x: torch.Tensor, autograd: bool = False) -> int:
+    """FLOPs of ``model.predict(x)`` by torch's FlopCounterMode (CPU: SDPA is not counted).
+
+    Args:
+        autograd: Count with autograd on, where mmdeit runs the ordinary aten GEMMs (the
+            counter does not know oneDNN's inference op). Defaults to False.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    def addmm_flop(acc_shape, a_shape, b_shape, *args, **kwargs) -> int:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]  # (m, k) @ (k, n)
+
+    grad_mode = torch.enable_grad() if autograd else torch.inference_mode()
+    in_place = {torch.ops.aten.addmm_: addmm_flop}  # not in torch's table; mmdeit uses it
+    with grad_mode, FlopCounterMode(display=False, custom_mapping=in_place) as counter:
         model.predict(x)
     return int(counter.get_total_flops())
 

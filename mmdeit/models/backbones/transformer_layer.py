@@ -11,6 +11,16 @@ projection reads it as a (B*N, C) view. The shortcut is summed inside the GEMM o
 projection and of the second FFN layer (``identity + bias`` is written once and ``addmm_``
 accumulates ``x @ W^T`` into it) instead of in a separate add, and stochastic depth is one
 ``addcmul``. Without autograd (inference) the FFN's GELU and shortcut are computed in place.
+Two ways of skipping work whose result is thrown away, both exact:
+
+* ``num_queries``: a layer can compute only the first ``num_queries`` output tokens (keys and
+  values still come from every token). The backbone uses it in its last layer when only the
+  cls/dist tokens are read (``out_type='cls_token'``): the patch tokens of the last layer feed
+  nothing, so their queries, projections and FFN are not computed.
+* Stochastic depth in training: a sample whose residual branch is dropped gets no branch
+  computed at all (its rows are left out of the GEMMs), instead of computing the branch and
+  multiplying it by zero. The per-sample mask is drawn exactly as mmcv's ``drop_path`` draws it.
+
 All of this is exact (fp32, erf GELU): only the rounding order of the sums changes.
 """
 
@@ -23,6 +33,9 @@ from mmcv.cnn.bricks.drop import DropPath
 from mmengine.model import BaseModule
 from mmpretrain.models.utils import LayerScale, build_norm_layer
 from torch.utils.checkpoint import checkpoint
+
+from ..utils.drop_path import drop_path_mask, skip_dropped_samples
+from ..utils.onednn_linear import linear_rows, onednn_applies, onednn_linear
 
 
 def _active_dropout(module: nn.Module) -> bool:
@@ -65,10 +78,10 @@ def _residual_linear(
     ):
         return identity + drop_path(layer_scale(dropout(linear(x))))
     if _active_dropout(drop_path):
-        keep = 1 - drop_path.drop_prob
-        shape = (identity.shape[0],) + (1,) * (identity.dim() - 1)  # (B, 1, 1)
-        mask = (keep + torch.rand(shape, dtype=x.dtype, device=x.device)).floor_().div_(keep)
-        return torch.addcmul(identity, linear(x), mask)
+        mask = drop_path_mask(x, drop_path.drop_prob).div_(1 - drop_path.drop_prob)
+        return torch.addcmul(identity, linear(x), mask.view(-1, *(1,) * (x.dim() - 1)))
+    if onednn_applies(x, linear):  # fp32 CPU inference
+        return onednn_linear(x, linear).add_(identity)  # a new tensor, summed in place
     shape = identity.shape  # (B, N, C_out)
     x2d = x.reshape(-1, x.shape[-1])  # (B*N, C_in), a view for contiguous x
     identity2d = identity.reshape(-1, shape[-1])  # (B*N, C_out)
@@ -79,6 +92,9 @@ def _residual_linear(
         # One pass writes ``identity + bias`` (the copy ``addmm`` would do for the bias).
         out = identity2d.clone() if bias is None else identity2d + bias
     return out.addmm_(x2d, linear.weight.t()).view(shape)  # GEMM with beta=1: adds in place
+
+
+_NO_DROP_PATH = nn.Identity()
 
 
 def _layer_scale(dims: int, init_value: float, data_format: str = 'channels_last') -> nn.Module:
@@ -128,31 +144,58 @@ class MultiheadAttention(BaseModule):
         self.out_drop = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.gamma1 = _layer_scale(embed_dims, layer_scale_init_value)
 
-    def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv(
+        self, x: torch.Tensor, num_queries: Optional[int] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, _ = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dims)  # (B, N, 3, h, d)
-        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, d), views
+        h, d = self.num_heads, self.head_dims
+        if num_queries is None:
+            qkv = onednn_linear(x, self.qkv) if onednn_applies(x, self.qkv) else self.qkv(x)
+            qkv = qkv.reshape(B, N, 3, h, d)  # (B, N, 3, h, d)
+            return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, d), views
+        # Queries of the first tokens only; keys and values of all (rows of one weight).
+        C = self.embed_dims
+        q = linear_rows(x[:, :num_queries], self.qkv, 0, C)  # (B, n, C)
+        q = q.reshape(B, num_queries, h, d).transpose(1, 2)  # (B, h, n, d)
+        kv = linear_rows(x, self.qkv, C, 3 * C)  # (B, N, 2C)
+        k, v = kv.reshape(B, N, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, N, d)
+        return q, k, v
 
-    def _project(self, x: torch.Tensor, identity: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _project(
+        self,
+        x: torch.Tensor,
+        identity: Optional[torch.Tensor] = None,
+        drop_path: Optional[nn.Module] = None,
+    ) -> torch.Tensor:
         B, _, N, _ = x.shape
         # SDPA's output is (B, N, h, d) in memory, so this is a view, not a copy.
         x = x.transpose(1, 2).reshape(B, N, self.embed_dims)  # (B, N, C)
+        drop_path = self.out_drop if drop_path is None else drop_path
         if identity is None:
-            return self.out_drop(self.gamma1(self.proj_drop(self.proj(x))))
-        return _residual_linear(identity, x, self.proj, self.proj_drop, self.gamma1, self.out_drop)
+            return drop_path(self.gamma1(self.proj_drop(self.proj(x))))
+        return _residual_linear(identity, x, self.proj, self.proj_drop, self.gamma1, drop_path)
 
-    def forward(self, x: torch.Tensor, identity: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Attend. ``x``: (B, N, C) -> (B, N, C).
+    def forward(
+        self,
+        x: torch.Tensor,
+        identity: Optional[torch.Tensor] = None,
+        num_queries: Optional[int] = None,
+        drop_path: bool = True,
+    ) -> torch.Tensor:
+        """Attend. ``x``: (B, N, C) -> (B, n, C), n = ``num_queries`` or N.
 
         Args:
             x: The (normalized) tokens (B, N, C).
-            identity: The shortcut (B, N, C) to add to the result, or None to return the
+            identity: The shortcut (B, n, C) to add to the result, or None to return the
                 residual branch alone. Defaults to None.
+            num_queries: Compute only the outputs of the first ``num_queries`` tokens; None
+                for all. Defaults to None.
+            drop_path: Apply this module's stochastic depth. Defaults to True.
         """
-        q, k, v = self._qkv(x)
+        q, k, v = self._qkv(x, num_queries)
         drop = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, h, N, d)
-        return self._project(out, identity)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, h, n, d)
+        return self._project(out, identity, None if drop_path else _NO_DROP_PATH)
 
     def forward_with_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Attend and also return the attention probabilities, shape (B, heads, N, N).
@@ -204,6 +247,7 @@ class FFN(BaseModule):
         x: torch.Tensor,
         identity: Optional[torch.Tensor] = None,
         reuse_identity: bool = False,
+        drop_path: bool = True,
     ) -> torch.Tensor:
         """(B, N, C) -> (B, N, C).
 
@@ -213,26 +257,25 @@ class FFN(BaseModule):
                 residual branch alone. Defaults to None.
             reuse_identity: ``identity`` is a temporary of the caller: without autograd the
                 result is written into its memory. Defaults to False.
+            drop_path: Apply this module's stochastic depth. Defaults to True.
         """
         fc1, act, drop1 = self.layers[0]
         fc2, drop2 = self.layers[1], self.layers[2]
         no_grad = not torch.is_grad_enabled()
-        h = fc1(x)  # (B, N, feedforward_channels)
-        if no_grad and type(act) is nn.GELU:
-            h = torch.ops.aten.gelu_(h, approximate=act.approximate)  # in place; erf by default
+        if type(act) is nn.GELU and onednn_applies(x, fc1):  # fp32 CPU inference
+            h = onednn_linear(x, fc1, gelu=act.approximate)  # GELU fused into the GEMM
         else:
-            h = act(h)
+            h = fc1(x)  # (B, N, feedforward_channels)
+            if no_grad and type(act) is nn.GELU:
+                h = torch.ops.aten.gelu_(h, approximate=act.approximate)  # in place; erf
+            else:
+                h = act(h)
         h = drop1(h)
+        drop_path = self.dropout_layer if drop_path else _NO_DROP_PATH
         if identity is None:
-            return self.dropout_layer(self.gamma2(drop2(fc2(h))))
+            return drop_path(self.gamma2(drop2(fc2(h))))
         return _residual_linear(
-            identity,
-            h,
-            fc2,
-            drop2,
-            self.gamma2,
-            self.dropout_layer,
-            inplace=reuse_identity and no_grad,
+            identity, h, fc2, drop2, self.gamma2, drop_path, inplace=reuse_identity and no_grad
         )
 
 
@@ -297,15 +340,37 @@ class TransformerEncoderLayer(BaseModule):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.normal_(m.bias, std=1e-6)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.attn(self.ln1(x), identity=x)  # a new tensor: the input is never modified
+    def _forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
+        identity = x if num_queries is None else x[:, :num_queries]  # (B, n, C)
+        drop = self.attn.out_drop
+        if _active_dropout(drop):
+
+            def attn_branch(t: torch.Tensor) -> torch.Tensor:
+                return self.attn(self.ln1(t), num_queries=num_queries, drop_path=False)
+
+            x = skip_dropped_samples(identity, x, attn_branch, drop.drop_prob)
+        else:  # a new tensor: the input is never modified
+            x = self.attn(self.ln1(x), identity=identity, num_queries=num_queries)
+        drop = self.ffn.dropout_layer
+        if _active_dropout(drop):
+
+            def ffn_branch(t: torch.Tensor) -> torch.Tensor:
+                return self.ffn(self.ln2(t), drop_path=False)
+
+            return skip_dropped_samples(x, x, ffn_branch, drop.drop_prob)
         return self.ffn(self.ln2(x), identity=x, reuse_identity=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) -> (B, N, C)."""
+    def forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
+        """(B, N, C) -> (B, n, C).
+
+        Args:
+            x: The tokens (B, N, C).
+            num_queries: Compute only the first ``num_queries`` output tokens (they still
+                attend to all N tokens); None for all. Defaults to None.
+        """
         if self.with_cp and x.requires_grad and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+            return checkpoint(self._forward, x, num_queries, use_reentrant=False)
+        return self._forward(x, num_queries)
 
     def forward_with_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Like :meth:`forward`, also returning the attention probabilities (B, h, N, N)."""

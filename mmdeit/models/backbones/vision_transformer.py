@@ -317,6 +317,16 @@ class VisionTransformer(BaseBackbone):
             return patch_token.reshape(x.shape[0], *hw, -1).permute(0, 3, 1, 2)  # (B, C, H, W)
         return self.ln2(patch_token.mean(dim=1))  # avg_featmap: (B, C)
 
+    def _last_layer_queries(self) -> Optional[int]:
+        """How many leading tokens :meth:`_format_output` reads from the last layer.
+
+        None means all. With ``out_type='cls_token'`` only the extra tokens are read, so the
+        last layer computes only their outputs (they still attend to every token): the same
+        result without the patch tokens' queries, projections and FFN, which nothing uses.
+        A subclass whose ``_format_output`` reads other tokens overrides this.
+        """
+        return self.num_extra_tokens if self.out_type == 'cls_token' else None
+
     def _run_layers(self, x: torch.Tensor, hw: Tuple[int, int], with_details: bool):
         outs, hidden_states, attentions = [], [x], []
         last = self.num_layers - 1
@@ -326,6 +336,8 @@ class VisionTransformer(BaseBackbone):
                 x, attn = layer.forward_with_attention(x)
                 hidden_states.append(x)
                 attentions.append(attn)
+            elif i == last:
+                x = layer(x, num_queries=self._last_layer_queries())  # (B, n, C)
             else:
                 x = layer(x)
             if i == last and self.final_norm:

@@ -109,6 +109,28 @@ def test_gradients_reach_every_parameter(out_type):
         assert param.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize('train', [False, True])
+def test_last_layer_computes_only_the_read_tokens(train):
+    """With out_type='cls_token' the last layer's FFN sees the cls and dist tokens only."""
+    cfg = dict(arch=TINY, img_size=32, patch_size=8, drop_path_rate=0.3)
+    model = DistilledVisionTransformer(**cfg)
+    model.init_weights()
+    raw = DistilledVisionTransformer(**cfg, out_type='raw')
+    raw.load_state_dict(model.state_dict())
+    seen = []
+    model.layers[-1].ffn.layers[0][0].register_forward_pre_hook(
+        lambda m, a: seen.append(a[0].shape[1])
+    )
+    x = torch.randn(3, 3, 32, 32)
+    torch.manual_seed(0)
+    cls, dist = model.train(train)(x)[0]
+    torch.manual_seed(0)
+    tokens = raw.train(train)(x)[0]  # (B, 2+16, C), every token computed
+    torch.testing.assert_close(cls, tokens[:, 0])
+    torch.testing.assert_close(dist, tokens[:, 1])
+    assert seen == [2]
+
+
 def test_pre_norm_is_applied():
     model = DistilledVisionTransformer(arch=TINY, img_size=32, patch_size=8, pre_norm=True)
     model.init_weights()

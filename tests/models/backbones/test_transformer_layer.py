@@ -14,6 +14,7 @@ from mmdeit.models.backbones.transformer_layer import (
     MultiheadAttention,
     TransformerEncoderLayer,
 )
+from mmdeit.models.utils import onednn_linear
 
 CFG = dict(embed_dims=48, num_heads=3, feedforward_channels=96)
 
@@ -72,7 +73,13 @@ def test_inference_is_exact_and_leaves_the_input_alone(grad_mode):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_no_layout_copies_around_attention():
+@pytest.fixture
+def blas_path(monkeypatch):
+    """Run inference through the ordinary ops, as on a PyTorch without oneDNN."""
+    monkeypatch.setattr(onednn_linear, '_HAS_OP', False)
+
+
+def test_no_layout_copies_around_attention(blas_path):
     layer = TransformerEncoderLayer(**CFG).eval()
     x = torch.randn(2, 10, 48)
     for context in (torch.inference_mode, torch.enable_grad):
@@ -87,7 +94,26 @@ def test_no_layout_copies_around_attention():
     assert ops['aten::gelu_'] == 1 and ops['aten::add_'] == 1, ops  # the FFN works in place
 
 
-def test_identity_argument():
+@pytest.mark.skipif(not onednn_linear._HAS_OP, reason='PyTorch built without oneDNN')
+def test_inference_runs_the_linears_through_onednn_with_gelu_fused():
+    ours, theirs = _pair()
+    x = torch.randn(2, 10, 48)
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        got = ours.eval()(x)
+    ops = Counter(e.name for e in prof.events())
+    assert ops['mkldnn::_linear_pointwise'] == 4, ops  # qkv, proj, fc1 + GELU, fc2
+    assert ops['aten::addmm'] == ops['aten::gelu_'] == ops['aten::copy_'] == 0, ops
+    assert ops['aten::add_'] == 2, ops  # the two shortcuts, summed into the GEMM outputs
+    with torch.no_grad():
+        want = theirs.eval()(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # With autograd on, the ordinary ops run (oneDNN's op has no backward).
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        ours(x.requires_grad_(True)).sum().backward()
+    assert 'mkldnn::_linear_pointwise' not in {e.name for e in prof.events()}
+
+
+def test_identity_argument(blas_path):
     attn = MultiheadAttention(48, 3).eval()
     ffn = FFN(48, 96).eval()
     x, shortcut = torch.randn(2, 10, 48), torch.randn(2, 10, 48)
@@ -114,3 +140,27 @@ def test_with_cp_and_drop_path_keep_outputs_and_gradients():
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     for name, grad in got[2].items():
         torch.testing.assert_close(grad, want[2][name], msg=name)
+
+
+@pytest.mark.parametrize('train, kwargs', [(False, {}), (True, dict(drop_path_rate=0.5))])
+def test_num_queries_computes_the_first_tokens_only(train, kwargs):
+    layer = TransformerEncoderLayer(**CFG, **kwargs).train(train)
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(6, 10, 48)
+    seen = []
+    layer.ffn.layers[0][0].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
+
+    def run(num_queries):
+        layer.zero_grad()
+        torch.manual_seed(1)
+        out = layer(x, num_queries=num_queries)[:, :2]
+        out.square().mean().backward()
+        return out, {n: p.grad.clone() for n, p in layer.named_parameters()}
+
+    want, want_grads = run(None)
+    got, got_grads = run(2)
+    torch.testing.assert_close(got, want)
+    for name, grad in got_grads.items():
+        torch.testing.assert_close(grad, want_grads[name], msg=name)
+    assert seen == [10, 2]  # the FFN ran on 2 tokens, not 10

@@ -1,0 +1,41 @@
+"""Stochastic depth that skips the dropped samples instead of multiplying them by zero."""
+
+from typing import Callable
+
+import torch
+
+
+def drop_path_mask(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Per-sample keep mask (B,) of 0/1, drawn as mmcv's ``drop_path`` draws it."""
+    keep = 1 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.dim() - 1)  # (B, 1, 1)
+    return (keep + torch.rand(shape, dtype=x.dtype, device=x.device)).floor_().view(-1)
+
+
+def skip_dropped_samples(
+    identity: torch.Tensor, x: torch.Tensor, branch: Callable, drop_prob: float
+) -> torch.Tensor:
+    """``identity + drop_path(branch(x))``, computing ``branch`` only for the kept samples.
+
+    Equal to mmcv's ``DropPath`` applied to the whole batch with the same random draw (a
+    dropped sample's branch is multiplied by 0 there, and the branch of one sample does not
+    depend on the others), but the dropped rows never enter the GEMMs. Finding the kept
+    samples (``nonzero``) waits for the device on CUDA.
+
+    Args:
+        identity: The shortcut (B, n, C).
+        x: The branch input (B, N, C).
+        branch: Maps a batch of inputs (b, N, C) to its residual branch (b, n, C), without
+            stochastic depth.
+        drop_prob: The drop probability, > 0.
+    """
+    keep = 1 - drop_prob
+    mask = drop_path_mask(x, drop_prob)  # (B,)
+    kept = mask.nonzero().view(-1)  # (b,)
+    num_kept = kept.numel()
+    if num_kept == x.shape[0]:
+        return torch.add(identity, branch(x), alpha=1 / keep)
+    if num_kept == 0:  # keep every parameter in the graph (DDP), as mmcv does
+        return torch.addcmul(identity, branch(x), mask.view(-1, *(1,) * (identity.dim() - 1)))
+    out = branch(x.index_select(0, kept))  # (b, n, C)
+    return identity.index_add(0, kept, out, alpha=1 / keep)
