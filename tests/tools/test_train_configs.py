@@ -80,13 +80,14 @@ def test_deit_small_distilled_recipe_trains_with_a_teacher(tiny_imagenet, tmp_pa
     teacher_ckpt = tmp_path / 'teacher.pth'
     torch.save({'state_dict': teacher.state_dict()}, teacher_ckpt)
     work_dir = tmp_path / 'distilled'
-    _run(
+    cfg = _run(
         'configs/deit/deit-small-distilled_8xb128_in1k.py',
         tiny_imagenet,
         work_dir,
         'model.teacher.model_name=resnet10t',
         f'model.teacher_ckpt={teacher_ckpt}',
     )
+    assert cfg.model.teacher_channels_last is True
     ckpt = torch.load(work_dir / 'epoch_1.pth', map_location='cpu', weights_only=False)
     assert not any(k.startswith('teacher') for k in ckpt['state_dict'])
     assert 'head.layers.head_dist.weight' in ckpt['state_dict']
