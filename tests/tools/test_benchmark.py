@@ -84,7 +84,9 @@ def test_report_has_every_section(report):
         'without_teacher',
         'teacher_forward',
         'teacher_forward_channels_last',
+        'teacher_in_step',
     } == set(report['distillation']['results'])
+    assert len(report['distillation']['results']['teacher_in_step']['times_s']) == 1
     assert [row['with_cp'] for row in report['memory']] == [False, True]
     assert {'matmul', 'attention'} <= set(report['profile_inference']['categories'])
 
