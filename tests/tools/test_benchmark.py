@@ -145,3 +145,18 @@ def test_flops_and_parity(report):
 def test_bad_arguments(script, args, match):
     with pytest.raises(ValueError, match=match):
         script.main([*args, '--memory-archs', '--teacher', 'none'])
+
+
+def test_profile_categories(script):
+    import benchmark_timing  # on sys.path once the script is loaded
+
+    cases = {
+        'mkldnn::_linear_pointwise': 'matmul',
+        'aten::addmm_': 'matmul',
+        'aten::_scaled_dot_product_flash_attention_for_cpu': 'attention',
+        'aten::gelu_backward': 'gelu',
+        'aten::copy_': 'copy',
+        'aten::add_': 'other',
+    }
+    for name, category in cases.items():
+        assert benchmark_timing.op_category(name) == category, name

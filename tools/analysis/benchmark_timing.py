@@ -128,6 +128,8 @@ def op_category(name: str) -> str:
         return 'conv'
     if base in _MATMULS or any(k in low for k in ('gemm', 'cutlass', 'xmma')):
         return 'matmul'
+    if base == '_linear_pointwise':  # oneDNN linear (+ fused GELU): mmdeit's CPU inference
+        return 'matmul'
     for key in ('gelu', 'layer_norm'):
         if key in low:
             return key
