@@ -54,6 +54,9 @@ def _switches(no_onednn=False, no_pruning=False, no_skip=False) -> contextlib.Ex
     return stack
 
 
+SWITCHES = dict(onednn='no_onednn', skip_dropped='no_skip')
+
+
 def _variant(fn: Callable[[], None], **switches) -> Callable[[], None]:
     def run():
         with _switches(**switches):
@@ -87,33 +90,23 @@ def main(argv=None) -> dict:
         with torch.inference_mode():
             model.predict(x)
 
+    def ablate(fn: Callable[[], None], other: str, rounds: int) -> Dict[str, dict]:
+        """``fn`` as is, without ``other``, without last-layer pruning, without both."""
+        variants = dict(
+            all=fn,
+            **{f'no_{other}': _variant(fn, **{SWITCHES[other]: True})},
+            no_last_layer_pruning=_variant(fn, no_pruning=True),
+            neither=_variant(fn, no_pruning=True, **{SWITCHES[other]: True}),
+        )
+        return run_rounds(dev, variants, rounds, warmup=1)
+
     model.eval()
-    inference = run_rounds(
-        dev,
-        dict(
-            all=infer,
-            no_onednn=_variant(infer, no_onednn=True),
-            no_last_layer_pruning=_variant(infer, no_pruning=True),
-            neither=_variant(infer, no_onednn=True, no_pruning=True),
-        ),
-        args.rounds,
-        warmup=1,
-    )
+    inference = ablate(infer, 'onednn', args.rounds)
     xt = torch.randn(args.train_batch, 3, args.img_size, args.img_size)
     yt = torch.randint(0, args.num_classes, (args.train_batch,))
     opt = bm.make_adamw(model.parameters(), 'default', args.train_batch)
     step = bm.make_train_step(model.train(), opt, xt, yt, contextlib.nullcontext)
-    train = run_rounds(
-        dev,
-        dict(
-            all=step,
-            no_skip_dropped=_variant(step, no_skip=True),
-            no_last_layer_pruning=_variant(step, no_pruning=True),
-            neither=_variant(step, no_skip=True, no_pruning=True),
-        ),
-        args.train_rounds,
-        warmup=1,
-    )
+    train = ablate(step, 'skip_dropped', args.train_rounds)
     report = dict(machine=machine_info(dev), args=vars(args), inference=inference, train=train)
     for section in ('inference', 'train'):
         res: Dict[str, dict] = report[section]
