@@ -27,18 +27,11 @@ import benchmark_models as bm  # noqa: E402
 from benchmark_timing import Device, machine_info, run_rounds  # noqa: E402
 
 
-def _multiply_dropped(identity, x, branch, drop_prob):
-    """mmcv's way: compute the branch for every sample, multiply the dropped ones by 0."""
-    from mmdeit.models.utils.drop_path import drop_path_mask
-
-    mask = drop_path_mask(x, drop_prob).div_(1 - drop_prob)  # (B,)
-    return torch.addcmul(identity, branch(x), mask.view(-1, *(1,) * (identity.dim() - 1)))
-
-
 def _switches(no_onednn=False, no_pruning=False, no_skip=False) -> contextlib.ExitStack:
     from mmdeit.models.backbones import transformer_layer
     from mmdeit.models.backbones.vision_transformer import VisionTransformer
     from mmdeit.models.utils import onednn_linear
+    from mmdeit.models.utils.drop_path import multiply_dropped
 
     stack = contextlib.ExitStack()
     if no_onednn:
@@ -49,7 +42,7 @@ def _switches(no_onednn=False, no_pruning=False, no_skip=False) -> contextlib.Ex
         )
     if no_skip:
         stack.enter_context(
-            mock.patch.object(transformer_layer, 'skip_dropped_samples', _multiply_dropped)
+            mock.patch.object(transformer_layer, 'skip_dropped_samples', multiply_dropped)
         )
     return stack
 

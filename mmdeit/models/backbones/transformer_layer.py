@@ -9,8 +9,9 @@ Speed (see ``docs/benchmarks.md``): the qkv output is viewed, never copied, as t
 (B, h, N, d) operands of SDPA, whose output is laid out (B, N, h, d) in memory, so the output
 projection reads it as a (B*N, C) view. The shortcut is summed inside the GEMM of the output
 projection and of the second FFN layer (``identity + bias`` is written once and ``addmm_``
-accumulates ``x @ W^T`` into it) instead of in a separate add, and stochastic depth is one
-``addcmul``. Without autograd (inference) the FFN's GELU and shortcut are computed in place.
+accumulates ``x @ W^T`` into it) instead of in a separate add. Without autograd (inference)
+on fp32 CPU tensors the linears run through oneDNN with the FFN's GELU fused
+(``mmdeit/models/utils/onednn_linear.py``).
 Two ways of skipping work whose result is thrown away, both exact:
 
 * ``num_queries``: a layer can compute only the first ``num_queries`` output tokens (keys and
@@ -34,7 +35,7 @@ from mmengine.model import BaseModule
 from mmpretrain.models.utils import LayerScale, build_norm_layer
 from torch.utils.checkpoint import checkpoint
 
-from ..utils.drop_path import drop_path_mask, skip_dropped_samples
+from ..utils.drop_path import skip_dropped_samples
 from ..utils.onednn_linear import linear_rows, onednn_applies, onednn_linear
 
 
@@ -55,11 +56,10 @@ def _residual_linear(
 ) -> torch.Tensor:
     """``identity + drop_path(layer_scale(dropout(linear(x))))`` with fewer memory passes.
 
-    The common case (no active dropout, no LayerScale) writes ``identity + bias`` once and lets
-    the GEMM accumulate ``x @ W^T`` into it (``addmm_``, beta=1): one memory pass instead of
-    the bias copy of ``addmm``, a new tensor for the branch and the add. An active DropPath
-    becomes one ``addcmul`` with the per-sample mask (drawn exactly as mmcv's ``drop_path``
-    draws it, so the random stream is the same).
+    The common case (no active dropout or DropPath, no LayerScale) writes ``identity + bias``
+    once and lets the GEMM accumulate ``x @ W^T`` into it (``addmm_``, beta=1): one memory
+    pass instead of the bias copy of ``addmm``, a new tensor for the branch and the add. With
+    oneDNN (fp32 CPU inference) the GEMM writes a new tensor and the shortcut is added in place.
 
     Args:
         identity: The shortcut (B, N, C_out).
@@ -73,13 +73,11 @@ def _residual_linear(
     """
     if (
         _active_dropout(dropout)
+        or _active_dropout(drop_path)  # the layer skips dropped samples before calling this
         or not isinstance(layer_scale, nn.Identity)
         or torch.is_autocast_enabled(x.device.type)  # keep the shortcut in full precision
     ):
         return identity + drop_path(layer_scale(dropout(linear(x))))
-    if _active_dropout(drop_path):
-        mask = drop_path_mask(x, drop_path.drop_prob).div_(1 - drop_path.drop_prob)
-        return torch.addcmul(identity, linear(x), mask.view(-1, *(1,) * (x.dim() - 1)))
     if onednn_applies(x, linear):  # fp32 CPU inference
         return onednn_linear(x, linear).add_(identity)  # a new tensor, summed in place
     shape = identity.shape  # (B, N, C_out)
@@ -150,14 +148,13 @@ class MultiheadAttention(BaseModule):
         B, N, _ = x.shape
         h, d = self.num_heads, self.head_dims
         if num_queries is None:
-            qkv = onednn_linear(x, self.qkv) if onednn_applies(x, self.qkv) else self.qkv(x)
-            qkv = qkv.reshape(B, N, 3, h, d)  # (B, N, 3, h, d)
+            qkv = linear_rows(x, self.qkv).reshape(B, N, 3, h, d)  # (B, N, 3, h, d)
             return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, d), views
         # Queries of the first tokens only; keys and values of all (rows of one weight).
         C = self.embed_dims
-        q = linear_rows(x[:, :num_queries], self.qkv, 0, C)  # (B, n, C)
+        q = linear_rows(x[:, :num_queries], self.qkv, slice(0, C))  # (B, n, C)
         q = q.reshape(B, num_queries, h, d).transpose(1, 2)  # (B, h, n, d)
-        kv = linear_rows(x, self.qkv, C, 3 * C)  # (B, N, 2C)
+        kv = linear_rows(x, self.qkv, slice(C, 3 * C))  # (B, N, 2C)
         k, v = kv.reshape(B, N, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, N, d)
         return q, k, v
 
@@ -340,25 +337,24 @@ class TransformerEncoderLayer(BaseModule):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.normal_(m.bias, std=1e-6)
 
+    @staticmethod
+    def _residual(identity, x, norm, module, drop_path, **kwargs) -> torch.Tensor:
+        """``identity + module(norm(x))``; dropped samples (stochastic depth) are skipped."""
+        if _active_dropout(drop_path):
+
+            def branch(t: torch.Tensor) -> torch.Tensor:
+                return module(norm(t), drop_path=False, **kwargs)
+
+            return skip_dropped_samples(identity, x, branch, drop_path.drop_prob)
+        return module(norm(x), identity=identity, **kwargs)
+
     def _forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
         identity = x if num_queries is None else x[:, :num_queries]  # (B, n, C)
-        drop = self.attn.out_drop
-        if _active_dropout(drop):
-
-            def attn_branch(t: torch.Tensor) -> torch.Tensor:
-                return self.attn(self.ln1(t), num_queries=num_queries, drop_path=False)
-
-            x = skip_dropped_samples(identity, x, attn_branch, drop.drop_prob)
-        else:  # a new tensor: the input is never modified
-            x = self.attn(self.ln1(x), identity=identity, num_queries=num_queries)
-        drop = self.ffn.dropout_layer
-        if _active_dropout(drop):
-
-            def ffn_branch(t: torch.Tensor) -> torch.Tensor:
-                return self.ffn(self.ln2(t), drop_path=False)
-
-            return skip_dropped_samples(x, x, ffn_branch, drop.drop_prob)
-        return self.ffn(self.ln2(x), identity=x, reuse_identity=True)
+        # A new tensor: the input is never modified.
+        x = self._residual(
+            identity, x, self.ln1, self.attn, self.attn.out_drop, num_queries=num_queries
+        )
+        return self._residual(x, x, self.ln2, self.ffn, self.ffn.dropout_layer, reuse_identity=True)
 
     def forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
         """(B, N, C) -> (B, n, C).

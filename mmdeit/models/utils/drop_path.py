@@ -12,6 +12,25 @@ def drop_path_mask(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     return (keep + torch.rand(shape, dtype=x.dtype, device=x.device)).floor_().view(-1)
 
 
+def _masked_sum(
+    identity: torch.Tensor, branch_out: torch.Tensor, mask: torch.Tensor, keep: float
+) -> torch.Tensor:
+    """``identity + branch_out * mask / keep`` with the (B,) mask broadcast per sample."""
+    scale = (mask / keep).view(-1, *(1,) * (identity.dim() - 1))  # (B, 1, 1)
+    return torch.addcmul(identity, branch_out, scale)
+
+
+def multiply_dropped(
+    identity: torch.Tensor, x: torch.Tensor, branch: Callable, drop_prob: float
+) -> torch.Tensor:
+    """mmcv's way: compute ``branch`` for every sample and multiply the dropped ones by 0.
+
+    Same arguments and result as :func:`skip_dropped_samples`; kept as the reference it is
+    measured and tested against.
+    """
+    return _masked_sum(identity, branch(x), drop_path_mask(x, drop_prob), 1 - drop_prob)
+
+
 def skip_dropped_samples(
     identity: torch.Tensor, x: torch.Tensor, branch: Callable, drop_prob: float
 ) -> torch.Tensor:
@@ -36,6 +55,6 @@ def skip_dropped_samples(
     if num_kept == x.shape[0]:
         return torch.add(identity, branch(x), alpha=1 / keep)
     if num_kept == 0:  # keep every parameter in the graph (DDP), as mmcv does
-        return torch.addcmul(identity, branch(x), mask.view(-1, *(1,) * (identity.dim() - 1)))
+        return _masked_sum(identity, branch(x), mask, keep)
     out = branch(x.index_select(0, kept))  # (b, n, C)
     return identity.index_add(0, kept, out, alpha=1 / keep)

@@ -33,11 +33,7 @@ def onednn_applies(x: torch.Tensor, linear: nn.Module) -> bool:
 
 
 def onednn_linear(
-    x: torch.Tensor,
-    linear: nn.Linear,
-    gelu: Optional[str] = None,
-    weight: Optional[torch.Tensor] = None,
-    bias: Optional[torch.Tensor] = None,
+    x: torch.Tensor, linear: nn.Linear, gelu: Optional[str] = None, rows: slice = slice(None)
 ) -> torch.Tensor:
     """``linear(x)``, optionally followed by GELU, as one oneDNN call; (..., C_in) -> (..., C_out).
 
@@ -48,20 +44,18 @@ def onednn_linear(
         linear: The layer whose weight and bias are used.
         gelu: None for no activation, else nn.GELU's ``approximate`` ('none' is the erf GELU).
             Defaults to None.
-        weight: Use these rows of the weight instead (a view of ``linear.weight``). Defaults
-            to None.
-        bias: The bias matching ``weight``. Defaults to None.
+        rows: Compute only these output channels (rows of the weight, as views). Defaults to
+            all.
     """
-    if weight is None:
-        weight, bias = linear.weight, linear.bias
+    weight = linear.weight[rows]
+    bias = None if linear.bias is None else linear.bias[rows]
     attr, algorithm = ('none', '') if gelu is None else _GELU[gelu]
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algorithm)
 
 
-def linear_rows(x: torch.Tensor, linear: nn.Linear, start: int, stop: int) -> torch.Tensor:
-    """Output channels ``start:stop`` of ``linear(x)``, computing only those."""
-    weight = linear.weight[start:stop]
-    bias = None if linear.bias is None else linear.bias[start:stop]
+def linear_rows(x: torch.Tensor, linear: nn.Linear, rows: slice = slice(None)) -> torch.Tensor:
+    """Output channels ``rows`` of ``linear(x)``, computing only those; oneDNN where it applies."""
     if onednn_applies(x, linear):
-        return onednn_linear(x, linear, weight=weight, bias=bias)
-    return F.linear(x, weight, bias)
+        return onednn_linear(x, linear, rows=rows)
+    bias = None if linear.bias is None else linear.bias[rows]
+    return F.linear(x, linear.weight[rows], bias)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from mmcv.cnn.bricks.drop import DropPath
 
-from mmdeit.models.utils.drop_path import drop_path_mask, skip_dropped_samples
+from mmdeit.models.utils.drop_path import drop_path_mask, multiply_dropped, skip_dropped_samples
 
 
 class _Branch(torch.nn.Module):
@@ -46,6 +46,8 @@ def test_equals_mmcv_drop_path_with_fewer_rows(drop_prob, seed):
     num_kept = int(drop_path_mask(x, drop_prob).sum())
     assert 0 < num_kept < 16  # the seeds are chosen so that some samples are dropped
     assert branch.batch_sizes == [num_kept]  # the dropped samples were never computed
+    torch.manual_seed(seed)  # the reference kept for the ablation benchmark: mmcv's numbers
+    torch.testing.assert_close(multiply_dropped(identity, x, branch, drop_prob), want)
     # The random stream advanced exactly as mmcv's: the next draw is the same.
     torch.manual_seed(seed)
     _reference(identity, x, branch, drop_prob, seed)
