@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,3 +62,9 @@ def test_tiny_run_reports_every_variant(tmp_path):
     for section in ('inference', 'train'):
         for result in report[section].values():
             assert result['best_s'] > 0
+
+
+@pytest.mark.parametrize('flag', ['--rounds', '--train-rounds', '--infer-batch', '--train-batch'])
+def test_bad_counts_are_refused_naming_the_flag(flag):
+    with pytest.raises(ValueError, match=f'{flag} must be >= 1, got 0'):
+        _load_script().main([flag, '0'])
