@@ -12,6 +12,7 @@ from mmengine.runner import Runner
 import mmdeit  # noqa: F401  (registers modules, safe checkpoint loading)
 from mmdeit.datasets import check_data_roots
 from mmdeit.engine import setup_cpu_distributed
+from mmdeit.models.classifiers import student_model_cfg
 
 
 def parse_args(argv=None):
@@ -45,6 +46,8 @@ def main(argv=None):
     if not osp.isfile(args.checkpoint):
         sys.exit(f'mmdeit: checkpoint {args.checkpoint} does not exist')
     cfg.train_dataloader = cfg.train_cfg = cfg.optim_wrapper = cfg.param_scheduler = None
+    # The student alone is evaluated: no teacher is built, its checkpoint is not needed.
+    cfg.model = student_model_cfg(cfg.model)
     try:
         check_data_roots(cfg)
     except FileNotFoundError as err:

@@ -14,6 +14,7 @@ from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
+from mmdeit.models.classifiers import student_model_cfg
 from mmdeit.registry import DATASETS, MODELS
 
 ImageType = Union[str, Path, np.ndarray]
@@ -25,10 +26,7 @@ def _student_cfg(cfg: Config) -> dict:
     # As the Runner does: the top-level data_preprocessor (mean/std, to_rgb) is the model's.
     if model_cfg.get('data_preprocessor') is None and cfg.get('data_preprocessor'):
         model_cfg['data_preprocessor'] = copy.deepcopy(cfg.data_preprocessor)
-    if model_cfg.get('type') in ('DistilledImageClassifier', 'mmdeit.DistilledImageClassifier'):
-        model_cfg['type'] = 'ImageClassifier'
-        model_cfg.pop('teacher', None)
-        model_cfg.pop('teacher_ckpt', None)
+    model_cfg = student_model_cfg(model_cfg)
     model_cfg.pop('pretrained', None)
     model_cfg.pop('train_cfg', None)  # batch augments are for training only
     return model_cfg

@@ -1,3 +1,3 @@
-from .distilled_image_classifier import DistilledImageClassifier
+from .distilled_image_classifier import DistilledImageClassifier, student_model_cfg
 
-__all__ = ['DistilledImageClassifier']
+__all__ = ['DistilledImageClassifier', 'student_model_cfg']

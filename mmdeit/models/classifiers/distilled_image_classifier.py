@@ -1,6 +1,7 @@
 """An ``ImageClassifier`` that trains a DeiT student against a frozen teacher."""
 
 import copy
+import inspect
 import os.path as osp
 from typing import List, Optional
 
@@ -49,6 +50,35 @@ def _teacher_num_classes(teacher: nn.Module) -> Optional[int]:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
+
+
+_DISTILLED_TYPES = ('DistilledImageClassifier', 'mmdeit.DistilledImageClassifier')
+
+
+def student_model_cfg(model_cfg: dict) -> dict:
+    """The config of the student alone: what evaluation and inference build.
+
+    A ``DistilledImageClassifier`` config becomes an ``ImageClassifier`` config with the same
+    backbone, neck, head and data preprocessor, and none of the teacher's arguments
+    (``teacher``, ``teacher_ckpt``, ``teacher_channels_last`` and any later one), so neither
+    the teacher nor its checkpoint is needed. Its checkpoints load strictly into that model.
+    Any other model config is returned unchanged (as a copy).
+
+    Args:
+        model_cfg: A model config dict.
+
+    Returns:
+        A new model config dict.
+    """
+    cfg = copy.deepcopy(dict(model_cfg))
+    model_type = cfg.get('type')
+    if model_type in _DISTILLED_TYPES or model_type is DistilledImageClassifier:
+        student_args = inspect.signature(ImageClassifier.__init__).parameters
+        for key in inspect.signature(DistilledImageClassifier.__init__).parameters:
+            if key not in student_args:
+                cfg.pop(key, None)
+        cfg['type'] = 'ImageClassifier'
+    return cfg
 
 
 @MODELS.register_module()
