@@ -15,9 +15,12 @@ def drop_path_mask(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 def _masked_sum(
     identity: torch.Tensor, branch_out: torch.Tensor, mask: torch.Tensor, keep: float
 ) -> torch.Tensor:
-    """``identity + branch_out * mask / keep`` with the (B,) mask broadcast per sample."""
-    scale = (mask / keep).view(-1, *(1,) * (identity.dim() - 1))  # (B, 1, 1)
-    return torch.addcmul(identity, branch_out, scale)
+    """``identity + branch_out * mask / keep`` with the (B,) mask broadcast per sample.
+
+    ``branch_out`` and ``mask`` are cast to ``identity``'s dtype first (no-ops when they match).
+    """
+    scale = (mask / keep).to(identity.dtype).view(-1, *(1,) * (identity.dim() - 1))  # (B, 1, 1)
+    return torch.addcmul(identity, branch_out.to(identity.dtype), scale)
 
 
 def multiply_dropped(
@@ -41,6 +44,11 @@ def skip_dropped_samples(
     depend on the others), but the dropped rows never enter the GEMMs. Finding the kept
     samples (``nonzero``) waits for the device on CUDA.
 
+    The result has ``identity``'s dtype: under autocast the branch returns a lower precision
+    (e.g. bf16 from its linear layers) while the residual stream stays fp32, so the branch
+    output is cast to the stream's dtype before it is added, in every case (as DINOv2's
+    ``drop_add_residual_stochastic_depth`` does). Without autocast the cast is a no-op.
+
     Args:
         identity: The shortcut (B, n, C).
         x: The branch input (B, N, C).
@@ -53,8 +61,8 @@ def skip_dropped_samples(
     kept = mask.nonzero().view(-1)  # (b,)
     num_kept = kept.numel()
     if num_kept == x.shape[0]:
-        return torch.add(identity, branch(x), alpha=1 / keep)
+        return torch.add(identity, branch(x).to(identity.dtype), alpha=1 / keep)
     if num_kept == 0:  # keep every parameter in the graph (DDP), as mmcv does
         return _masked_sum(identity, branch(x), mask, keep)
-    out = branch(x.index_select(0, kept))  # (b, n, C)
+    out = branch(x.index_select(0, kept)).to(identity.dtype)  # (b, n, C)
     return identity.index_add(0, kept, out, alpha=1 / keep)

@@ -89,3 +89,32 @@ def test_shortcut_of_fewer_tokens():
     want = _reference(identity, x, first_two, 0.5, 3)
     torch.manual_seed(3)
     torch.testing.assert_close(skip_dropped_samples(identity, x, first_two, 0.5), want)
+
+
+@pytest.mark.parametrize('drop_prob, seed', [(1e-6, 0), (1 - 1e-6, 0), (0.5, 0)])
+def test_branch_of_another_dtype_is_cast_to_the_stream(drop_prob, seed):
+    """A bf16 branch (what autocast gives) is added into an fp32 stream as fp32, and an fp32
+    branch gives bit for bit the uncast sums."""
+    identity = torch.randn(8, 5, 6)
+    x = torch.randn(8, 5, 6)
+    branch = _Branch()
+    torch.manual_seed(seed)
+    got = skip_dropped_samples(identity, x, lambda t: branch(t).bfloat16(), drop_prob)
+    assert got.dtype == torch.float32
+    torch.manual_seed(seed)
+    mask = drop_path_mask(x, drop_prob)
+    keep = 1 - drop_prob
+    rounded = branch(x).bfloat16().float()
+    torch.testing.assert_close(got, identity + rounded * mask.view(-1, 1, 1) / keep)
+    torch.manual_seed(seed)
+    exact = skip_dropped_samples(identity, x, branch, drop_prob)
+    kept = mask.nonzero().view(-1)
+    expected = {1e-6: 8, 0.5: 3}.get(drop_prob, 0)
+    assert kept.numel() == expected  # all kept, some kept, none kept
+    if kept.numel() == 8:
+        want = torch.add(identity, branch(x), alpha=1 / keep)
+    elif kept.numel() == 0:
+        want = torch.addcmul(identity, branch(x), (mask / keep).view(-1, 1, 1))
+    else:
+        want = identity.index_add(0, kept, branch(x[kept]), alpha=1 / keep)
+    assert torch.equal(exact, want)
