@@ -9,9 +9,14 @@ _base_ = [
 
 # The whole classifier starts from the 224 checkpoint, as the official fine-tuning does: backbone
 # and head(s); pos_embed is resized from 14x14 to 24x24 on load (the extra tokens kept). A head
-# whose shape differs (another class count) is left at its initialisation, with a warning.
+# whose shape differs (another class count) keeps the truncated-normal initialisation before it,
+# with a warning.
 model = dict(
     backbone=dict(arch='deit-base', img_size=384),
     head=dict(in_channels=768),
-    init_cfg=dict(type='Pretrained', checkpoint='work_dirs/deit-base-distilled_8xb128_in1k/epoch_300.pth'),
+    init_cfg=[
+        dict(type='TruncNormal', layer='Linear', std=0.02),
+        dict(type='Constant', layer='LayerNorm', val=1.0, bias=0.0),
+        dict(type='Pretrained', checkpoint='work_dirs/deit-base-distilled_8xb128_in1k/epoch_300.pth'),
+    ],
 )
