@@ -17,6 +17,9 @@ model = dict(
     init_cfg=[
         dict(type='TruncNormal', layer='Linear', std=0.02),
         dict(type='Constant', layer='LayerNorm', val=1.0, bias=0.0),
-        dict(type='Pretrained', checkpoint='work_dirs/deit-base-distilled_8xb128_in1k/epoch_300.pth'),
+        dict(
+            type='Pretrained',
+            checkpoint='work_dirs/deit-base-distilled_8xb128_in1k/epoch_300.pth',
+        ),
     ],
 )

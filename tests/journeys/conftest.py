@@ -52,8 +52,7 @@ def run_cli(
     (cwd / f'{log_name}.log').write_text(proc.stdout)
     if expect_ok:
         assert proc.returncode == 0, (
-            f'{" ".join(map(str, args))} exited {proc.returncode} in {cwd}:\n'
-            + proc.stdout[-6000:]
+            f'{" ".join(map(str, args))} exited {proc.returncode} in {cwd}:\n' + proc.stdout[-6000:]
         )
     return proc
 
