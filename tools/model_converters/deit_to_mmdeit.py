@@ -9,14 +9,14 @@ Examples::
 """
 
 import argparse
+import io
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 import torch
 from mmengine.logging import MMLogger
 
+from mmdeit.engine import UnsafeCheckpointError, atomic_write, safe_load
 from mmdeit.models.utils.checkpoint_convert import FORMATS, TARGETS, convert_checkpoint
 from mmdeit.models.utils.hf_checkpoint_convert import HF_LAYOUTS
 
@@ -57,49 +57,62 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--unsafe-load',
         action='store_true',
-        help='load with weights_only=False (runs pickled code: only for files '
-        'you trust, e.g. training checkpoints holding argparse.Namespace)',
+        help='load with weights_only=False (runs pickled code: only for files you trust, '
+        "e.g. other projects' training checkpoints holding argparse.Namespace); mmengine "
+        'and mmdeit checkpoints load without it',
     )
     return parser.parse_args(argv)
 
 
 def load_source(path: str, unsafe: bool = False) -> dict:
-    """Load a checkpoint file; ``weights_only=True`` unless ``unsafe``."""
+    """Load a checkpoint file with mmdeit's safe loader (or ``weights_only=False`` if ``unsafe``).
+
+    :func:`mmdeit.engine.safe_load` reads mmengine/mmpretrain training checkpoints (``meta``,
+    ``message_hub``, ``optimizer``, ``ema_state_dict``) and refuses pickles that reference
+    anything outside its allow-list.
+
+    Args:
+        path: A ``.pth``/``.bin`` checkpoint, or a ``.safetensors`` file.
+        unsafe: Unpickle anything (runs code from the file: only for files you trust).
+            Defaults to False.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        UnsafeCheckpointError: The file references objects outside the allow-list.
+        RuntimeError: The file is truncated or not a checkpoint.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f'source checkpoint {path!r} does not exist')
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
 
         return load_file(path, device='cpu')
+    if unsafe:
+        return torch.load(path, map_location='cpu', weights_only=False)
     try:
-        return torch.load(path, map_location='cpu', weights_only=not unsafe)
-    except Exception as err:  # torch raises UnpicklingError or RuntimeError here
-        if unsafe:
-            raise
-        raise RuntimeError(
-            f'could not load {path!r} with weights_only=True ({err}). If you trust '
-            'the file, rerun with --unsafe-load.'
-        ) from err
+        return safe_load(path, map_location='cpu')
+    except UnsafeCheckpointError as err:
+        raise UnsafeCheckpointError(
+            f'{err} If you trust the file, rerun with --unsafe-load.'
+        ) from None
 
 
-def save_atomic(obj, path: str) -> None:
-    """Write ``obj`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
-    dst = Path(path).resolve()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{dst.name}.', suffix='.tmp', dir=dst.parent)
-    os.close(fd)
-    try:
-        if dst.suffix == '.safetensors':
-            from safetensors.torch import save_file
+def save_atomic(obj: dict, path: str) -> None:
+    """Write ``obj`` to ``path`` with :func:`mmdeit.engine.atomic_write` (temp file + rename).
 
-            save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
-        else:
-            torch.save(obj, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    Args:
+        obj: The converted checkpoint; a flat state dict when ``path`` ends in ``.safetensors``.
+        path: The target file; its folder is created if needed.
+    """
+    if str(path).endswith('.safetensors'):
+        from safetensors.torch import save
+
+        data = save({k: v.contiguous() for k, v in obj.items()})
+    else:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        data = buffer.getvalue()
+    atomic_write(data, path)
 
 
 def main(argv=None) -> int:
@@ -110,7 +123,14 @@ def main(argv=None) -> int:
         converted = convert_checkpoint(
             checkpoint, to=args.to, img_size=args.img_size, fmt=args.fmt, hf_layout=args.hf_layout
         )
-    except (FileNotFoundError, RuntimeError, ValueError, TypeError, KeyError) as err:
+    except (
+        FileNotFoundError,
+        UnsafeCheckpointError,
+        RuntimeError,
+        ValueError,
+        TypeError,
+        KeyError,
+    ) as err:
         logger.error(f'cannot convert {args.src}: {err}')
         return 1
     save_atomic(converted, args.dst)

@@ -157,17 +157,18 @@ def mmdeit_to_hf(state_dict: Mapping[str, torch.Tensor], layout: str = 'legacy')
         raise ValueError(f'layout must be one of {HF_LAYOUTS}, got {layout!r}')
     distilled = 'backbone.dist_token' in state_dict
     prefix = 'deit.' if distilled else 'vit.'
-    heads = _HF_HEADS[:2] if distilled else _HF_HEADS[2:]
     zero_dist = [
         k
         for k in ('head.layers.head_dist.weight', 'head.layers.head_dist.bias')
         if k in state_dict and not state_dict[k].any()
     ]
-    if distilled and len(zero_dist) == 2:
-        heads = _HF_HEADS[2:]
+    # A zero head_dist is dropped only when the whole head (weight and bias) is zero, i.e. the
+    # model maps to the cls-only classifier; a trained one keeps an exactly-zero bias.
+    drop_dist = not distilled or len(zero_dist) == 2
+    heads = _HF_HEADS[2:] if drop_dist else _HF_HEADS[:2]
     out, unknown = {}, []
     for key, value in state_dict.items():
-        if heads is not _HF_HEADS[:2] and key in zero_dist:
+        if drop_dist and key in zero_dist:
             continue
         match = re.match(r'backbone\.layers\.(\d+)\.(.*)$', key)
         if match:
