@@ -159,6 +159,13 @@ CASES = [
     Case('inference_mode unknown',
          lambda f: DeiTClsHead(num_classes=2, in_channels=32, inference_mode='both'), ValueError,
          r"inference_mode must be one of \('fusion', 'cls', 'dist'\), got 'both'"),
+    Case('head tokens: a tuple of 4',
+         lambda f: DeiTClsHead(num_classes=2, in_channels=32)(((torch.rand(2, 32),) * 4,)),
+         TypeError, r'pair \(cls_token, dist_token\) of tensors .* or the legacy triple '
+         r'\(patch_token, cls_token, dist_token\); got a tuple of length 4'),
+    Case('head tokens: not tensors',
+         lambda f: DeiTClsHead(num_classes=2, in_channels=32)(([0.5, 0.5],)), TypeError,
+         r'pair \(cls_token, dist_token\) of tensors .*; got a list holding float, float'),
     Case('distillation mode unknown', lambda f: DistillationLoss(mode='kd'), ValueError,
          r"mode must be one of \('none', 'soft', 'hard'\), got 'kd'"),
     Case('alpha above 1', lambda f: DistillationLoss(alpha=1.5), ValueError,
@@ -255,6 +262,9 @@ def test_bad_input_raises_a_clear_error(case, files):
 def test_good_inputs_next_to_the_bad_ones_pass(files):
     """The same builders and files without the mistake: the cases fail for the reason named."""
     assert len(_vit(out_indices=(0, 3), frozen_stages=4)(torch.rand(1, 3, 32, 32))) == 2
+    tokens = _vit()(torch.rand(2, 3, 32, 32))[-1]  # (cls_token, dist_token)
+    head = DeiTClsHead(num_classes=2, in_channels=32)
+    assert head((tokens,)).shape == head(((torch.rand(2, 32), *tokens),)).shape == (2, 2)
     init_model(files.config, files.ckpt)
     grey = files.root / 'grey.png'
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(grey)  # grey and RGBA files: converted

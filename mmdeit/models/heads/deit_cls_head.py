@@ -17,6 +17,25 @@ from ..losses import DistillationLoss
 OFFICIAL_HEAD_INIT = dict(type='TruncNormal', layer='Linear', std=0.02)
 
 
+_EXPECTED_TOKENS = (
+    'DeiTClsHead expects the last backbone output to be a pair (cls_token, dist_token) of '
+    "tensors (DistilledVisionTransformer with out_type='cls_token') or the legacy triple "
+    '(patch_token, cls_token, dist_token)'
+)
+
+
+def _split_tokens(last: object) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(cls_token, dist_token)`` of a backbone's last output, a pair or a legacy triple."""
+    if not isinstance(last, (tuple, list)):
+        raise TypeError(f'{_EXPECTED_TOKENS}; got a {type(last).__name__}')
+    if len(last) not in (2, 3):
+        raise TypeError(f'{_EXPECTED_TOKENS}; got a {type(last).__name__} of length {len(last)}')
+    bad = [type(item).__name__ for item in last if not isinstance(item, torch.Tensor)]
+    if bad:
+        raise TypeError(f'{_EXPECTED_TOKENS}; got a {type(last).__name__} holding {", ".join(bad)}')
+    return last[-2], last[-1]
+
+
 @MODELS.register_module()
 class DeiTClsHead(VisionTransformerClsHead):
     """DeiT head: one linear classifier on the class token, one on the distillation token.
@@ -25,7 +44,9 @@ class DeiTClsHead(VisionTransformerClsHead):
     ``layers.head_dist.*``, plus ``layers.pre_logits.*`` with ``hidden_dim``), so its checkpoints
     load strictly. Unlike mmpretrain's head this one trains: :meth:`loss` computes the logits of
     both tokens and passes them, the labels and the teacher's logits to a
-    :class:`~mmdeit.models.losses.DistillationLoss`.
+    :class:`~mmdeit.models.losses.DistillationLoss`. Like mmpretrain's head it takes the tokens
+    as a pair ``(cls_token, dist_token)`` or as the legacy triple
+    ``(patch_token, cls_token, dist_token)`` (see :meth:`pre_logits`).
 
     Prediction (:meth:`forward`, :meth:`predict`) returns, by ``inference_mode``:
 
@@ -102,17 +123,15 @@ class DeiTClsHead(VisionTransformerClsHead):
         """The (cls, dist) tokens, each (B, C'), of the last output, after the hidden layer.
 
         Args:
-            feats: The backbone outputs; the last one is a pair ``(cls, dist)`` of (B, C)
-                tensors (``DistilledVisionTransformer`` with ``out_type='cls_token'``).
+            feats: The backbone outputs; the last one is a pair ``(cls_token, dist_token)`` of
+                (B, C) tensors (``DistilledVisionTransformer`` with ``out_type='cls_token'``)
+                or, as mmpretrain's head also accepts, the legacy triple
+                ``(patch_token, cls_token, dist_token)`` whose patch token is ignored.
+
+        Raises:
+            TypeError: The last output is not such a pair or triple of tensors.
         """
-        last = feats[-1]
-        if not isinstance(last, (tuple, list)) or len(last) != 2:
-            raise TypeError(
-                'DeiTClsHead expects the last backbone output to be a pair '
-                '(cls_token, dist_token); use DistilledVisionTransformer with '
-                "out_type='cls_token'"
-            )
-        cls_token, dist_token = last
+        cls_token, dist_token = _split_tokens(feats[-1])
         if self.hidden_dim is not None:
             cls_token = self.layers.act(self.layers.pre_logits(cls_token))
             dist_token = self.layers.act(self.layers.pre_logits(dist_token))

@@ -1,5 +1,7 @@
 """Tests of DeiTClsHead: keys, prediction modes, training losses and bad input."""
 
+from unittest import TestCase
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -167,3 +169,93 @@ def test_feats_without_dist_token_is_an_error():
     head = _head()
     with pytest.raises(TypeError, match='dist_token'):
         head((torch.randn(B, C),))
+
+
+@pytest.mark.parametrize('container', [tuple, list])
+def test_legacy_triple_with_patch_token_matches_the_pair(container):
+    head = _head(hidden_dim=6)
+    cls_token, dist_token = _feats()[-1]
+    patch_token = torch.randn(B, 2, 2, C)
+    with torch.no_grad():
+        want = head(((cls_token, dist_token),))
+        got = head((container([patch_token, cls_token, dist_token]),))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    'last, found',
+    [
+        ((torch.randn(B, C),) * 4, 'tuple of length 4'),
+        ((torch.randn(B, C),), 'tuple of length 1'),
+        ([], 'list of length 0'),
+        ((torch.randn(B, C), 'dist'), 'tuple holding str'),
+        ([None, torch.randn(B, C), torch.randn(B, C)], 'list holding NoneType'),
+        ({'cls': 1, 'dist': 2}, 'dict'),
+    ],
+)
+def test_bad_last_output_names_what_is_expected(last, found):
+    head = _head()
+    expected = r'pair \(cls_token, dist_token\).*triple \(patch_token, cls_token, dist_token\)'
+    with pytest.raises(TypeError, match=f'{expected}; got a {found}$'):
+        head((last,))
+
+
+class TestDeiTClsHeadFromMMPretrain(TestCase):
+    """mmpretrain 1.x's ``TestDeiTClsHead``, run against mmdeit's head.
+
+    Ported from open-mmlab/mmpretrain, tests/test_models/test_heads.py, class
+    ``TestDeiTClsHead`` with the cases it inherits from ``TestVisionTransformerClsHead``
+    (``test_initialize``, ``test_pre_logits``, ``test_forward``), built in mmdeit's registry: a
+    drop-in replacement passes them. Their last output is mmpretrain's legacy triple
+    ``[patch_token, cls_token, dist_token]``.
+    """
+
+    DEFAULT_ARGS = dict(type='DeiTClsHead', in_channels=10, num_classes=5)
+    fake_feats = ([torch.rand(4, 7, 7, 16), torch.rand(4, 10), torch.rand(4, 10)],)
+
+    def test_initialize(self):
+        with self.assertRaisesRegex(ValueError, 'num_classes=-5 must be'):
+            MODELS.build({**self.DEFAULT_ARGS, 'num_classes': -5})
+
+        # test vit head default
+        head = MODELS.build(self.DEFAULT_ARGS)
+        assert not hasattr(head.layers, 'pre_logits')
+        assert not hasattr(head.layers, 'act')
+
+        # test vit head hidden_dim
+        head = MODELS.build({**self.DEFAULT_ARGS, 'hidden_dim': 30})
+        assert hasattr(head.layers, 'pre_logits')
+        assert hasattr(head.layers, 'act')
+
+        # test vit head init_weights
+        head = MODELS.build(self.DEFAULT_ARGS)
+        head.init_weights()
+
+        # test vit head init_weights with hidden_dim
+        head = MODELS.build({**self.DEFAULT_ARGS, 'hidden_dim': 30})
+        head.init_weights()
+        assert abs(head.layers.pre_logits.weight).sum() > 0
+
+    def test_pre_logits(self):
+        # test default
+        head = MODELS.build(self.DEFAULT_ARGS)
+        cls_token, dist_token = head.pre_logits(self.fake_feats)
+        self.assertIs(cls_token, self.fake_feats[-1][1])
+        self.assertIs(dist_token, self.fake_feats[-1][2])
+
+        # test hidden_dim
+        head = MODELS.build({**self.DEFAULT_ARGS, 'hidden_dim': 30})
+        cls_token, dist_token = head.pre_logits(self.fake_feats)
+        self.assertEqual(cls_token.shape, (4, 30))
+        self.assertEqual(dist_token.shape, (4, 30))
+
+    def test_forward(self):
+        # test default
+        head = MODELS.build(self.DEFAULT_ARGS)
+        outs = head(self.fake_feats)
+        self.assertEqual(outs.shape, (4, 5))
+
+        # test hidden_dim
+        head = MODELS.build({**self.DEFAULT_ARGS, 'hidden_dim': 30})
+        outs = head(self.fake_feats)
+        self.assertEqual(outs.shape, (4, 5))
