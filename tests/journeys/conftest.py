@@ -35,10 +35,11 @@ def run_cli(
     """Run ``python ARGS`` in ``cwd`` as a user's shell would; the whole output goes to a log.
 
     The environment is the test process's, less anything that would put the checkout on the
-    import path. On an unexpected exit status the assertion shows the end of the output.
+    import path, with one thread for torch (the journeys run two processes at a time on two
+    cores). On an unexpected exit status the assertion shows the end of the output.
     """
     env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTEST_CURRENT_TEST')}
-    env.update(PYTHONUNBUFFERED='1', OMP_NUM_THREADS=env.get('OMP_NUM_THREADS', '2'))
+    env.update(PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
     proc = subprocess.run(
         [sys.executable, *map(str, args)],
         cwd=cwd,
@@ -136,3 +137,58 @@ def user_config(folder: Path, base: str, body: str = '', name: Optional[str] = N
     path = folder / (name or f'my_{Path(base).stem}.py')
     path.write_text(f"_base_ = 'mmdeit::{base}'\n{body}")
     return path
+
+
+def readme_blocks() -> List[dict]:
+    """The README's fenced code blocks: ``section`` (its ``##`` heading), ``lang``, ``code``."""
+    blocks, section, lang, code = [], '', None, []
+    for line in (REPO / 'README.md').read_text().splitlines():
+        if lang is None and line.startswith('## '):
+            section = line[3:].strip()
+        elif lang is None and line.startswith('```'):
+            lang, code = line[3:].strip() or 'text', []
+        elif lang is not None and line.startswith('```'):
+            blocks.append(dict(section=section, lang=lang, code='\n'.join(code) + '\n'))
+            lang = None
+        elif lang is not None:
+            code.append(line)
+    return blocks
+
+
+def shell_commands(code: str) -> List[List[str]]:
+    """The commands of a bash block, split into words, trailing ``# comments`` dropped."""
+    import shlex
+
+    return [shlex.split(line, comments=True) for line in code.splitlines() if line.strip()]
+
+
+def write_digit_png(path: Path) -> Path:
+    """One of scikit-learn's 8x8 digits as a grey PNG, as a user would have it."""
+    from sklearn.datasets import load_digits
+
+    digit = load_digits().images[3]  # a '3'
+    Image.fromarray((digit * (255 / 16)).astype(np.uint8)).save(path)
+    return path
+
+
+def run_two_at_a_time(jobs: dict) -> dict:
+    """Run ``{name: callable}`` two at a time; ``{name: None or the exception it raised}``.
+
+    A journey's subprocess spends most of its time in ``import mmdeit`` (torch, mmengine,
+    mmpretrain and, when installed, mmdet), which keeps one core busy: the 2-core machine runs
+    two of them in the time of one. Each test then raises its own job's exception.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    outcomes = {}
+
+    def run(name):
+        try:
+            jobs[name]()
+            outcomes[name] = None
+        except BaseException as err:  # reported by the job's own test
+            outcomes[name] = err
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(run, jobs))
+    return outcomes

@@ -13,11 +13,16 @@ subprocess from that folder:
    *absent* (evaluating a student needs only the student);
 3. ``tools/infer.py photo.jpg my_config.py epoch_1.pth`` (``init_model`` + ``inference_model``).
 
-The mmdet/mmseg configs are built only (marker ``build_only``): their models are built from the
-user's config by mmdet's / mmseg's registries here, and trained for a step in
-``tests/downstream``.
+Built only (marker ``build_only``), to keep the suite within its 15 minutes on 2 cores: the
+heaviest configs (the DeiT-B ones: a training journey costs about two minutes each here, mostly
+writing and reading 1.4 GB checkpoints) and the mmdet/mmseg ones (COCO / ADE20K layouts; their
+models take a training step in ``tests/downstream``). Their models are built, in one
+subprocess, from the user's config by the registry of the config's scope. The DeiT-B recipes
+differ from the DeiT-S/Ti ones that do run only in ``arch``; the 384 fine-tunes' start from the
+224 checkpoint is tested in ``tests/configs/test_finetune_configs.py``.
 """
 
+import functools
 import re
 from pathlib import Path
 
@@ -25,13 +30,9 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from .conftest import CONFIGS, run_cli, shipped_configs, tool, user_config
+from .conftest import CONFIGS, run_cli, run_two_at_a_time, shipped_configs, tool, user_config
 
 pytestmark = pytest.mark.journey
-
-#: What each shipped config's training journey produced (config -> checkpoint), so that a
-#: fine-tuning config starts from the checkpoint its base recipe really wrote.
-TRAINED = {}
 
 RUN_SHORT = """
 # One epoch of my small data, in the training process (2 cores, no worker processes).
@@ -64,21 +65,21 @@ def _pretrained_init(cfg: Config) -> dict:
 
 
 def _pretrained_checkpoint(cfg: Config, tmp_dir: Path) -> str:
-    """The checkpoint a fine-tuning config starts from: the one its 224 recipe's journey
-    wrote, or (when that journey did not run in this session) one of the same model."""
+    """The user's checkpoint of the recipe a fine-tuning config starts from (one of the same
+    model, made here)."""
     named = _pretrained_init(cfg)['checkpoint']  # work_dirs/<recipe>/epoch_300.pth
     recipe = f'deit/{Path(named).parent.name}.py'
-    if recipe in TRAINED:
-        return TRAINED[recipe]
     from mmdeit.apis import init_model
 
     model = init_model(str(CONFIGS / recipe))
-    path = tmp_dir / 'pretrained_224.pth'
+    path = tmp_dir / f'{Path(recipe).stem}_pretrained.pth'
     torch.save({'state_dict': model.state_dict()}, path)
     return str(path)
 
 
-def _user_body(config: str, cfg: Config, home: Path, tmp_dir: Path, teachers: dict) -> str:
+def _user_body(
+    config: str, cfg: Config, home: Path, tmp_dir: Path, teachers: dict, pretrained: bool = True
+) -> str:
     """What the user writes below ``_base_`` for this config's journey."""
     dataset_type = _dataset_type(cfg)
     body, model = RUN_SHORT, []  # model: the user's changes to the model, ``key=value``
@@ -100,7 +101,7 @@ def _user_body(config: str, cfg: Config, home: Path, tmp_dir: Path, teachers: di
             f'{config}: no journey data for dataset type {dataset_type!r}; '
             'add a generator for it in tests/journeys'
         )
-    if _pretrained_init(cfg):
+    if pretrained and _pretrained_init(cfg):
         checkpoint = _pretrained_checkpoint(cfg, tmp_dir)  # my 224 run's checkpoint
         inits = [c.to_dict() for c in cfg.model.init_cfg]
         inits[-1]['checkpoint'] = checkpoint
@@ -110,94 +111,142 @@ def _user_body(config: str, cfg: Config, home: Path, tmp_dir: Path, teachers: di
     return body
 
 
-TRAINING = [c for c in shipped_configs() if not c.startswith('downstream/')]
+def _heaviest(config: str) -> bool:
+    return Config.fromfile(str(CONFIGS / config)).model.backbone.get('arch') == 'deit-base'
+
+
 DOWNSTREAM = [c for c in shipped_configs() if c.startswith('downstream/')]
+BUILD_ONLY = [c for c in shipped_configs() if c in DOWNSTREAM or _heaviest(c)]
+TRAINING = [c for c in shipped_configs() if c not in BUILD_ONLY]
 
 
-def test_every_config_is_in_a_journey():
-    assert len(TRAINING) >= 12 and len(DOWNSTREAM) == 2, shipped_configs()
-
-
-@pytest.mark.parametrize('config', TRAINING)
-def test_train_test_infer_from_my_folder(
-    config, user_home, imagenet_teacher, digits_teacher, tmp_path
-):
+def _journey(config: str, home: Path, teachers: dict, tmp_dir: Path) -> None:
+    """Train, test and infer with ``config`` as the user does; raises on any failure."""
     cfg = Config.fromfile(str(CONFIGS / config))
-    teachers = dict(imagenet=imagenet_teacher, digits=digits_teacher)
-    body = _user_body(config, cfg, user_home, tmp_path, teachers)
-    folder = user_home  # the data is there; each journey writes its own config and work dir
+    body = _user_body(config, cfg, home, tmp_dir, teachers)
     name = Path(config).stem
-    my_cfg = user_config(folder, config, body)
-    work_dir = folder / 'work_dirs' / name
+    my_cfg = user_config(home, config, body)  # the data is in home; one config per journey
+    work_dir = home / 'work_dirs' / name
 
     # 1. train
-    out = run_cli(
-        [tool('train.py'), my_cfg.name, '--work-dir', work_dir], folder, f'train_{name}'
-    ).stdout
+    out = run_cli([tool('train.py'), my_cfg.name, '--work-dir', work_dir], home, f'train_{name}')
+    out = out.stdout
     assert 'Epoch(train) [1][1/1]' in out, out[-3000:]
     ckpt_path = work_dir / 'epoch_1.pth'
     ckpt = torch.load(ckpt_path, map_location='cpu', weights_only=False)
     assert ckpt['meta']['iter'] == 1
-    state = ckpt['state_dict']
-    assert not any(k.startswith('teacher') for k in state)
+    assert not any(k.startswith('teacher') for k in ckpt['state_dict'])
     assert re.search(r'Epoch\(val\) \[1\]\[\d+/\d+\]\s+accuracy/top1', out), out[-3000:]
     if _needs_teacher(cfg):
         assert 'loss_distill' in out and 'Loaded the teacher from' in out
-    TRAINED[config] = str(ckpt_path)
+    if any(h.type == 'EMAHook' for h in cfg.get('custom_hooks', [])):
+        assert 'ema_state_dict' in ckpt
+    if cfg.optim_wrapper.optimizer.get('fused'):
+        assert all(g['fused'] for g in ckpt['optimizer']['param_groups'])
+    if _pretrained_init(cfg):
+        assert 'load model from' in out and 'size mismatch' not in out
 
     # 2. test the student, with no teacher checkpoint anywhere
     options = []
     if 'teacher' in cfg.model:
-        options = ['--cfg-options', f'model.teacher_ckpt={folder}/no/such/teacher.pth']
+        options = ['--cfg-options', f'model.teacher_ckpt={home}/no/such/teacher.pth']
     out = run_cli(
-        [tool('test.py'), my_cfg.name, ckpt_path, '--work-dir', folder / 'test_dirs' / name,
+        [tool('test.py'), my_cfg.name, ckpt_path, '--work-dir', home / 'test_dirs' / name,
          *options],
-        folder,
+        home,
         f'test_{name}',
     ).stdout  # fmt: skip
     assert re.search(r'Epoch\(test\) \[\d+/\d+\]\s+accuracy/top1', out), out[-3000:]
     assert 'Loaded the teacher' not in out
 
     # 3. infer: init_model + inference_model through tools/infer.py
-    out = run_cli(
-        [tool('infer.py'), 'photo.jpg', my_cfg.name, ckpt_path], folder, f'infer_{name}'
-    ).stdout
+    out = run_cli([tool('infer.py'), 'photo.jpg', my_cfg.name, ckpt_path], home, f'infer_{name}')
+    out = out.stdout
     top = re.findall(r'^1\. (.+?)\s+([01]\.\d{4})\s+\(class (\d+)\)$', out, re.M)
     assert top, out[-3000:]
     classes = ckpt['meta']['dataset_meta']['classes']
     assert top[0][0] == classes[int(top[0][2])]
 
 
-BUILD_DOWNSTREAM = """
+@pytest.fixture(scope='session')
+def journeys(user_home, imagenet_teacher, digits_teacher, tmp_path_factory) -> dict:
+    """config -> None, or the exception its journey raised (run two at a time)."""
+    teachers = dict(imagenet=imagenet_teacher, digits=digits_teacher)
+    tmp = tmp_path_factory.mktemp('journeys')
+    return run_two_at_a_time(
+        {c: functools.partial(_journey, c, user_home, teachers, tmp) for c in TRAINING}
+    )
+
+
+def test_every_config_is_in_a_journey():
+    assert sorted(TRAINING + BUILD_ONLY) == shipped_configs()
+    assert len(TRAINING) >= 8 and len(BUILD_ONLY) == 6, BUILD_ONLY
+
+
+@pytest.mark.parametrize('config', TRAINING)
+def test_train_test_infer_from_my_folder(config, journeys):
+    if journeys[config] is not None:
+        raise journeys[config]
+
+
+BUILD_MODELS = """
 import sys
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 import mmdeit  # noqa: F401  (mmdeit:: bases, mmdeit.* types)
 
-cfg = Config.fromfile(sys.argv[1])
-init_default_scope(cfg.default_scope)
-if cfg.default_scope == 'mmdet':
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-else:
-    from mmseg.registry import MODELS
-    from mmseg.utils import register_all_modules
-register_all_modules(init_default_scope=False)
-model = MODELS.build(cfg.model)
-print(type(model).__name__, type(model.backbone).__module__, type(model.neck).__name__,
-      sum(p.numel() for p in model.parameters()))
+for name in sys.argv[1:]:
+    cfg = Config.fromfile(name)
+    scope = cfg.default_scope
+    init_default_scope(scope)
+    if scope == 'mmdet':
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+        register_all_modules(init_default_scope=False)
+    elif scope == 'mmseg':
+        from mmseg.registry import MODELS
+        from mmseg.utils import register_all_modules
+        register_all_modules(init_default_scope=False)
+    else:
+        from mmdeit.registry import MODELS
+    model = MODELS.build(cfg.model)
+    print('built', name, type(model).__name__, type(model.backbone).__module__,
+          type(model.neck).__name__, sum(p.numel() for p in model.parameters()))
 """
 
 
+@pytest.fixture(scope='session')
+def built(user_home, imagenet_teacher, digits_teacher, tmp_path_factory) -> dict:
+    """user config file name -> the words of its 'built' line, from one subprocess."""
+    folder = tmp_path_factory.mktemp('build_only')
+    teachers = dict(imagenet=imagenet_teacher, digits=digits_teacher)
+    names = []
+    for config in BUILD_ONLY:
+        body = ''
+        if not config.startswith('downstream/'):
+            cfg = Config.fromfile(str(CONFIGS / config))
+            body = _user_body(config, cfg, user_home, folder, teachers, pretrained=False)
+        names.append(user_config(folder, config, body).name)
+    script = folder / 'build_models.py'
+    script.write_text(BUILD_MODELS)
+    out = run_cli([script, *names], folder, 'build').stdout
+    lines = [line.split() for line in out.splitlines() if line.startswith('built ')]
+    return {words[1]: words[2:] for words in lines}
+
+
 @pytest.mark.build_only
-@pytest.mark.parametrize('config', DOWNSTREAM)
-def test_downstream_config_builds_from_my_folder(config, user_home, tmp_path):
-    pytest.importorskip('mmdet' if '/mmdet/' in config else 'mmseg')
-    my_cfg = user_config(tmp_path, config)
-    script = tmp_path / 'build_model.py'
-    script.write_text(BUILD_DOWNSTREAM)
-    out = run_cli([script, my_cfg], tmp_path, 'build').stdout
-    model, backbone, neck, _ = out.strip().splitlines()[-1].split()
-    assert model == ('MaskRCNN' if '/mmdet/' in config else 'EncoderDecoder'), out[-2000:]
-    assert backbone == 'mmdeit.models.backbones.distilled_vision_transformer'
-    assert neck in ('SimpleFPN', 'MultiLevelNeck')
+@pytest.mark.parametrize('config', BUILD_ONLY)
+def test_config_builds_from_my_folder(config, built):
+    pytest.importorskip({'mmdet': 'mmdet', 'mmseg': 'mmseg'}.get(config.split('/')[1], 'mmdeit'))
+    model, backbone, neck, params = built[f'my_{Path(config).stem}.py']
+    assert backbone == 'mmdeit.models.backbones.distilled_vision_transformer' or (
+        backbone == 'mmdeit.models.backbones.vision_transformer' and 'distilled' not in config
+    )
+    if '/mmdet/' in config:
+        assert (model, neck) == ('MaskRCNN', 'SimpleFPN')
+    elif '/mmseg/' in config:
+        assert (model, neck) == ('EncoderDecoder', 'MultiLevelNeck')
+    else:
+        distilled = 'distilled' in config
+        assert model == ('DistilledImageClassifier' if distilled else 'ImageClassifier')
+        assert int(params) > 85_000_000  # DeiT-B
