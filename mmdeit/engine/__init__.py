@@ -7,6 +7,7 @@ from .checkpoint_loader import (
 )
 from .cpu_distributed import setup_cpu_distributed
 from .hooks import AtomicCheckpointHook, NanGuardHook
+from .optim_wrappers import CPUAmpOptimWrapper
 
 # Checkpoints and other files that mmengine writes to local paths are written atomically from
 # the moment mmdeit is imported.
@@ -15,6 +16,7 @@ register_atomic_local_backend()
 __all__ = [
     'AtomicCheckpointHook',
     'AtomicLocalBackend',
+    'CPUAmpOptimWrapper',
     'NanGuardHook',
     'UnsafeCheckpointError',
     'atomic_write',

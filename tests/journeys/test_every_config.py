@@ -141,8 +141,12 @@ def _journey(config: str, home: Path, teachers: dict, tmp_dir: Path) -> None:
         assert 'loss_distill' in out and 'Loaded the teacher from' in out
     if any(h.type == 'EMAHook' for h in cfg.get('custom_hooks', [])):
         assert 'ema_state_dict' in ckpt
+    groups = ckpt['optimizer']['param_groups']
     if cfg.optim_wrapper.optimizer.get('fused'):
-        assert all(g['fused'] for g in ckpt['optimizer']['param_groups'])
+        assert all(g['fused'] for g in groups)
+    if cfg.optim_wrapper.get('paramwise_cfg', {}).get('norm_decay_mult') == 0:
+        decay = cfg.optim_wrapper.optimizer.weight_decay
+        assert {g['weight_decay'] for g in groups} == {0.0, decay}  # none on norms, tokens
     if _pretrained_init(cfg):
         assert 'load model from' in out and 'size mismatch' not in out
 

@@ -102,9 +102,9 @@ def test_wheel_runs_the_readme_own_project_section(tmp_path_factory):
     assert 'Epoch(train) [1][1/1]' in train and 'accuracy/top1' in train
     assert 'Epoch(test)' in test and 'accuracy/top1' in test
     assert 'top-5' in infer
-    # It was the wheel's mmdeit that ran, not the checkout's.
-    site = subprocess.run(
-        [python, '-c', 'import mmdeit; print(mmdeit.__file__)'],
+    # It was the wheel's mmdeit that ran, not the checkout's (located, not imported again).
+    origin = subprocess.run(
+        [python, '-c', 'import importlib.util as u; print(u.find_spec("mmdeit").origin)'],
         cwd=home, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    assert str(python.parents[1]) in site and str(REPO) not in site
+    assert str(python.parents[1]) in origin and str(REPO) not in origin

@@ -13,6 +13,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
+from mmdeit.engine import CPUAmpOptimWrapper
 from mmdeit.registry import MODELS, OPTIM_WRAPPERS
 from tools import train as train_tool
 
@@ -76,9 +77,7 @@ def test_cpu_amp_optim_wrapper_steps_under_bf16_autocast(scope):
     state['loss_scaler'] = {'scale': 1024.0, 'growth_factor': 2.0, '_growth_tracker': 3}
     wrapper.load_state_dict(state)
     with pytest.raises(ValueError, match='bfloat16'):
-        train_tool.CPUAmpOptimWrapper(
-            dtype='float16', optimizer=torch.optim.SGD(linear.parameters(), lr=0.1)
-        )
+        CPUAmpOptimWrapper(dtype='float16', optimizer=torch.optim.SGD(linear.parameters(), lr=0.1))
 
 
 @pytest.mark.journey
