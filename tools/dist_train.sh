@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Usage: tools/dist_train.sh CONFIG GPUS [train.py options]
-# Multi-process training over torchrun (NCCL on GPUs; gloo on CPU via
-# --cfg-options env_cfg.dist_cfg.backend=gloo).
+# Multi-process training over torchrun: NCCL on GPUs; without CUDA, tools/train.py switches to
+# gloo itself (mmdeit.engine.setup_cpu_distributed), so GPUS is then the number of processes.
 CONFIG=$1
 GPUS=$2
 NNODES=${NNODES:-1}

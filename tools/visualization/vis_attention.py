@@ -4,8 +4,9 @@ For every image it writes ``DIR/<image stem>_attention.png``: one row per token 
 for a distilled model) holding the preprocessed input, the attention rollout over all layers
 and the attention of each head of the chosen layer (the last by default). Example::
 
-    python tools/visualization/vis_attention.py demo.png configs/deit/deit-tiny_digits.py \
-        work_dirs/deit-tiny_digits/epoch_30.pth --out work_dirs/attention
+    python tools/visualization/vis_attention.py digit.png \
+        configs/digits/deit-digits-tiny-distilled-hard_1xb64_digits.py \
+        work_dirs/deit-digits-tiny-distilled-hard_1xb64_digits/epoch_60.pth --out work_dirs/att
 """
 
 import argparse
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from mmengine.logging import MMLogger
 
+from mmdeit.apis import init_model
 from mmdeit.visualization import attention_panels, resize_image, save_panel_grid
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
@@ -49,26 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_model(config: str, checkpoint: str, device: str) -> torch.nn.Module:
-    """The classifier of ``config`` with ``checkpoint`` loaded, in eval mode."""
-    try:
-        from mmdeit.apis import init_model
-    except ImportError:
-        init_model = None
-    if init_model is not None:
-        return init_model(config, checkpoint, device=device).eval()
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmengine.runner import load_checkpoint
-
-    import mmdeit  # noqa: F401  (registers the modules)
-    from mmdeit.registry import MODELS
-
-    cfg = Config.fromfile(config)
-    init_default_scope(cfg.get('default_scope', 'mmdeit'))
-    model = MODELS.build(cfg.model)
-    load_checkpoint(model, checkpoint, map_location='cpu')
-    model.cfg = cfg
-    return model.to(device).eval()
+    """The classifier of ``config`` with ``checkpoint`` loaded, in eval mode (the student
+    alone for a distilled config, as :func:`mmdeit.apis.init_model` builds it)."""
+    return init_model(config, checkpoint, device=device).eval()
 
 
 def build_pipeline(cfg):
