@@ -8,21 +8,13 @@ from mmengine.registry import DefaultScope
 from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 
 from mmdeit.models.backbones import DistilledVisionTransformer
+from mmdeit.models.heads import DeiTClsHead
 from mmdeit.models.utils.pos_embed import resize_pos_embed
 
 from ..conftest import TINY_ARCH
 
 CONFIG_DIR = Path(__file__).parents[2] / 'configs' / 'downstream'
 CLS_IMG_SIZE = 32  # classifier input: a 2x2 patch grid, resized on load to the downstream one
-
-
-def _deit_head() -> dict:
-    try:
-        from mmdeit.models.heads import DeiTClsHead  # noqa: F401
-
-        return dict(type='DeiTClsHead', num_classes=5, in_channels=32)
-    except ImportError:
-        return dict(type='mmpretrain.DeiTClsHead', num_classes=5, in_channels=32)
 
 
 @pytest.fixture
@@ -40,11 +32,13 @@ def classifier_checkpoint(tmp_path):
                     img_size=CLS_IMG_SIZE,
                     patch_size=16,
                 ),
-                head=_deit_head(),
+                head=dict(type='DeiTClsHead', num_classes=5, in_channels=32),
             )
         )
         classifier.init_weights()
-    assert type(classifier.backbone) is DistilledVisionTransformer  # mmdeit's, not mmpretrain's
+    # mmdeit's, not mmpretrain's
+    assert type(classifier.backbone) is DistilledVisionTransformer
+    assert type(classifier.head) is DeiTClsHead
     path = tmp_path / 'deit_classifier.pth'
     torch.save(
         {
