@@ -16,9 +16,8 @@ import sys
 import torch
 from mmengine.logging import MMLogger
 
+from mmdeit.converters import FORMATS, HF_LAYOUTS, TARGETS, convert_checkpoint
 from mmdeit.engine import UnsafeCheckpointError, atomic_write, safe_load
-from mmdeit.models.utils.checkpoint_convert import FORMATS, TARGETS, convert_checkpoint
-from mmdeit.models.utils.hf_checkpoint_convert import HF_LAYOUTS
 
 
 def parse_args(argv=None) -> argparse.Namespace:

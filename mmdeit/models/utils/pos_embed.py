@@ -1,6 +1,7 @@
-"""Position-embedding resizing shared by the forward pass and checkpoint loading."""
+"""Position-embedding helpers shared by the forward pass, checkpoint loading and the converters."""
 
-from typing import Sequence
+import math
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,3 +49,35 @@ def resize_pos_embed(
     grid = F.interpolate(grid.float(), size=(dst_h, dst_w), align_corners=False, mode=mode)
     grid = grid.flatten(2).transpose(1, 2).to(pos_embed.dtype)  # (1, H'*W', C)
     return torch.cat((extra_tokens, grid), dim=1)
+
+
+def pos_embed_grid(
+    pos_embed: torch.Tensor, num_extra_tokens: int = 1, name: str = 'pos_embed'
+) -> Tuple[int, int]:
+    """The square patch grid a checkpoint's position embedding was trained for.
+
+    Checkpoints do not record their input size; ViT/DeiT ones are trained on square images, so
+    the grid is read from the number of patch tokens.
+
+    Args:
+        pos_embed: Position embedding of shape (1, num_extra_tokens + H*W, C).
+        num_extra_tokens: Number of leading non-patch tokens (1 for the cls token, 2 with DeiT's
+            dist token). Defaults to 1.
+        name: What to call ``pos_embed`` in the error, e.g. its state-dict key.
+            Defaults to 'pos_embed'.
+
+    Returns:
+        (H, W) of the patch grid, with H == W.
+
+    Raises:
+        ValueError: ``pos_embed`` is not (1, L, C), or its patch tokens do not form a square grid.
+    """
+    shape = tuple(pos_embed.shape)
+    num_patches = shape[1] - num_extra_tokens if len(shape) == 3 else 0
+    side = math.isqrt(num_patches) if num_patches > 0 else 0
+    if len(shape) != 3 or shape[0] != 1 or side == 0 or side * side != num_patches:
+        raise ValueError(
+            f'{name} of shape {shape} does not hold {num_extra_tokens} extra tokens plus a '
+            'square patch grid'
+        )
+    return side, side

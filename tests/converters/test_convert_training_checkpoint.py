@@ -17,12 +17,11 @@ from mmengine.runner import Runner
 from timm.models.deit import VisionTransformerDistilled
 from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
 
+from mmdeit.converters import mmdeit_to_hf, to_mmdeit
 from mmdeit.engine import safe_load
-from mmdeit.models.utils.checkpoint_convert import to_mmdeit
-from mmdeit.models.utils.hf_checkpoint_convert import mmdeit_to_hf
 from mmdeit.registry import MODELS
 
-TOOL = Path(__file__).resolve().parents[3] / 'tools' / 'model_converters' / 'deit_to_mmdeit.py'
+TOOL = Path(__file__).resolve().parents[2] / 'tools' / 'model_converters' / 'deit_to_mmdeit.py'
 ARCH = dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)
 IMG, PATCH, NUM_CLASSES = 32, 16, 2
 HF_LAYOUT = 'v5' if int(transformers.__version__.split('.')[0]) >= 5 else 'legacy'
@@ -77,7 +76,7 @@ def _runner_cfg(image_folder: Path, work_dir: Path) -> dict:
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     """(checkpoint path, deployed model) of a 2-iteration mmengine Runner training."""
-    from ...conftest import make_image_folder
+    from ..conftest import make_image_folder
 
     root = tmp_path_factory.mktemp('runner_ckpt')
     runner = Runner.from_cfg(_runner_cfg(make_image_folder(root / 'images'), root / 'work'))
