@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
 
-from mmdeit.models.utils.checkpoint_convert import convert_checkpoint
+from mmdeit.converters import convert_checkpoint
 from mmdeit.registry import MODELS
 from mmdeit.visualization import (
     attention_panels,
