@@ -1,14 +1,15 @@
 """mmdeit: DeiT for the OpenMMLab ecosystem.
 
 Importing the package registers its modules in the ``mmdeit`` scope (see
-:mod:`mmdeit.registry`).
+:mod:`mmdeit.registry`) and the ``mmdeit::`` config package; it changes nothing else in
+mmengine. The safe checkpoint loader and atomic checkpoint writes are turned on by
+:func:`mmdeit.engine.setup_engine`, which mmdeit's tools and configs (through
+``AtomicCheckpointHook``) call.
 """
 
-from . import apis, datasets, models  # noqa: F401  (registers modules)
-from .engine import register_safe_checkpoint_loader
+from . import apis, datasets, engine, models  # noqa: F401  (registers modules)
 from .mim import register_config_package
 
-register_safe_checkpoint_loader()
 # The mim convention: configs ship under mmdeit/.mim/configs, so that once mmdeit is imported
 # any config can inherit `_base_ = 'mmdeit::deit/deit-small_8xb128_in1k.py'`.
 register_config_package()

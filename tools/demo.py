@@ -26,7 +26,8 @@ from mmengine.config import Config, DictAction
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-import mmdeit  # noqa: F401  (registers modules, safe checkpoint loading)
+import mmdeit  # noqa: F401  (registers modules)
+from mmdeit.engine import setup_engine
 
 CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'digits')
 TEACHER = 'resnet-digits_1xb64_digits'
@@ -133,6 +134,7 @@ def train_run(cfg: Config, row: str, options: Optional[dict] = None) -> dict:
     (the demo's ``--cfg-options``) to tell later whether the run can be reused.
     """
     start = time.perf_counter()
+    setup_engine()  # safe checkpoint loading, atomic checkpoint writes
     runner = Runner.from_cfg(cfg)
     curve = ValCurveHook()
     runner.register_hook(curve)
@@ -165,6 +167,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str) -> float:
     cfg.test_dataloader, cfg.test_evaluator = cfg.val_dataloader, cfg.val_evaluator
     cfg.train_dataloader = cfg.train_cfg = cfg.optim_wrapper = cfg.param_scheduler = None
     cfg.work_dir = osp.join(cfg.work_dir, 'reuse_eval')
+    setup_engine()  # safe checkpoint loading
     metrics = Runner.from_cfg(cfg).test()
     return float(metrics[METRIC])
 

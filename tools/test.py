@@ -9,9 +9,9 @@ from mmengine.config import Config, DictAction
 from mmengine.evaluator import DumpResults
 from mmengine.runner import Runner
 
-import mmdeit  # noqa: F401  (registers modules, safe checkpoint loading)
+import mmdeit  # noqa: F401  (registers modules)
 from mmdeit.datasets import check_data_roots
-from mmdeit.engine import setup_cpu_distributed
+from mmdeit.engine import setup_cpu_distributed, setup_engine
 from mmdeit.models.classifiers import student_model_cfg
 
 
@@ -53,6 +53,7 @@ def main(argv=None):
     except FileNotFoundError as err:
         sys.exit(f'mmdeit: cannot test {args.config}: {err}')
     setup_cpu_distributed(cfg)  # torchrun without GPUs: gloo, DDP without device ids
+    setup_engine()  # safe checkpoint loading (resume on torch >= 2.6), atomic checkpoint writes
     runner = Runner.from_cfg(cfg)
     if args.out:
         if not args.out.endswith(('.pkl', '.pickle')):

@@ -9,9 +9,9 @@ from mmengine.config import Config, DictAction
 from mmengine.device import get_device
 from mmengine.runner import Runner
 
-import mmdeit  # noqa: F401  (registers modules, safe checkpoint loading)
+import mmdeit  # noqa: F401  (registers modules)
 from mmdeit.datasets import check_data_roots
-from mmdeit.engine import setup_cpu_distributed
+from mmdeit.engine import setup_cpu_distributed, setup_engine
 
 AMP_HELP = (
     "mixed precision training. On a GPU: fp16 autocast with dynamic loss scaling (mmengine's "
@@ -102,6 +102,7 @@ def main(argv=None):
     except FileNotFoundError as err:
         sys.exit(f'mmdeit: cannot train {args.config}: {err}')
     setup_cpu_distributed(cfg)  # torchrun without GPUs: gloo, DDP without device ids
+    setup_engine()  # safe checkpoint loading (resume on torch >= 2.6), atomic checkpoint writes
     runner = Runner.from_cfg(cfg)
     runner.train()
 

@@ -1,11 +1,15 @@
 # Runtime defaults shared by every mmdeit recipe.
 default_scope = 'mmdeit'
 
+# AtomicCheckpointHook (mmdeit.engine): mmengine's CheckpointHook whose checkpoints survive a
+# kill while they are written; building it turns on mmdeit's safe checkpoint loader (resume on
+# torch >= 2.6, code-running pickles refused) and atomic local writes. Children that set only
+# some of its fields (interval, ...) keep the type.
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=100),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3, save_best='auto'),
+    checkpoint=dict(type='AtomicCheckpointHook', interval=1, max_keep_ckpts=3, save_best='auto'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='VisualizationHook', enable=False),
 )

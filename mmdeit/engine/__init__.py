@@ -1,17 +1,20 @@
+"""mmdeit's engine parts. Importing this package registers its hooks and optim wrapper and
+changes nothing in mmengine; :func:`setup_engine` turns on the safe checkpoint loader and
+atomic local writes (mmdeit's tools and :class:`AtomicCheckpointHook` call it)."""
+
 from .atomic_file_backend import AtomicLocalBackend, atomic_write, register_atomic_local_backend
 from .checkpoint_loader import (
     UnsafeCheckpointError,
+    load_checkpoint_file,
     register_safe_checkpoint_loader,
     safe_globals,
     safe_load,
+    safe_load_checkpoint,
 )
 from .cpu_distributed import setup_cpu_distributed
+from .engine_setup import engine_is_set_up, setup_engine
 from .hooks import AtomicCheckpointHook, NanGuardHook
 from .optim_wrappers import CPUAmpOptimWrapper
-
-# Checkpoints and other files that mmengine writes to local paths are written atomically from
-# the moment mmdeit is imported.
-register_atomic_local_backend()
 
 __all__ = [
     'AtomicCheckpointHook',
@@ -20,9 +23,13 @@ __all__ = [
     'NanGuardHook',
     'UnsafeCheckpointError',
     'atomic_write',
+    'engine_is_set_up',
+    'load_checkpoint_file',
     'register_atomic_local_backend',
     'register_safe_checkpoint_loader',
     'safe_globals',
     'safe_load',
+    'safe_load_checkpoint',
     'setup_cpu_distributed',
+    'setup_engine',
 ]

@@ -8,8 +8,9 @@ write leaves a truncated ``iter_N.pth`` that ``--resume`` then fails on.
 fsyncs it, then renames it over the target with ``os.replace``, which POSIX guarantees to be
 atomic: the target is either the complete old file or the complete new one.
 
-:func:`register_atomic_local_backend` (run on ``import mmdeit``) makes it mmengine's backend for
-local paths.
+:func:`register_atomic_local_backend` makes it mmengine's backend for local paths. ``import
+mmdeit`` does not call it: it is part of :func:`~mmdeit.engine.setup_engine`, which mmdeit's
+tools and :class:`~mmdeit.engine.AtomicCheckpointHook` call.
 """
 
 import os

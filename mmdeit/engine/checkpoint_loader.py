@@ -8,21 +8,33 @@ checkpoints are loaded with ``weights_only=True`` and an allow-list of exactly t
 classes an mmengine/mmpretrain checkpoint contains. Anything else is refused with
 :class:`UnsafeCheckpointError`; nothing falls back to unsafe unpickling.
 
-:func:`register_safe_checkpoint_loader` (called on ``import mmdeit``) registers the loader for
-local paths in mmengine's ``CheckpointLoader``, which ``load_checkpoint``, ``Runner.resume``,
-``load_from`` and ``init_cfg=dict(type='Pretrained')`` all go through.
+:func:`register_safe_checkpoint_loader` registers the loader for local paths in mmengine's
+``CheckpointLoader``, which ``load_checkpoint``, ``Runner.resume``, ``load_from`` and
+``init_cfg=dict(type='Pretrained')`` all go through. ``import mmdeit`` does not call it: it is
+part of :func:`~mmdeit.engine.setup_engine`, which mmdeit's tools and
+:class:`~mmdeit.engine.AtomicCheckpointHook` call. Code that must read local checkpoints safely
+whoever set mmengine up calls :func:`load_checkpoint_file` or :func:`safe_load_checkpoint`,
+which use :func:`safe_load` for local paths in any case.
 """
 
 import os.path as osp
 import pickle
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
-from mmengine.runner.checkpoint import CheckpointLoader
+from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint_to_model
+from torch import nn
 
-__all__ = ['UnsafeCheckpointError', 'safe_globals', 'safe_load', 'register_safe_checkpoint_loader']
+__all__ = [
+    'UnsafeCheckpointError',
+    'load_checkpoint_file',
+    'register_safe_checkpoint_loader',
+    'safe_globals',
+    'safe_load',
+    'safe_load_checkpoint',
+]
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -118,3 +130,57 @@ def _load_from_local(filename: str, map_location: Optional[Any] = None) -> Any:
 def register_safe_checkpoint_loader() -> None:
     """Make mmengine load local checkpoints through :func:`safe_load` (idempotent)."""
     CheckpointLoader.register_scheme(prefixes='', loader=_load_from_local, force=True)
+
+
+def _is_local(filename: str) -> bool:
+    # Every other scheme mmengine knows (http://, s3://, open-mmlab://, ...) has a '://'.
+    return '://' not in str(filename)
+
+
+def load_checkpoint_file(
+    filename: str, map_location: Optional[Any] = None, logger: Any = 'current'
+) -> Any:
+    """Read a checkpoint as mmengine's ``CheckpointLoader.load_checkpoint`` does, except that a
+    local path is always read with :func:`safe_load`, whether or not
+    :func:`register_safe_checkpoint_loader` has run.
+
+    Args:
+        filename: Local path, or a URL with a scheme mmengine knows (``https://``, ...).
+        map_location: As in :func:`torch.load`. Defaults to None.
+        logger: Logger for mmengine's remote loaders. Defaults to 'current'.
+
+    Raises:
+        FileNotFoundError, UnsafeCheckpointError, RuntimeError: As :func:`safe_load`.
+    """
+    if _is_local(filename):
+        return safe_load(filename, map_location)
+    return CheckpointLoader.load_checkpoint(filename, map_location=map_location, logger=logger)
+
+
+def safe_load_checkpoint(
+    model: nn.Module,
+    filename: str,
+    map_location: Optional[Any] = None,
+    strict: bool = False,
+    logger: Any = None,
+    revise_keys: Sequence[Tuple[str, str]] = ((r'^module\.', ''),),
+) -> dict:
+    """mmengine's ``load_checkpoint(model, filename, ...)``, reading local files with
+    :func:`safe_load` (through :func:`load_checkpoint_file`).
+
+    Args:
+        model: The module to load the weights into.
+        filename: Local path or URL of the checkpoint.
+        map_location: As in :func:`torch.load`. Defaults to None.
+        strict: Whether the keys must match exactly. Defaults to False.
+        logger: Logger for the key mismatch report. Defaults to None.
+        revise_keys: ``(pattern, replacement)`` regex pairs applied to the state dict keys.
+            Defaults to stripping a ``module.`` prefix.
+
+    Returns:
+        The loaded checkpoint.
+    """
+    checkpoint = load_checkpoint_file(filename, map_location, logger or 'current')
+    if not isinstance(checkpoint, dict):
+        raise RuntimeError(f'No state_dict found in checkpoint file {filename}')
+    return _load_checkpoint_to_model(model, checkpoint, strict, logger, list(revise_keys))

@@ -18,7 +18,13 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner, save_checkpoint
 
 import mmdeit.engine.atomic_file_backend as atomic_module
-from mmdeit.engine import AtomicCheckpointHook, AtomicLocalBackend, atomic_write, safe_load
+from mmdeit.engine import (
+    AtomicCheckpointHook,
+    AtomicLocalBackend,
+    atomic_write,
+    engine_is_set_up,
+    safe_load,
+)
 
 from ..conftest import TINY_ARCH
 
@@ -29,7 +35,7 @@ def _tmp_leftovers(folder):
     return sorted(p.name for p in Path(folder).glob('.*.tmp'))
 
 
-def test_local_paths_use_the_atomic_backend(tmp_path):
+def test_local_paths_use_the_atomic_backend(tmp_path, engine):
     assert isinstance(get_file_backend(str(tmp_path / 'a.pth')), AtomicLocalBackend)
     assert isinstance(get_file_backend(backend_args=dict(backend='local')), AtomicLocalBackend)
 
@@ -46,7 +52,7 @@ def test_atomic_write_bytes_text_and_mode(tmp_path):
     assert _tmp_leftovers(target.parent) == []
 
 
-def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch, engine):
     target = tmp_path / 'ckpt.pth'
     target.write_bytes(b'old complete checkpoint')
 
@@ -60,7 +66,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert _tmp_leftovers(tmp_path) == []
 
 
-def test_mmengine_save_checkpoint_goes_through_os_replace(tmp_path, monkeypatch):
+def test_mmengine_save_checkpoint_goes_through_os_replace(tmp_path, monkeypatch, engine):
     replaced = []
     real_replace = os.replace
 
@@ -154,7 +160,9 @@ def _runner(image_folder, work_dir, max_iters, **ckpt_kwargs):
             train_cfg=dict(by_epoch=False, max_iters=max_iters),
             optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)),
             default_hooks=dict(
-                checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1, **ckpt_kwargs)
+                checkpoint=dict(
+                    type='AtomicCheckpointHook', by_epoch=False, interval=1, **ckpt_kwargs
+                )
             ),
             randomness=dict(seed=0),
             default_scope='mmdeit',
@@ -164,10 +172,15 @@ def _runner(image_folder, work_dir, max_iters, **ckpt_kwargs):
     )
 
 
-def test_checkpoint_hook_in_mmdeit_scope_is_the_atomic_one():
+def test_atomic_checkpoint_hook_is_named_and_turns_the_engine_on(stock_mmengine, tmp_path):
     with DefaultScope.overwrite_default_scope('mmdeit'):
-        hook = MMENGINE_HOOKS.build(dict(type='CheckpointHook', interval=1))
+        plain = MMENGINE_HOOKS.build(dict(type='CheckpointHook', interval=1))
+        assert type(plain) is CheckpointHook  # mmengine's, also in the mmdeit scope
+        assert not engine_is_set_up()
+        hook = MMENGINE_HOOKS.build(dict(type='AtomicCheckpointHook', interval=1))
     assert isinstance(hook, AtomicCheckpointHook) and isinstance(hook, CheckpointHook)
+    assert engine_is_set_up()
+    assert isinstance(get_file_backend(str(tmp_path / 'a.pth')), AtomicLocalBackend)
 
 
 class _Killed(Exception):

@@ -78,7 +78,7 @@ def _write_configs(tmp_path):
         ],
         default_hooks=dict(
             logger=dict(type='LoggerHook', interval=1),
-            checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2),
+            checkpoint=dict(type='AtomicCheckpointHook', interval=1, max_keep_ckpts=2),
         ),
         randomness=dict(seed=0, deterministic=True),
     )

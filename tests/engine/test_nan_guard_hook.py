@@ -42,7 +42,9 @@ def _runner(image_folder, work_dir, max_iters=8):
             train_cfg=dict(by_epoch=False, max_iters=max_iters),
             optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)),
             # Every iteration is checkpointed: without the guard the broken one would be too.
-            default_hooks=dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1)),
+            default_hooks=dict(
+                checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=1)
+            ),
             custom_hooks=[dict(type='NanGuardHook')],
             randomness=dict(seed=0),
             default_scope='mmdeit',

@@ -4,6 +4,6 @@ _base_ = ['../../_base_/default_runtime.py']
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
-    checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=1, save_last=True),
+    checkpoint=dict(type='AtomicCheckpointHook', interval=10, max_keep_ckpts=1, save_last=True),
 )
 randomness = dict(seed=0, deterministic=False)

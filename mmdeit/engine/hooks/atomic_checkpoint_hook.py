@@ -10,22 +10,30 @@ from mmengine.hooks import CheckpointHook
 from mmdeit.registry import HOOKS
 
 from ..atomic_file_backend import TMP_SUFFIX, atomic_write
+from ..engine_setup import setup_engine
 
 __all__ = ['AtomicCheckpointHook', 'LAST_CHECKPOINT']
 
 LAST_CHECKPOINT = 'last_checkpoint'
 
 
-@HOOKS.register_module(name=['AtomicCheckpointHook', 'CheckpointHook'])
+@HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
-    """mmengine's ``CheckpointHook`` made safe against a run killed while it saves.
+    """mmengine's ``CheckpointHook`` made safe against a run killed while it saves, with
+    checkpoints that resume on torch >= 2.6.
 
-    Registered in the ``mmdeit`` scope under its own name and as ``CheckpointHook``, so every
-    config with ``default_scope='mmdeit'`` uses it in place of mmengine's; the arguments and
-    checkpoint files are those of ``CheckpointHook``. Three things differ:
+    Registered in the ``mmdeit`` scope under its own name only: a config uses it by naming it,
+    ``default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook', ...))`` (as mmdeit's
+    ``configs/_base_/default_runtime.py`` does), or ``type='mmdeit.AtomicCheckpointHook'``
+    from another scope (an mmdet or mmseg config, after ``custom_imports`` of ``mmdeit``);
+    ``type='CheckpointHook'`` stays mmengine's. The arguments and checkpoint files are those
+    of ``CheckpointHook``. What differs:
 
-    - The checkpoint file is written atomically (through
-      :class:`~mmdeit.engine.AtomicLocalBackend`, registered on ``import mmdeit``).
+    - Building it calls :func:`~mmdeit.engine.setup_engine`, which turns on, for the process,
+      atomic local writes (:class:`~mmdeit.engine.AtomicLocalBackend`, so the checkpoint file
+      is written atomically) and the safe checkpoint loader (so ``resume``, ``load_from`` and
+      ``init_cfg=dict(type='Pretrained')`` read mmengine checkpoints on torch >= 2.6 and refuse
+      a pickle that would run code).
     - The ``last_checkpoint`` pointer that ``--resume`` reads is replaced atomically, after the
       checkpoint it names is complete (mmengine truncates and rewrites it in place).
     - With ``max_keep_ckpts``, the oldest checkpoint is removed only after the new one and the
@@ -35,7 +43,22 @@ class AtomicCheckpointHook(CheckpointHook):
 
     Before the run it removes the temporary files (``.<name>.<random>.tmp``) that a killed
     write left in ``work_dir``.
+
+    When the engine is turned on: a Runner builds its hooks in its constructor, after the
+    model and before ``train``/``val``/``test`` run ``before_run``, the model weights'
+    initialisation (``init_cfg``) and ``load_or_resume``, so all of these use the safe loader.
+    Checkpoints that the model reads while it is built, before the hooks exist (such as
+    ``DistilledImageClassifier``'s ``teacher_ckpt``), are read before it: for those, use
+    mmdeit's tools or call :func:`~mmdeit.engine.setup_engine` before building the Runner.
+
+    Args:
+        *args: As for mmengine's ``CheckpointHook``.
+        **kwargs: As for mmengine's ``CheckpointHook``.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        setup_engine()
+        super().__init__(*args, **kwargs)
 
     def before_run(self, runner) -> None:
         """Remove the leftovers of writes that were killed before their final rename."""
