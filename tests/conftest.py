@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-import mmdeit  # noqa: F401  (registers modules, safe checkpoint loader)
+import mmdeit  # noqa: F401  (registers modules)
 
 TINY_ARCH = dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64)
 

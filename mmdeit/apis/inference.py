@@ -12,8 +12,8 @@ from mmengine.config import Config
 from mmengine.dataset import Compose, pseudo_collate
 from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
 
+from mmdeit.engine import safe_load_checkpoint
 from mmdeit.models.classifiers import student_model_cfg
 from mmdeit.registry import DATASETS, MODELS
 
@@ -87,7 +87,7 @@ def init_model(
     if checkpoint is not None:
         if not osp.isfile(checkpoint):
             raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
-        ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+        ckpt = safe_load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
         meta_classes = ckpt.get('meta', {}).get('dataset_meta', {}).get('classes')
         classes = tuple(meta_classes) if meta_classes else classes
     else:

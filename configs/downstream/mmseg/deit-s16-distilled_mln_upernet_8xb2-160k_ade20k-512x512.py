@@ -9,6 +9,10 @@ _base_ = [
 ]
 # Registers `mmdeit.*` types; the default scope stays mmseg's.
 custom_imports = dict(imports=['mmdeit'], allow_failed_imports=False)
+# mmdeit's checkpoint hook (a CheckpointHook): atomic checkpoint writes, and mmdeit's safe loader
+# for every checkpoint the run reads, so an mmdeit training checkpoint (mmengine's logged
+# statistics inside) loads as `checkpoint` below on torch >= 2.6 (weights_only).
+default_hooks = dict(checkpoint=dict(type='mmdeit.AtomicCheckpointHook'))
 
 # A distilled DeiT-S classifier checkpoint with its 'backbone.' keys (two extra tokens):
 # trained by mmdeit, or the official one converted by

@@ -10,10 +10,11 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModel
-from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
+from mmengine.runner.checkpoint import load_state_dict
 from mmpretrain.models.classifiers import ImageClassifier
 from mmpretrain.structures import DataSample
 
+from mmdeit.engine.checkpoint_loader import load_checkpoint_file
 from mmdeit.registry import MODELS
 
 from ..heads import DeiTClsHead
@@ -110,10 +111,11 @@ class DistilledImageClassifier(ImageClassifier):
             output must be logits (B, num_classes) with the student's ``num_classes``.
             Required for loss modes 'soft' and 'hard'; ignored (not built, with a warning) in
             mode 'none'. Defaults to None.
-        teacher_ckpt: Checkpoint of the teacher, loaded strictly through mmengine's
-            ``CheckpointLoader`` (local path or URL). Its weights may be the whole file or under
-            'state_dict' or 'model'. If None the teacher keeps the weights it is built with
-            (e.g. timm's ``pretrained=True``); its ``init_cfg`` is not run. Defaults to None.
+        teacher_ckpt: Checkpoint of the teacher (local path, read by mmdeit's safe loader, or
+            a URL mmengine's ``CheckpointLoader`` knows), loaded strictly. Its weights may be
+            the whole file or under 'state_dict' or 'model'. If None the teacher keeps the
+            weights it is built with (e.g. timm's ``pretrained=True``); its ``init_cfg`` is not
+            run. Defaults to None.
         teacher_channels_last: Run the teacher in the channels-last memory format (weights
             converted once, each input batch per call), usually faster for convnet teachers
             such as RegNetY on CPU (oneDNN) and on GPUs with tensor cores. Defaults to False.
@@ -239,9 +241,7 @@ class DistilledImageClassifier(ImageClassifier):
     def _load_teacher_ckpt(teacher: nn.Module, teacher_ckpt: str) -> None:
         """Load the teacher's weights strictly with mmengine's checkpoint loader."""
         logger = MMLogger.get_current_instance()
-        checkpoint = CheckpointLoader.load_checkpoint(
-            teacher_ckpt, map_location='cpu', logger=logger
-        )
+        checkpoint = load_checkpoint_file(teacher_ckpt, map_location='cpu', logger=logger)
         state_dict = checkpoint
         for key in ('state_dict', 'model'):  # mmengine / official DeiT layouts
             if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):

@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 from mmengine.optim import OptimWrapper
 from mmengine.runner import Runner
-from mmengine.runner.checkpoint import CheckpointLoader
 from mmpretrain.models import ImageClassifier
 from mmpretrain.models.backbones import DistilledVisionTransformer as MMPretrainDistilledViT
 from mmpretrain.models.heads import DeiTClsHead as MMPretrainDeiTClsHead
 from mmpretrain.structures import DataSample
 from torch.utils.data import Dataset
 
+from mmdeit.engine import load_checkpoint_file
 from mmdeit.models.classifiers import DistilledImageClassifier
 from mmdeit.registry import MODELS
 
@@ -222,7 +222,7 @@ def test_runner_trains_one_iteration_and_checkpoints_the_student_only(teacher_ck
     accuracy = runner.message_hub.get_scalar('val/accuracy/top1').current()  # validated
     assert 0 <= accuracy <= 100
 
-    ckpt = CheckpointLoader.load_checkpoint(str(work_dir / 'iter_1.pth'), map_location='cpu')
+    ckpt = load_checkpoint_file(str(work_dir / 'iter_1.pth'), map_location='cpu')
     assert ckpt['state_dict'] and not any(k.startswith('teacher') for k in ckpt['state_dict'])
     num_student_params = len(list(model.parameters()))
     assert sum(len(g['params']) for g in ckpt['optimizer']['param_groups']) == num_student_params
