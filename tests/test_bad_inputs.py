@@ -151,6 +151,8 @@ CASES = [
          r'out_indices entry 4 is out of range for num_layers=4 \(allowed: -4\.\.3\)'),
     Case('frozen_stages out of range', lambda f: _vit(frozen_stages=5), ValueError,
          r'frozen_stages must be an int in \[-1, 4\] \(num_layers\), got 5'),
+    Case('fast_path not a bool', lambda f: _vit(fast_path='off'), TypeError,
+         r"fast_path must be True or False, got 'off'"),
     Case('image tensor with 1 channel', lambda f: _vit()(torch.rand(2, 1, 32, 32)), ValueError,
          r'expects images of shape \(B, 3, H, W\) \(in_channels=3\), got \(2, 1, 32, 32\)'),
     Case('image tensor without batch dim', lambda f: _vit()(torch.rand(3, 32, 32)), ValueError,

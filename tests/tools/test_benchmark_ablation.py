@@ -1,5 +1,6 @@
-"""tools/analysis/benchmark_ablation.py: its switches really switch, and a tiny run reports."""
+"""tools/analysis/benchmark_ablation.py: its variants are fast_path on and off; a tiny run."""
 
+import argparse
 import importlib.util
 import json
 from pathlib import Path
@@ -19,35 +20,28 @@ def _load_script():
     return module
 
 
-def test_switches_turn_each_measure_off():
-    from mmdeit.models.backbones import DistilledVisionTransformer
-    from mmdeit.models.utils import onednn_linear
+def test_variants_are_the_fast_path_switch_on_and_off():
+    from mmdeit.models.backbones import FastTransformerEncoderLayer
 
-    script = _load_script()
-    model = DistilledVisionTransformer(arch=TINY, img_size=32, patch_size=8, drop_path_rate=0.5)
-    fc1_rows, branch_batches = [], []
-    model.layers[-1].ffn.layers[0][0].register_forward_pre_hook(
-        lambda m, a: fc1_rows.append(a[0].shape[:2])
+    args = argparse.Namespace(
+        arch=json.dumps(TINY), img_size=32, patch_size=8, num_classes=10, drop_path_rate=0.5
     )
-    last_ln2 = model.layers[-1].ln2
-    last_ln2.register_forward_pre_hook(lambda m, a: branch_batches.append(a[0].shape[0]))
-    x = torch.randn(16, 3, 32, 32)
-
-    def run(**switches):
-        fc1_rows.clear()
-        branch_batches.clear()
-        with script._switches(**switches):
-            torch.manual_seed(0)
-            model.train()(x)
-            has_op = onednn_linear._HAS_OP
-        return list(fc1_rows), list(branch_batches), has_op
-
-    rows, batches, _ = run()
-    assert rows[0][1] == 2 and batches[0] < 16  # pruned last layer, dropped samples skipped
-    rows, batches, _ = run(no_pruning=True, no_skip=True)
-    assert rows == [torch.Size([16, 18])] and batches == [16]
-    assert run(no_onednn=True)[2] is False
-    assert onednn_linear._HAS_OP is (run()[2])  # restored after the block
+    models = _load_script().build_models(args)
+    assert list(models) == ['fast_path', 'reference']
+    fast, ref = models['fast_path'], models['reference']
+    assert fast.backbone.fast_path and not ref.backbone.fast_path
+    assert isinstance(fast.backbone.layers[0], FastTransformerEncoderLayer)
+    assert not isinstance(ref.backbone.layers[0], FastTransformerEncoderLayer)
+    # The same weights, so the same numbers: eval and a training step with drop path.
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in fast.state_dict().items())
+    x = torch.randn(8, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast.eval().predict(x), ref.eval().predict(x))
+    outs = []
+    for model in (fast, ref):
+        torch.manual_seed(0)
+        outs.append(model.train().logits(x))
+    torch.testing.assert_close(outs[0], outs[1])
 
 
 def test_tiny_run_reports_every_variant(tmp_path):
@@ -57,8 +51,7 @@ def test_tiny_run_reports_every_variant(tmp_path):
     argv += ['--rounds', '1', '--train-rounds', '1', '--out', str(out)]
     _load_script().main(argv)
     report = json.loads(out.read_text())
-    assert set(report['inference']) == {'all', 'no_onednn', 'no_last_layer_pruning', 'neither'}
-    assert set(report['train']) == {'all', 'no_skip_dropped', 'no_last_layer_pruning', 'neither'}
+    assert set(report['inference']) == set(report['train']) == {'fast_path', 'reference'}
     for section in ('inference', 'train'):
         for result in report[section].values():
             assert result['best_s'] > 0

@@ -1,24 +1,25 @@
-"""What each of mmdeit's speed measures buys: mmdeit timed with each one switched off.
+"""What mmdeit's speed measures buy: the backbone with ``fast_path=True`` against ``False``.
 
-One process, one model, interleaved rounds (as ``benchmark.py``). Each variant switches a
-measure off for the duration of its call by patching the module attribute that implements
-it; nothing else changes::
+One process, two models holding the same weights, interleaved rounds (as ``benchmark.py``).
+The variants differ only in the backbone's ``fast_path`` switch (see
+``mmdeit/models/backbones/fast_transformer_layer.py``)::
 
     python tools/analysis/benchmark_ablation.py --arch deit-small --out work_dirs/ablation.json
 
-Inference variants: ``all`` (the default code), ``no_onednn`` (ordinary aten linears and
-GELU), ``no_last_layer_pruning`` (the last layer computes every token), ``neither``. Training
-variants: ``all``, ``no_skip_dropped`` (stochastic depth multiplies dropped branches by 0, as
-mmcv does, instead of not computing them), ``no_last_layer_pruning``, ``neither``.
+Inference and training variants: ``fast_path`` (the default build: oneDNN linears with GELU
+fused in fp32 inference, shortcuts summed inside the GEMMs, stochastic depth skipping the
+dropped samples in training, last-layer pruning) and ``reference`` (``fast_path=False``: the
+layers as the formula, every token and every sample computed). The individual measures are
+no longer separately switchable; they are on or off together.
 """
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import sys
-from typing import Callable, Dict
-from unittest import mock
+from typing import Dict
 
 import torch
 
@@ -27,35 +28,20 @@ import benchmark_models as bm  # noqa: E402
 from benchmark_timing import Device, machine_info, run_rounds  # noqa: E402
 
 
-def _switches(no_onednn=False, no_pruning=False, no_skip=False) -> contextlib.ExitStack:
-    from mmdeit.models.backbones import transformer_layer
-    from mmdeit.models.backbones.vision_transformer import VisionTransformer
-    from mmdeit.models.utils import onednn_linear
-    from mmdeit.models.utils.drop_path import multiply_dropped
+def build_models(args) -> Dict[str, bm.DeiTModel]:
+    """mmdeit's DeiT built with ``fast_path`` on and off, holding the same weights."""
+    from mmdeit.models.backbones import DistilledVisionTransformer
 
-    stack = contextlib.ExitStack()
-    if no_onednn:
-        stack.enter_context(mock.patch.object(onednn_linear, '_HAS_OP', False))
-    if no_pruning:
-        stack.enter_context(
-            mock.patch.object(VisionTransformer, '_last_layer_queries', lambda self: None)
-        )
-    if no_skip:
-        stack.enter_context(
-            mock.patch.object(transformer_layer, 'skip_dropped_samples', multiply_dropped)
-        )
-    return stack
-
-
-SWITCHES = dict(onednn='no_onednn', skip_dropped='no_skip')
-
-
-def _variant(fn: Callable[[], None], **switches) -> Callable[[], None]:
-    def run():
-        with _switches(**switches):
-            fn()
-
-    return run
+    fast = bm.build_mmdeit(bm.parse_arch(args.arch), bm.model_cfg(args))
+    backbone = DistilledVisionTransformer(
+        arch=bm.parse_arch(args.arch),
+        img_size=args.img_size,
+        patch_size=args.patch_size,
+        drop_path_rate=args.drop_path_rate,
+        fast_path=False,
+    )
+    backbone.load_state_dict(fast.backbone.state_dict(), strict=True)
+    return dict(fast_path=fast, reference=bm.DeiTModel(backbone, copy.deepcopy(fast.head)))
 
 
 def main(argv=None) -> dict:
@@ -76,38 +62,33 @@ def main(argv=None) -> dict:
             raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
     torch.manual_seed(0)
     dev = Device('cpu')
-    model = bm.build_mmdeit(bm.parse_arch(args.arch), bm.model_cfg(args))
+    models = build_models(args)
     x = torch.randn(args.infer_batch, 3, args.img_size, args.img_size)
 
-    def infer():
-        with torch.inference_mode():
-            model.predict(x)
+    def infer(model: bm.DeiTModel):
+        def run():
+            with torch.inference_mode():
+                model.predict(x)
 
-    def ablate(fn: Callable[[], None], other: str, rounds: int) -> Dict[str, dict]:
-        """``fn`` as is, without ``other``, without last-layer pruning, without both."""
-        variants = dict(
-            all=fn,
-            **{f'no_{other}': _variant(fn, **{SWITCHES[other]: True})},
-            no_last_layer_pruning=_variant(fn, no_pruning=True),
-            neither=_variant(fn, no_pruning=True, **{SWITCHES[other]: True}),
-        )
-        return run_rounds(dev, variants, rounds, warmup=1)
+        return run
 
-    model.eval()
-    inference = ablate(infer, 'onednn', args.rounds)
+    variants = {name: infer(model.eval()) for name, model in models.items()}
+    inference = run_rounds(dev, variants, args.rounds, warmup=1)
     xt = torch.randn(args.train_batch, 3, args.img_size, args.img_size)
     yt = torch.randint(0, args.num_classes, (args.train_batch,))
-    opt = bm.make_adamw(model.parameters(), 'default', args.train_batch)
-    step = bm.make_train_step(model.train(), opt, xt, yt, contextlib.nullcontext)
-    train = ablate(step, 'skip_dropped', args.train_rounds)
+    variants = {}
+    for name, model in models.items():
+        opt = bm.make_adamw(model.parameters(), 'default', args.train_batch)
+        variants[name] = bm.make_train_step(model.train(), opt, xt, yt, contextlib.nullcontext)
+    train = run_rounds(dev, variants, args.train_rounds, warmup=1)
     report = dict(machine=machine_info(dev), args=vars(args), inference=inference, train=train)
     for section in ('inference', 'train'):
         res: Dict[str, dict] = report[section]
-        base = res['all']['best_s']
+        base = res['fast_path']['best_s']
         for name, r in res.items():
             print(
                 f'{section:<10}{name:<24}best {r["best_s"]:8.3f} s  median '
-                f'{r["median_s"]:8.3f} s  all is {r["best_s"] / base:5.3f}x faster'
+                f'{r["median_s"]:8.3f} s  fast_path is {r["best_s"] / base:5.3f}x faster'
             )
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -1,31 +1,19 @@
-"""Pre-norm transformer encoder layer of ViT/DeiT.
+"""Pre-norm transformer encoder layer of ViT/DeiT, written as the formula.
 
 Module and parameter names follow mmpretrain 1.2 (``ln1``, ``attn.qkv``, ``attn.proj``,
-``ln2``, ``ffn.layers.0.0``, ``ffn.layers.1``, ``attn.gamma1``, ``ffn.gamma2``) so that
-mmpretrain checkpoints load strictly. Attention runs through
-:func:`torch.nn.functional.scaled_dot_product_attention`.
+``attn.gamma1``, ``attn.out_drop``, ``ln2``, ``ffn.layers.0.0``, ``ffn.layers.1``,
+``ffn.gamma2``, ``ffn.dropout_layer``) so that mmpretrain checkpoints load strictly. As in
+mmpretrain, layer scale and stochastic depth live inside the attention and FFN modules::
 
-Speed (see ``docs/benchmarks.md``): the qkv output is viewed, never copied, as the three
-(B, h, N, d) operands of SDPA, whose output is laid out (B, N, h, d) in memory, so the output
-projection reads it as a (B*N, C) view. The shortcut is summed inside the GEMM of the output
-projection and of the second FFN layer (``identity + bias`` is written once and ``addmm_``
-accumulates ``x @ W^T`` into it) instead of in a separate add. Without autograd (inference)
-on fp32 CPU tensors the linears run through oneDNN with the FFN's GELU fused
-(``mmdeit/models/utils/onednn_linear.py``).
-Two ways of skipping work whose result is thrown away, both exact:
+    x = x + attn(ln1(x))    # attn(t) = out_drop(gamma1(proj_drop(proj(SDPA(qkv(t))))))
+    x = x + ffn(ln2(x))     # ffn(t) = dropout_layer(gamma2(fc2(GELU(fc1(t)))))
 
-* ``num_queries``: a layer can compute only the first ``num_queries`` output tokens (keys and
-  values still come from every token). The backbone uses it in its last layer when only the
-  cls/dist tokens are read (``out_type='cls_token'``): the patch tokens of the last layer feed
-  nothing, so their queries, projections and FFN are not computed.
-* Stochastic depth in training: a sample whose residual branch is dropped gets no branch
-  computed at all (its rows are left out of the GEMMs), instead of computing the branch and
-  multiplying it by zero. The per-sample mask is drawn exactly as mmcv's ``drop_path`` draws it.
-
-All of this is exact (fp32, erf GELU): only the rounding order of the sums changes.
+This is the reference. The speed measures (oneDNN linears, shortcuts summed inside GEMMs,
+skipping the samples stochastic depth drops, computing only some output tokens) are
+subclasses in ``fast_transformer_layer.py``, chosen by the backbone's ``fast_path`` switch.
 """
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -35,78 +23,19 @@ from mmengine.model import BaseModule
 from mmpretrain.models.utils import LayerScale, build_norm_layer
 from torch.utils.checkpoint import checkpoint
 
-from ..utils.drop_path import skip_dropped_samples
-from ..utils.onednn_linear import linear_rows, onednn_applies, onednn_linear
 
-
-def _active_dropout(module: nn.Module) -> bool:
-    """Whether a dropout-like module (Dropout or DropPath) changes its input now."""
-    p = getattr(module, 'p', getattr(module, 'drop_prob', 0.0))
-    return module.training and p > 0
-
-
-def _residual_linear(
-    identity: torch.Tensor,
-    x: torch.Tensor,
-    linear: nn.Linear,
-    dropout: nn.Module,
-    layer_scale: nn.Module,
-    drop_path: nn.Module,
-    inplace: bool = False,
-) -> torch.Tensor:
-    """``identity + drop_path(layer_scale(dropout(linear(x))))`` with fewer memory passes.
-
-    The common case (no active dropout or DropPath, no LayerScale) writes ``identity + bias``
-    once and lets the GEMM accumulate ``x @ W^T`` into it (``addmm_``, beta=1): one memory
-    pass instead of the bias copy of ``addmm``, a new tensor for the branch and the add. With
-    oneDNN (fp32 CPU inference) the GEMM writes a new tensor and the shortcut is added in place.
-
-    Args:
-        identity: The shortcut (B, N, C_out).
-        x: The branch input (B, N, C_in).
-        linear: The branch's linear layer.
-        dropout: Dropout after the linear layer.
-        layer_scale: LayerScale or ``nn.Identity``.
-        drop_path: DropPath or ``nn.Identity``.
-        inplace: Write the result into ``identity``'s memory; only for a temporary that
-            nothing else holds, with autograd off. Defaults to False.
-    """
-    if (
-        _active_dropout(dropout)
-        or _active_dropout(drop_path)  # the layer skips dropped samples before calling this
-        or not isinstance(layer_scale, nn.Identity)
-        or torch.is_autocast_enabled(x.device.type)  # keep the shortcut in full precision
-    ):
-        return identity + drop_path(layer_scale(dropout(linear(x))))
-    if onednn_applies(x, linear):  # fp32 CPU inference
-        return onednn_linear(x, linear).add_(identity)  # a new tensor, summed in place
-    shape = identity.shape  # (B, N, C_out)
-    x2d = x.reshape(-1, x.shape[-1])  # (B*N, C_in), a view for contiguous x
-    identity2d = identity.reshape(-1, shape[-1])  # (B*N, C_out)
-    bias = linear.bias
-    if inplace and identity.is_contiguous():
-        out = identity2d if bias is None else identity2d.add_(bias)
-    else:
-        # One pass writes ``identity + bias`` (the copy ``addmm`` would do for the bias).
-        out = identity2d.clone() if bias is None else identity2d + bias
-    return out.addmm_(x2d, linear.weight.t()).view(shape)  # GEMM with beta=1: adds in place
-
-
-_NO_DROP_PATH = nn.Identity()
-
-
-def _layer_scale(dims: int, init_value: float, data_format: str = 'channels_last') -> nn.Module:
+def _layer_scale(dims: int, init_value: float) -> nn.Module:
     if init_value > 0:
-        return LayerScale(dims, layer_scale_init_value=init_value, data_format=data_format)
+        return LayerScale(dims, layer_scale_init_value=init_value)
     return nn.Identity()
 
 
 class MultiheadAttention(BaseModule):
-    """Multi-head self-attention with a fused qkv projection.
+    """Multi-head self-attention with a fused qkv projection, through SDPA.
 
     Args:
         embed_dims: Token dimension C.
-        num_heads: Number of heads; must divide ``embed_dims``.
+        num_heads: Number of heads h; must divide ``embed_dims``.
         qkv_bias: Whether the qkv projection has a bias. Defaults to True.
         attn_drop: Dropout on attention probabilities (training only). Defaults to 0.
         proj_drop: Dropout after the output projection. Defaults to 0.
@@ -142,69 +71,48 @@ class MultiheadAttention(BaseModule):
         self.out_drop = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.gamma1 = _layer_scale(embed_dims, layer_scale_init_value)
 
-    def _qkv(
-        self, x: torch.Tensor, num_queries: Optional[int] = None
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, N, _ = x.shape
-        h, d = self.num_heads, self.head_dims
-        if num_queries is None:
-            qkv = linear_rows(x, self.qkv).reshape(B, N, 3, h, d)  # (B, N, 3, h, d)
-            return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, d), views
-        # Queries of the first tokens only; keys and values of all (rows of one weight).
-        C = self.embed_dims
-        q = linear_rows(x[:, :num_queries], self.qkv, slice(0, C))  # (B, n, C)
-        q = q.reshape(B, num_queries, h, d).transpose(1, 2)  # (B, h, n, d)
-        kv = linear_rows(x, self.qkv, slice(C, 3 * C))  # (B, N, 2C)
-        k, v = kv.reshape(B, N, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, N, d)
-        return q, k, v
+    def _split_heads(self, t: torch.Tensor, parts: int) -> Tuple[torch.Tensor, ...]:
+        """(B, N, parts*C) -> ``parts`` views of shape (B, h, N, d), no copy."""
+        B, N, _ = t.shape
+        t = t.reshape(B, N, parts, self.num_heads, self.head_dims)  # (B, N, parts, h, d)
+        return t.permute(2, 0, 3, 1, 4).unbind(0)  # parts x (B, h, N, d)
 
-    def _project(
-        self,
-        x: torch.Tensor,
-        identity: Optional[torch.Tensor] = None,
-        drop_path: Optional[nn.Module] = None,
-    ) -> torch.Tensor:
-        B, _, N, _ = x.shape
-        # SDPA's output is (B, N, h, d) in memory, so this is a view, not a copy.
-        x = x.transpose(1, 2).reshape(B, N, self.embed_dims)  # (B, N, C)
-        drop_path = self.out_drop if drop_path is None else drop_path
-        if identity is None:
-            return drop_path(self.gamma1(self.proj_drop(self.proj(x))))
-        return _residual_linear(identity, x, self.proj, self.proj_drop, self.gamma1, drop_path)
+    def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """(B, N, C) -> q, k, v, each (B, h, N, d): views of one GEMM's output."""
+        return self._split_heads(self.qkv(x), 3)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        identity: Optional[torch.Tensor] = None,
-        num_queries: Optional[int] = None,
-        drop_path: bool = True,
-    ) -> torch.Tensor:
-        """Attend. ``x``: (B, N, C) -> (B, n, C), n = ``num_queries`` or N.
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) v with the heads merged: q (B, h, n, d) -> (B, n, C)."""
+        drop = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, h, n, d)
+        B, _, n, _ = out.shape
+        # SDPA's output is (B, n, h, d) in memory, so this is a view, not a copy.
+        return out.transpose(1, 2).reshape(B, n, self.embed_dims)  # (B, n, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch ``out_drop(gamma1(proj_drop(proj(attention(x)))))``.
 
         Args:
             x: The (normalized) tokens (B, N, C).
-            identity: The shortcut (B, n, C) to add to the result, or None to return the
-                residual branch alone. Defaults to None.
-            num_queries: Compute only the outputs of the first ``num_queries`` tokens; None
-                for all. Defaults to None.
-            drop_path: Apply this module's stochastic depth. Defaults to True.
+
+        Returns:
+            The branch (B, N, C), without the shortcut.
         """
-        q, k, v = self._qkv(x, num_queries)
-        drop = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, h, n, d)
-        return self._project(out, identity, None if drop_path else _NO_DROP_PATH)
+        out = self._attend(*self._qkv(x))  # (B, N, C)
+        return self.out_drop(self.gamma1(self.proj_drop(self.proj(out))))
 
     def forward_with_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Attend and also return the attention probabilities, shape (B, heads, N, N).
+        """Like :meth:`forward`, also returning the attention probabilities (B, h, N, N).
 
         Numerically the same as :meth:`forward` up to float rounding; slower, since the
         probabilities have to be materialised.
         """
-        q, k, v = self._qkv(x)
-        attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, N, N)
-        attn = attn.softmax(dim=-1)
+        q, k, v = self._qkv(x)  # 3 x (B, h, N, d)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, N, N)
         weights = F.dropout(attn, self.attn_drop, self.training)
-        return self._project(weights @ v), attn
+        B, _, N, _ = q.shape
+        out = (weights @ v).transpose(1, 2).reshape(B, N, self.embed_dims)  # (B, N, C)
+        return self.out_drop(self.gamma1(self.proj_drop(self.proj(out)))), attn
 
 
 class FFN(BaseModule):
@@ -239,45 +147,23 @@ class FFN(BaseModule):
         self.gamma2 = _layer_scale(embed_dims, layer_scale_init_value)
         self.dropout_layer = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        identity: Optional[torch.Tensor] = None,
-        reuse_identity: bool = False,
-        drop_path: bool = True,
-    ) -> torch.Tensor:
-        """(B, N, C) -> (B, N, C).
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch ``dropout_layer(gamma2(drop(fc2(drop(GELU(fc1(x)))))))``.
 
         Args:
             x: The (normalized) tokens (B, N, C).
-            identity: The shortcut (B, N, C) to add to the result, or None to return the
-                residual branch alone. Defaults to None.
-            reuse_identity: ``identity`` is a temporary of the caller: without autograd the
-                result is written into its memory. Defaults to False.
-            drop_path: Apply this module's stochastic depth. Defaults to True.
+
+        Returns:
+            The branch (B, N, C), without the shortcut.
         """
-        fc1, act, drop1 = self.layers[0]
-        fc2, drop2 = self.layers[1], self.layers[2]
-        no_grad = not torch.is_grad_enabled()
-        if type(act) is nn.GELU and onednn_applies(x, fc1):  # fp32 CPU inference
-            h = onednn_linear(x, fc1, gelu=act.approximate)  # GELU fused into the GEMM
-        else:
-            h = fc1(x)  # (B, N, feedforward_channels)
-            if no_grad and type(act) is nn.GELU:
-                h = torch.ops.aten.gelu_(h, approximate=act.approximate)  # in place; erf
-            else:
-                h = act(h)
-        h = drop1(h)
-        drop_path = self.dropout_layer if drop_path else _NO_DROP_PATH
-        if identity is None:
-            return drop_path(self.gamma2(drop2(fc2(h))))
-        return _residual_linear(
-            identity, h, fc2, drop2, self.gamma2, drop_path, inplace=reuse_identity and no_grad
-        )
+        return self.dropout_layer(self.gamma2(self.layers(x)))
 
 
 class TransformerEncoderLayer(BaseModule):
     """One pre-norm ViT encoder layer: ``x + attn(ln1(x))`` then ``x + ffn(ln2(x))``.
+
+    The reference implementation; :class:`FastTransformerEncoderLayer` computes the same
+    function with less work.
 
     Args:
         embed_dims: Token dimension C.
@@ -293,6 +179,10 @@ class TransformerEncoderLayer(BaseModule):
             memory; outputs are unchanged. Defaults to False.
         init_cfg: Initialization config. Defaults to None.
     """
+
+    #: The classes of ``attn`` and ``ffn``; a subclass may swap in its own.
+    attn_cls: Type[MultiheadAttention] = MultiheadAttention
+    ffn_cls: Type[FFN] = FFN
 
     def __init__(
         self,
@@ -312,7 +202,7 @@ class TransformerEncoderLayer(BaseModule):
         self.embed_dims = embed_dims
         self.with_cp = with_cp
         self.ln1 = build_norm_layer(norm_cfg, embed_dims)
-        self.attn = MultiheadAttention(
+        self.attn = self.attn_cls(
             embed_dims,
             num_heads,
             qkv_bias=qkv_bias,
@@ -322,7 +212,7 @@ class TransformerEncoderLayer(BaseModule):
             layer_scale_init_value=layer_scale_init_value,
         )
         self.ln2 = build_norm_layer(norm_cfg, embed_dims)
-        self.ffn = FFN(
+        self.ffn = self.ffn_cls(
             embed_dims,
             feedforward_channels,
             ffn_drop=drop_rate,
@@ -337,39 +227,22 @@ class TransformerEncoderLayer(BaseModule):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.normal_(m.bias, std=1e-6)
 
-    @staticmethod
-    def _residual(identity, x, norm, module, drop_path, **kwargs) -> torch.Tensor:
-        """``identity + module(norm(x))``; dropped samples (stochastic depth) are skipped."""
-        if _active_dropout(drop_path):
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))  # (B, N, C)
+        return x + self.ffn(self.ln2(x))  # (B, N, C)
 
-            def branch(t: torch.Tensor) -> torch.Tensor:
-                return module(norm(t), drop_path=False, **kwargs)
-
-            return skip_dropped_samples(identity, x, branch, drop_path.drop_prob)
-        return module(norm(x), identity=identity, **kwargs)
-
-    def _forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
-        identity = x if num_queries is None else x[:, :num_queries]  # (B, n, C)
-        # A new tensor: the input is never modified.
-        x = self._residual(
-            identity, x, self.ln1, self.attn, self.attn.out_drop, num_queries=num_queries
-        )
-        return self._residual(x, x, self.ln2, self.ffn, self.ffn.dropout_layer, reuse_identity=True)
-
-    def forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
-        """(B, N, C) -> (B, n, C).
-
-        Args:
-            x: The tokens (B, N, C).
-            num_queries: Compute only the first ``num_queries`` output tokens (they still
-                attend to all N tokens); None for all. Defaults to None.
-        """
+    def _run(self, fn, x: torch.Tensor, *args) -> torch.Tensor:
+        """``fn(x, *args)``, recomputed in the backward pass when ``with_cp`` is set."""
         if self.with_cp and x.requires_grad and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, num_queries, use_reentrant=False)
-        return self._forward(x, num_queries)
+            return checkpoint(fn, x, *args, use_reentrant=False)
+        return fn(x, *args)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C)."""
+        return self._run(self._forward, x)
 
     def forward_with_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Like :meth:`forward`, also returning the attention probabilities (B, h, N, N)."""
         out, attn = self.attn.forward_with_attention(self.ln1(x))
-        x = x + out
+        x = x + out  # (B, N, C)
         return x + self.ffn(self.ln2(x)), attn

@@ -14,6 +14,7 @@ from mmpretrain.models.utils import build_norm_layer, to_2tuple
 from mmdeit.registry import MODELS
 
 from ..utils import resize_pos_embed
+from .fast_transformer_layer import FastTransformerEncoderLayer
 from .transformer_layer import TransformerEncoderLayer
 
 ARCH_KEYS = ('embed_dims', 'num_layers', 'num_heads', 'feedforward_channels')
@@ -60,6 +61,15 @@ class VisionTransformer(BaseBackbone):
             Defaults to an empty dict.
         pre_norm: Normalize tokens before the first layer (CLIP style). Defaults to False.
         with_cp: Gradient checkpointing in every layer. Defaults to False.
+        fast_path: Build the layers with the speed measures of ``fast_transformer_layer.py``
+            (oneDNN linears and fused GELU in fp32 CPU inference, shortcuts summed inside the
+            GEMMs, stochastic depth that skips the dropped samples) and let the last layer
+            compute only the tokens :meth:`_format_output` reads. Exact in fp32: the same
+            function, parameters and stochastic depth draws; only the rounding order of sums
+            differs (with ``drop_rate`` > 0 in training the dropout masks are drawn in another
+            order, equally distributed). False (``backbone=dict(..., fast_path=False)`` in a
+            config) builds the reference layers of ``transformer_layer.py``, which read as
+            the formula, and computes every token. Defaults to True.
         init_cfg: Initialization config. Defaults to None.
     """
 
@@ -95,9 +105,13 @@ class VisionTransformer(BaseBackbone):
         layer_cfgs: Union[dict, Sequence[dict]] = dict(),
         pre_norm: bool = False,
         with_cp: bool = False,
+        fast_path: bool = True,
         init_cfg: Optional[Union[dict, List[dict]]] = None,
     ):
         super().__init__(init_cfg)
+        if not isinstance(fast_path, bool):
+            raise TypeError(f'fast_path must be True or False, got {fast_path!r}')
+        self.fast_path = fast_path
         self.arch_settings = self._parse_arch(arch)
         self.embed_dims = self.arch_settings['embed_dims']
         self.num_layers = self.arch_settings['num_layers']
@@ -150,6 +164,7 @@ class VisionTransformer(BaseBackbone):
             raise ValueError(
                 f'layer_cfgs has {len(layer_cfgs)} entries, expected num_layers={self.num_layers}'
             )
+        layer_cls = FastTransformerEncoderLayer if fast_path else TransformerEncoderLayer
         self.layers = nn.ModuleList()
         for i in range(self.num_layers):
             cfg = dict(
@@ -164,7 +179,7 @@ class VisionTransformer(BaseBackbone):
                 with_cp=with_cp,
             )
             cfg.update(layer_cfgs[i])
-            self.layers.append(TransformerEncoderLayer(**cfg))
+            self.layers.append(layer_cls(**cfg))
 
         self.final_norm = final_norm
         if final_norm:
@@ -323,7 +338,8 @@ class VisionTransformer(BaseBackbone):
         None means all. With ``out_type='cls_token'`` only the extra tokens are read, so the
         last layer computes only their outputs (they still attend to every token): the same
         result without the patch tokens' queries, projections and FFN, which nothing uses.
-        A subclass whose ``_format_output`` reads other tokens overrides this.
+        A subclass whose ``_format_output`` reads other tokens overrides this. Used only with
+        ``fast_path`` (the reference layers compute every token).
         """
         return self.num_extra_tokens if self.out_type == 'cls_token' else None
 
@@ -336,7 +352,7 @@ class VisionTransformer(BaseBackbone):
                 x, attn = layer.forward_with_attention(x)
                 hidden_states.append(x)
                 attentions.append(attn)
-            elif i == last:
+            elif i == last and self.fast_path:
                 x = layer(x, num_queries=self._last_layer_queries())  # (B, n, C)
             else:
                 x = layer(x)

@@ -10,7 +10,11 @@ import pytest
 import torch
 from mmpretrain.structures import DataSample
 
-from mmdeit.models.backbones import DistilledVisionTransformer, VisionTransformer, transformer_layer
+from mmdeit.models.backbones import (
+    DistilledVisionTransformer,
+    VisionTransformer,
+    fast_transformer_layer,
+)
 from mmdeit.models.utils.drop_path import drop_path_mask, skip_dropped_samples
 from mmdeit.registry import MODELS
 
@@ -20,13 +24,16 @@ BATCH = 8
 IMG = 32
 OUT_TYPES = VisionTransformer.OUT_TYPES
 BACKBONES = (DistilledVisionTransformer, VisionTransformer)
+FAST_PATH = pytest.mark.parametrize('fast_path', [False, True])
 
 
 def _autocast():
     return torch.autocast('cpu', dtype=torch.bfloat16)
 
 
-def _backbone(cls, out_type: str, drop_path_rate: float = 0.5) -> VisionTransformer:
+def _backbone(
+    cls, out_type: str, drop_path_rate: float = 0.5, fast_path: bool = True
+) -> VisionTransformer:
     torch.manual_seed(0)
     model = cls(
         arch=TINY_ARCH,
@@ -34,6 +41,7 @@ def _backbone(cls, out_type: str, drop_path_rate: float = 0.5) -> VisionTransfor
         patch_size=8,
         out_type=out_type,
         drop_path_rate=drop_path_rate,
+        fast_path=fast_path,
     )
     with torch.no_grad():  # non-zero learnt tokens (init_weights would log every parameter)
         for name in ('pos_embed', *model.extra_tokens):
@@ -60,20 +68,23 @@ def kept_counts(monkeypatch) -> list:
 
         return skip_dropped_samples(identity, x, counted, drop_prob)
 
-    monkeypatch.setattr(transformer_layer, 'skip_dropped_samples', spy)
+    monkeypatch.setattr(fast_transformer_layer, 'skip_dropped_samples', spy)
     return counts
 
 
+@FAST_PATH
 @pytest.mark.parametrize('cls', BACKBONES, ids=lambda c: c.__name__)
 @pytest.mark.parametrize('out_type', OUT_TYPES)
-def test_training_step_under_bf16_autocast(cls, out_type, kept_counts):
-    model = _backbone(cls, out_type).train()
+def test_training_step_under_bf16_autocast(cls, out_type, fast_path, kept_counts):
+    model = _backbone(cls, out_type, fast_path=fast_path).train()
     x = torch.randn(BATCH, 3, IMG, IMG)
     torch.manual_seed(1)
     with _autocast():
         outs = _flat(model(x))
-    # Some layer kept some but not all samples (the case that crashed in index_add).
-    assert any(0 < kept < batch for kept, batch in kept_counts), kept_counts
+    if fast_path:  # some layer kept some but not all samples (it crashed in index_add)
+        assert any(0 < kept < batch for kept, batch in kept_counts), kept_counts
+    else:  # the reference computes every sample's branch and multiplies by the mask
+        assert kept_counts == []
     assert all(o.dtype in (torch.float32, torch.bfloat16) for o in outs)
     sum(o.float().square().mean() for o in outs).backward()
     for name, param in model.named_parameters():
@@ -87,10 +98,11 @@ def test_training_step_under_bf16_autocast(cls, out_type, kept_counts):
         torch.testing.assert_close(got.float(), ref, rtol=0.05, atol=0.1)
 
 
+@FAST_PATH
 @pytest.mark.parametrize('cls', BACKBONES, ids=lambda c: c.__name__)
 @pytest.mark.parametrize('out_type', OUT_TYPES)
-def test_eval_under_bf16_autocast_is_close_to_fp32(cls, out_type):
-    model = _backbone(cls, out_type).eval()
+def test_eval_under_bf16_autocast_is_close_to_fp32(cls, out_type, fast_path):
+    model = _backbone(cls, out_type, fast_path=fast_path).eval()
     x = torch.randn(BATCH, 3, IMG, IMG)
     with torch.no_grad():
         want = _flat(model(x))
@@ -99,6 +111,30 @@ def test_eval_under_bf16_autocast_is_close_to_fp32(cls, out_type):
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
         torch.testing.assert_close(g.float(), w, rtol=0.05, atol=0.1)
+
+
+@pytest.mark.parametrize('train', [False, True])
+@pytest.mark.parametrize('out_type', OUT_TYPES)
+def test_fast_path_is_close_to_reference_under_bf16_autocast(out_type, train):
+    """The same seed draws the same stochastic depth masks on both paths (the reference draws
+    them in bf16, the fast path in fp32: the same random stream, the same floor here)."""
+    fast = _backbone(DistilledVisionTransformer, out_type).train(train)
+    ref = _backbone(DistilledVisionTransformer, out_type, fast_path=False).train(train)
+    ref.load_state_dict(fast.state_dict(), strict=True)
+    x = torch.randn(BATCH, 3, IMG, IMG)
+    results = []
+    for model in (fast, ref):
+        torch.manual_seed(1)
+        with _autocast():
+            outs = _flat(model(x))
+        sum(o.float().square().mean() for o in outs).backward()
+        results.append((outs, [p.grad for p in model.parameters()]))
+    (got, got_grads), (want, want_grads) = results
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype
+        torch.testing.assert_close(g.float(), w.float(), rtol=0.05, atol=0.05)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=0.1, atol=0.01)
 
 
 @pytest.mark.parametrize(
@@ -125,7 +161,7 @@ def test_skip_dropped_samples_keeps_the_stream_dtype(drop_prob, case, seed):
 NUM_CLASSES = 4
 
 
-def _classifier(tmp_path, mode: str):
+def _classifier(tmp_path, mode: str, fast_path: bool = True):
     """A tiny DeiT student (drop path 0.5) with a tiny saved ResNet teacher."""
     teacher_cfg = dict(
         type='ImageClassifier',
@@ -147,6 +183,7 @@ def _classifier(tmp_path, mode: str):
                 img_size=IMG,
                 patch_size=8,
                 drop_path_rate=0.5,
+                fast_path=fast_path,
             ),
             head=dict(
                 type='DeiTClsHead',
@@ -171,14 +208,15 @@ def _batch(n: int) -> dict:
     return dict(inputs=inputs, data_samples=samples)
 
 
+@FAST_PATH
 @pytest.mark.parametrize('mode', ['hard', 'soft'])
-def test_distilled_classifier_step_under_bf16_autocast(tmp_path, mode, kept_counts):
-    model = _classifier(tmp_path, mode).train()
+def test_distilled_classifier_step_under_bf16_autocast(tmp_path, mode, fast_path, kept_counts):
+    model = _classifier(tmp_path, mode, fast_path).train()
     torch.manual_seed(1)
     data = model.data_preprocessor(_batch(BATCH), True)
     with _autocast():
         losses = model(**data, mode='loss')
-    assert any(0 < kept < batch for kept, batch in kept_counts), kept_counts
+    assert any(0 < kept < batch for kept, batch in kept_counts) is fast_path, kept_counts
     assert set(losses) == {'loss_cls', 'loss_distill'}
     loss = sum(losses.values())
     assert torch.isfinite(loss) and losses['loss_distill'] > 0

@@ -7,16 +7,18 @@ from mmpretrain.models.utils import resize_pos_embed as mmpretrain_resize_pos_em
 from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 
 from mmdeit.models.backbones import DistilledVisionTransformer
+from mmdeit.models.backbones.fast_transformer_layer import FastTransformerEncoderLayer
 from mmdeit.models.utils import resize_pos_embed
 from mmdeit.registry import MODELS
 
 TINY = dict(embed_dims=48, num_layers=4, num_heads=3, feedforward_channels=96)
 OUT_TYPES = ('cls_token', 'featmap', 'avg_featmap', 'raw')
+FAST_PATH = pytest.mark.parametrize('fast_path', [False, True])
 
 
-def _pair(model_cfg):
+def _pair(model_cfg, fast_path=True):
     """An mmdeit backbone and an mmpretrain one holding the same weights (strict load)."""
-    ours = DistilledVisionTransformer(**model_cfg)
+    ours = DistilledVisionTransformer(**model_cfg, fast_path=fast_path)
     ours.init_weights()
     indices = model_cfg.get('out_indices', -1)
     indices = [indices] if isinstance(indices, int) else list(indices)  # mmpretrain edits it
@@ -47,10 +49,11 @@ PARITY_CASES = [
 ]
 
 
+@FAST_PATH
 @pytest.mark.parametrize('arch, out_type, out_indices, input_hw', PARITY_CASES)
-def test_parity_with_mmpretrain(arch, out_type, out_indices, input_hw):
+def test_parity_with_mmpretrain(arch, out_type, out_indices, input_hw, fast_path):
     cfg = dict(arch=arch, img_size=224, out_type=out_type, out_indices=out_indices)
-    ours, theirs = _pair(cfg)
+    ours, theirs = _pair(cfg, fast_path)
     x = torch.randn(2, 3, *input_hw)
     with torch.no_grad():
         got, want = _flatten(ours(x)), _flatten(theirs(x))
@@ -94,10 +97,17 @@ def test_cls_token_output_is_a_pair_per_index():
         assert not torch.equal(cls, dist)
 
 
+@FAST_PATH
 @pytest.mark.parametrize('out_type', OUT_TYPES)
-def test_gradients_reach_every_parameter(out_type):
+def test_gradients_reach_every_parameter(out_type, fast_path):
     model = DistilledVisionTransformer(
-        arch=TINY, img_size=32, patch_size=8, out_type=out_type, drop_path_rate=0.1, drop_rate=0.1
+        arch=TINY,
+        img_size=32,
+        patch_size=8,
+        out_type=out_type,
+        drop_path_rate=0.1,
+        drop_rate=0.1,
+        fast_path=fast_path,
     )
     model.init_weights()
     model.train()
@@ -109,10 +119,12 @@ def test_gradients_reach_every_parameter(out_type):
         assert param.grad.abs().sum() > 0, name
 
 
+@FAST_PATH
 @pytest.mark.parametrize('train', [False, True])
-def test_last_layer_computes_only_the_read_tokens(train):
-    """With out_type='cls_token' the last layer's FFN sees the cls and dist tokens only."""
-    cfg = dict(arch=TINY, img_size=32, patch_size=8, drop_path_rate=0.3)
+def test_last_layer_computes_only_the_read_tokens(train, fast_path):
+    """With out_type='cls_token' the last layer's FFN sees the cls and dist tokens only (fast
+    path; the reference computes all 18)."""
+    cfg = dict(arch=TINY, img_size=32, patch_size=8, drop_path_rate=0.3, fast_path=fast_path)
     model = DistilledVisionTransformer(**cfg)
     model.init_weights()
     raw = DistilledVisionTransformer(**cfg, out_type='raw')
@@ -128,7 +140,7 @@ def test_last_layer_computes_only_the_read_tokens(train):
     tokens = raw.train(train)(x)[0]  # (B, 2+16, C), every token computed
     torch.testing.assert_close(cls, tokens[:, 0])
     torch.testing.assert_close(dist, tokens[:, 1])
-    assert seen == [2]
+    assert seen == [2 if fast_path else 18]
 
 
 def test_pre_norm_is_applied():
@@ -177,8 +189,9 @@ def test_get_layer_depth():
     assert model.get_layer_depth('head.layers.head.weight', prefix='backbone.') == (5, 6)
 
 
-def test_with_cp_keeps_outputs_and_gradients():
-    cfg = dict(arch=TINY, img_size=32, patch_size=8, out_type='raw')
+@FAST_PATH
+def test_with_cp_keeps_outputs_and_gradients(fast_path):
+    cfg = dict(arch=TINY, img_size=32, patch_size=8, out_type='raw', fast_path=fast_path)
     plain = DistilledVisionTransformer(**cfg)
     plain.init_weights()
     cp = DistilledVisionTransformer(**cfg, with_cp=True)
@@ -232,8 +245,11 @@ def test_strict_state_dict_round_trip(tmp_path):
     torch.testing.assert_close(model.eval()(x)[0][0], again.eval()(x)[0][0])
 
 
-def test_forward_with_details():
-    model = DistilledVisionTransformer(arch=TINY, img_size=32, patch_size=8, out_indices=(1, 3))
+@FAST_PATH
+def test_forward_with_details(fast_path):
+    model = DistilledVisionTransformer(
+        arch=TINY, img_size=32, patch_size=8, out_indices=(1, 3), fast_path=fast_path
+    )
     model.init_weights()
     model.eval()
     x = torch.randn(2, 3, 32, 40)
@@ -244,6 +260,52 @@ def test_forward_with_details():
     torch.testing.assert_close(details['attentions'][-1].sum(-1), torch.ones(2, 3, 22))
     for got, want in zip(_flatten(details['outs']), _flatten(model(x))):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _run(model, x, seed):
+    torch.manual_seed(seed)
+    outs = _flatten(model(x))
+    sum(o.square().mean() for o in outs).backward()
+    return outs, {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize('out_type', OUT_TYPES)
+@pytest.mark.parametrize('seed', [0, 1])
+def test_fast_path_equals_reference(out_type, seed):
+    """Outputs and gradients in training (drop path: the same draws given the same seed) and
+    outputs in eval; the same parameters, so the switch is a free choice."""
+    cfg = dict(arch=TINY, img_size=32, patch_size=8, out_type=out_type, out_indices=(1, 3))
+    cfg.update(drop_path_rate=0.5)
+    fast = DistilledVisionTransformer(**cfg)
+    fast.init_weights()
+    ref = DistilledVisionTransformer(**cfg, fast_path=False)
+    ref.load_state_dict(fast.state_dict(), strict=True)
+    assert fast.fast_path and not ref.fast_path
+    assert all(type(m) is FastTransformerEncoderLayer for m in fast.layers)
+    assert not any(isinstance(m, FastTransformerEncoderLayer) for m in ref.layers)
+    x = torch.randn(8, 3, 32, 40)
+    got, want = _run(fast.train(), x, seed), _run(ref.train(), x, seed)
+    for g, w in zip(got[0], want[0], strict=True):
+        torch.testing.assert_close(g, w)
+    for name, grad in got[1].items():
+        torch.testing.assert_close(grad, want[1][name], msg=name)
+    with torch.no_grad():
+        for g, w in zip(_flatten(fast.eval()(x)), _flatten(ref.eval()(x)), strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_path_is_a_config_switch():
+    model = MODELS.build(
+        dict(type='DistilledVisionTransformer', arch=TINY, img_size=32, patch_size=8)
+    )
+    assert model.fast_path
+    model = MODELS.build(
+        dict(
+            type='DistilledVisionTransformer', arch=TINY, img_size=32, patch_size=8, fast_path=False
+        )
+    )
+    assert not model.fast_path
+    assert not any(isinstance(m, FastTransformerEncoderLayer) for m in model.layers)
 
 
 def test_registry_builds_in_scope_and_keeps_mmpretrain_separate():

@@ -46,7 +46,7 @@ def test_equals_mmcv_drop_path_with_fewer_rows(drop_prob, seed):
     num_kept = int(drop_path_mask(x, drop_prob).sum())
     assert 0 < num_kept < 16  # the seeds are chosen so that some samples are dropped
     assert branch.batch_sizes == [num_kept]  # the dropped samples were never computed
-    torch.manual_seed(seed)  # the reference kept for the ablation benchmark: mmcv's numbers
+    torch.manual_seed(seed)  # the reference kept for the tests: mmcv's numbers
     torch.testing.assert_close(multiply_dropped(identity, x, branch, drop_prob), want)
     # The random stream advanced exactly as mmcv's: the next draw is the same.
     torch.manual_seed(seed)

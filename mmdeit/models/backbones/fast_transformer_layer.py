@@ -1,0 +1,225 @@
+"""The encoder layer of ``transformer_layer.py`` with the same function and less work.
+
+Every speed measure of the backbone lives here; the backbone builds these classes when its
+``fast_path`` switch is on (the default) and the reference ones when it is off. The state_dict
+keys are the reference's. The measures (see ``docs/benchmarks.md``):
+
+* **Shortcuts summed inside the GEMMs.** ``identity + bias`` is written once and ``addmm_``
+  accumulates ``x @ W^T`` into it (output projection, second FFN layer), instead of a GEMM,
+  a new tensor for the branch and a separate add. Without autograd the FFN's shortcut is a
+  temporary of the layer, so its memory is reused and the GELU works in place.
+* **oneDNN linears for fp32 CPU inference**, the FFN's GELU fused into the first GEMM
+  (``mmdeit/models/utils/onednn_linear.py``); the shortcut is added into the GEMM's output.
+* **Stochastic depth skips the dropped samples** in training: their residual branch is not
+  computed at all (``mmdeit/models/utils/drop_path.py``), with mmcv's random draw.
+* **``num_queries``**: a layer can compute only its first ``num_queries`` output tokens (keys
+  and values still come from every token). The backbone uses it in its last layer when only
+  the cls/dist tokens are read.
+
+Each measure applies only where it is exact (fp32, erf GELU: only the rounding order of the
+sums changes); everywhere else the reference code runs (``super()``). Under autocast the
+shortcut stays in full precision and the ordinary ops run.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+from mmcv.cnn.bricks.drop import DropPath
+
+from ..utils import onednn_linear as onednn
+from ..utils.drop_path import skip_dropped_samples
+from .transformer_layer import FFN, MultiheadAttention, TransformerEncoderLayer
+
+
+def _active_dropout(module: nn.Module) -> bool:
+    """Whether a dropout-like module (Dropout or DropPath) changes its input now."""
+    p = getattr(module, 'p', getattr(module, 'drop_prob', 0.0))
+    return module.training and p > 0
+
+
+def _fused_residual_linear(
+    identity: torch.Tensor,
+    x: torch.Tensor,
+    linear: nn.Linear,
+    dropout: nn.Module,
+    layer_scale: nn.Module,
+    drop_path: nn.Module,
+    inplace: bool = False,
+) -> torch.Tensor:
+    """``identity + drop_path(layer_scale(dropout(linear(x))))`` with fewer memory passes.
+
+    The common case (no active dropout or DropPath, no LayerScale, no autocast) writes
+    ``identity + bias`` once and lets the GEMM accumulate ``x @ W^T`` into it (``addmm_``,
+    beta=1). With oneDNN (fp32 CPU inference) the GEMM writes a new tensor and the shortcut is
+    added into it in place. Otherwise the formula is computed as written.
+
+    Args:
+        identity: The shortcut (B, n, C_out).
+        x: The branch input (B, n, C_in).
+        linear: The branch's linear layer.
+        dropout: Dropout after the linear layer.
+        layer_scale: LayerScale or ``nn.Identity``.
+        drop_path: DropPath or ``nn.Identity``.
+        inplace: Write the result into ``identity``'s memory; only for a temporary that
+            nothing else holds, with autograd off. Defaults to False.
+    """
+    if (
+        _active_dropout(dropout)
+        or _active_dropout(drop_path)
+        or not isinstance(layer_scale, nn.Identity)
+        or torch.is_autocast_enabled(x.device.type)  # keep the shortcut in full precision
+    ):
+        return identity + drop_path(layer_scale(dropout(linear(x))))
+    if onednn.onednn_applies(x, linear):  # fp32 CPU inference
+        return onednn.onednn_linear(x, linear).add_(identity)  # a new tensor, summed in place
+    shape = identity.shape  # (B, n, C_out)
+    x2d = x.reshape(-1, x.shape[-1])  # (B*n, C_in), a view for contiguous x
+    identity2d = identity.reshape(-1, shape[-1])  # (B*n, C_out)
+    bias = linear.bias
+    if inplace and identity.is_contiguous():
+        out = identity2d if bias is None else identity2d.add_(bias)
+    else:
+        # One pass writes ``identity + bias`` (the copy ``addmm`` would do for the bias).
+        out = identity2d.clone() if bias is None else identity2d + bias
+    return out.addmm_(x2d, linear.weight.t()).view(shape)  # GEMM with beta=1: adds in place
+
+
+class FastMultiheadAttention(MultiheadAttention):
+    """:class:`MultiheadAttention` that can compute the first output tokens only and sum the
+    shortcut inside its output projection. Arguments as the parent's."""
+
+    def _qkv(self, x: torch.Tensor, num_queries: Optional[int] = None) -> Tuple[torch.Tensor, ...]:
+        """q (B, h, n, d) of the first ``num_queries`` tokens (None: all N), k and v
+        (B, h, N, d) of all; oneDNN GEMMs where they apply."""
+        if num_queries is None:
+            if not onednn.onednn_applies(x, self.qkv):
+                return super()._qkv(x)
+            return self._split_heads(onednn.onednn_linear(x, self.qkv), 3)
+        B, C, h, d = x.shape[0], self.embed_dims, self.num_heads, self.head_dims
+        q = onednn.linear_rows(x[:, :num_queries], self.qkv, slice(C))  # (B, n, C)
+        q = q.reshape(B, num_queries, h, d).transpose(1, 2)  # (B, h, n, d), a view
+        k, v = self._split_heads(onednn.linear_rows(x, self.qkv, slice(C, 3 * C)), 2)
+        return q, k, v  # (B, h, n, d), 2 x (B, h, N, d)
+
+    def branch(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
+        """The residual branch without stochastic depth: (B, N, C) -> (B, n, C)."""
+        out = self._attend(*self._qkv(x, num_queries))  # (B, n, C)
+        return self.gamma1(self.proj_drop(self.proj(out)))
+
+    def add_branch(
+        self,
+        identity: torch.Tensor,
+        x: torch.Tensor,
+        num_queries: Optional[int] = None,
+        inplace: bool = False,
+    ) -> torch.Tensor:
+        """``identity + self(x)[:, :num_queries]`` (B, n, C), the sum inside the projection.
+
+        Args:
+            identity: The shortcut (B, n, C).
+            x: The (normalized) tokens (B, N, C).
+            num_queries: Compute only the first ``num_queries`` output tokens; None for all.
+                Defaults to None.
+            inplace: See :func:`_fused_residual_linear`. Defaults to False.
+        """
+        out = self._attend(*self._qkv(x, num_queries))  # (B, n, C)
+        return _fused_residual_linear(
+            identity, out, self.proj, self.proj_drop, self.gamma1, self.out_drop, inplace
+        )
+
+
+class FastFFN(FFN):
+    """:class:`FFN` whose GELU is fused into a oneDNN GEMM or works in place without
+    autograd, and that sums the shortcut inside its second GEMM. Arguments as the parent's."""
+
+    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """``drop(GELU(fc1(x)))``: (B, N, C) -> (B, N, feedforward_channels)."""
+        fc1, act, drop = self.layers[0]
+        if type(act) is not nn.GELU:
+            return self.layers[0](x)
+        if onednn.onednn_applies(x, fc1):  # fp32 CPU inference
+            return drop(onednn.onednn_linear(x, fc1, gelu=act.approximate))
+        if torch.is_grad_enabled():
+            return self.layers[0](x)
+        return drop(torch.ops.aten.gelu_(fc1(x), approximate=act.approximate))  # in place; erf
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch without stochastic depth: (B, N, C) -> (B, N, C)."""
+        return self.gamma2(self.layers[2](self.layers[1](self._hidden(x))))
+
+    def add_branch(
+        self, identity: torch.Tensor, x: torch.Tensor, inplace: bool = False
+    ) -> torch.Tensor:
+        """``identity + self(x)`` (B, N, C), the sum inside the second GEMM.
+
+        Args:
+            identity: The shortcut (B, N, C).
+            x: The (normalized) tokens (B, N, C).
+            inplace: ``identity`` is a temporary of the caller: without autograd the result
+                is written into its memory. Defaults to False.
+        """
+        inplace = inplace and not torch.is_grad_enabled()
+        fc2, drop = self.layers[1], self.layers[2]
+        return _fused_residual_linear(
+            identity, self._hidden(x), fc2, drop, self.gamma2, self.dropout_layer, inplace
+        )
+
+
+def _add_residual(
+    identity: torch.Tensor,
+    x: torch.Tensor,
+    norm: nn.Module,
+    module: nn.Module,
+    drop_path: nn.Module,
+    inplace: bool = False,
+    **kwargs,
+) -> torch.Tensor:
+    """``identity + module(norm(x))``; in training, dropped samples' branches are skipped.
+
+    Args:
+        identity: The shortcut (B, n, C).
+        x: The layer tokens (B, N, C).
+        norm: The pre-norm.
+        module: A :class:`FastMultiheadAttention` or :class:`FastFFN`.
+        drop_path: The module's stochastic depth (DropPath or ``nn.Identity``).
+        inplace: Passed to ``module.add_branch``. Defaults to False.
+        **kwargs: Passed to ``module.branch`` and ``module.add_branch``.
+    """
+    if isinstance(drop_path, DropPath) and _active_dropout(drop_path):
+
+        def branch(t: torch.Tensor) -> torch.Tensor:
+            return module.branch(norm(t), **kwargs)
+
+        return skip_dropped_samples(identity, x, branch, drop_path.drop_prob)
+    return module.add_branch(identity, norm(x), inplace=inplace, **kwargs)
+
+
+class FastTransformerEncoderLayer(TransformerEncoderLayer):
+    """:class:`TransformerEncoderLayer` with the speed measures of this module.
+
+    Same arguments, state_dict and function as the parent; :meth:`forward` also takes
+    ``num_queries``. :meth:`forward_with_attention` is the parent's.
+    """
+
+    attn_cls = FastMultiheadAttention
+    ffn_cls = FastFFN
+
+    def _forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
+        identity = x if num_queries is None else x[:, :num_queries]  # (B, n, C)
+        # A new tensor: the input is never modified.
+        x = _add_residual(
+            identity, x, self.ln1, self.attn, self.attn.out_drop, num_queries=num_queries
+        )
+        # x is this layer's temporary: without autograd its memory takes the sum.
+        return _add_residual(x, x, self.ln2, self.ffn, self.ffn.dropout_layer, inplace=True)
+
+    def forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
+        """(B, N, C) -> (B, n, C).
+
+        Args:
+            x: The tokens (B, N, C).
+            num_queries: Compute only the first ``num_queries`` output tokens (they still
+                attend to all N tokens); None for all. Defaults to None.
+        """
+        return self._run(self._forward, x, num_queries)
