@@ -13,7 +13,7 @@ from mmpretrain.models.utils import build_norm_layer, to_2tuple
 
 from mmdeit.registry import MODELS
 
-from ..utils import resize_pos_embed
+from ..utils import pos_embed_grid, resize_pos_embed
 from .fast_transformer_layer import FastTransformerEncoderLayer
 from .transformer_layer import TransformerEncoderLayer
 
@@ -243,19 +243,13 @@ class VisionTransformer(BaseBackbone):
         if name not in state_dict or state_dict[name].shape == self.pos_embed.shape:
             return
         ckpt_shape = tuple(state_dict[name].shape)
-        num_patches = ckpt_shape[1] - self.num_extra_tokens
-        side = int(round(np.sqrt(num_patches)))
-        if side * side != num_patches:
-            raise ValueError(
-                f'checkpoint {name} of shape {ckpt_shape} does not hold '
-                f'{self.num_extra_tokens} extra tokens plus a square patch grid'
-            )
+        grid = pos_embed_grid(state_dict[name], self.num_extra_tokens, name=f'checkpoint {name}')
         MMLogger.get_current_instance().info(
             f'Resize {name} from {ckpt_shape} to {tuple(self.pos_embed.shape)}.'
         )
         state_dict[name] = resize_pos_embed(
             state_dict[name],
-            (side, side),
+            grid,
             self.patch_resolution,
             self.interpolate_mode,
             self.num_extra_tokens,
