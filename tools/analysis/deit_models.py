@@ -1,0 +1,203 @@
+"""The distilled DeiT of mmdeit, mmpretrain 1.2 and timm with the same weights, and its FLOPs.
+
+Used by ``benchmark.py``. Every model here has ``logits(x) -> (cls_logits, dist_logits)`` for
+training and ``predict(x)`` (the mean of both heads) for inference. FLOPs are counted by torch's
+``FlopCounterMode`` with torch's own formulas, registered for the ops its table lacks.
+"""
+
+import contextlib
+import inspect
+import json
+import logging
+import math
+from argparse import Namespace
+from typing import Callable, Dict, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils import flop_counter
+
+logger = logging.getLogger(__name__)
+#: mmdeit with its speed measures off: the ablation, timed as one more library.
+REFERENCE = 'mmdeit (fast_path=False)'
+Fn = Callable[[], object]
+
+
+class DeiTModel(nn.Module):
+    """A distilled ViT and a DeiT head, mmdeit's or mmpretrain's (the same state_dict keys)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def logits(self, x: torch.Tensor):
+        cls_token, dist_token = self.backbone(x)[-1]  # (B, C) each
+        return self.head.layers.head(cls_token), self.head.layers.head_dist(dist_token)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))  # (B, num_classes)
+
+
+class TimmModel(nn.Module):
+    """timm's ``VisionTransformerDistilled`` behind the same ``logits`` and ``predict``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        model.set_distilled_training(True)
+
+    def logits(self, x: torch.Tensor):
+        return self.model(x)  # (cls, dist) in train mode
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)  # their mean in eval mode
+
+
+def build_deit(lib: str, args: Namespace, **backbone_kwargs) -> DeiTModel:
+    """mmdeit's or mmpretrain's backbone and head, randomly initialised.
+
+    Args:
+        lib: 'mmdeit' or 'mmpretrain'.
+        args: ``arch`` (a name or a JSON dict), ``img_size``, ``patch_size``,
+            ``drop_path_rate`` and ``num_classes``.
+        **backbone_kwargs: More backbone arguments (``with_cp``, ``fast_path``).
+    """
+    models = __import__(f'{lib}.models', fromlist=['backbones', 'heads'])
+    arch = json.loads(args.arch) if args.arch.strip().startswith('{') else args.arch
+    backbone = models.backbones.DistilledVisionTransformer(
+        arch=arch,
+        img_size=args.img_size,
+        patch_size=args.patch_size,
+        drop_path_rate=args.drop_path_rate,
+        **backbone_kwargs,
+    )
+    head = models.heads.DeiTClsHead(num_classes=args.num_classes, in_channels=backbone.embed_dims)
+    backbone.init_weights()
+    head.init_weights()
+    return DeiTModel(backbone, head)
+
+
+def build_models(args: Namespace, ablation: bool = True) -> Dict[str, nn.Module]:
+    """Every library's model holding mmdeit's weights (strict loads), mmdeit first.
+
+    With ``ablation``, also :data:`REFERENCE` where the backbone has a ``fast_path`` switch.
+    """
+    from timm.models.deit import VisionTransformerDistilled
+
+    from mmdeit.converters import mmdeit_to_timm
+    from mmdeit.models.backbones import VisionTransformer
+
+    models = dict(mmdeit=build_deit('mmdeit', args), mmpretrain=build_deit('mmpretrain', args))
+    state = models['mmdeit'].state_dict()
+    s = models['mmdeit'].backbone.arch_settings
+    peer = VisionTransformerDistilled(
+        img_size=args.img_size,
+        patch_size=args.patch_size,
+        num_classes=args.num_classes,
+        embed_dim=s['embed_dims'],
+        depth=s['num_layers'],
+        num_heads=s['num_heads'],
+        mlp_ratio=s['feedforward_channels'] / s['embed_dims'],
+        drop_path_rate=args.drop_path_rate,
+    )
+    peer.load_state_dict(mmdeit_to_timm(state), strict=True)
+    models['timm'] = TimmModel(peer)
+    if ablation and 'fast_path' in inspect.signature(VisionTransformer.__init__).parameters:
+        models[REFERENCE] = build_deit('mmdeit', args, fast_path=False)
+    elif ablation:
+        logger.warning('this mmdeit has no fast_path switch: the ablation is left out')
+    for name in set(models) - {'mmdeit', 'timm'}:
+        models[name].load_state_dict(state, strict=True)
+    return models
+
+
+def flop_formulas() -> dict:
+    """FLOPs of the ops torch's table lacks (CPU SDPA, addmm_, oneDNN linear), by its formulas.
+
+    Each gets the shapes of the op's arguments (``FlopCounterMode``'s ``custom_mapping``).
+    """
+    aten, fc = torch.ops.aten, flop_counter
+
+    def addmm_(self_shape, a_shape, b_shape, *args, **kwargs) -> int:
+        return fc.mm_flop(a_shape, b_shape)
+
+    def linear_pointwise(x_shape, *args, out_shape=None, **kwargs) -> int:
+        rows, k = math.prod(x_shape[:-1]), x_shape[-1]
+        return fc.mm_flop((rows, k), (k, out_shape[-1]))
+
+    def sdpa(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+        return fc.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    def sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs):
+        return fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+    formulas = {
+        aten.addmm_: addmm_,
+        aten._scaled_dot_product_flash_attention_for_cpu: sdpa,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: sdpa_backward,
+    }
+    if hasattr(torch.ops.mkldnn, '_linear_pointwise'):
+        formulas[torch.ops.mkldnn._linear_pointwise] = linear_pointwise
+    return formulas
+
+
+def count_flops(fn: Fn) -> dict:
+    """Call ``fn`` once under ``FlopCounterMode``; its FLOPs in total and per op."""
+    mode = flop_counter.FlopCounterMode(display=False, custom_mapping=flop_formulas())
+    with mode:
+        fn()
+    by_op = {str(op): n for op, n in mode.get_flop_counts().get('Global', {}).items()}
+    return dict(total=mode.get_total_flops(), by_op=by_op)
+
+
+def autocast(args):
+    """bf16 autocast for ``--dtype bf16``, else nothing."""
+    if args.dtype == 'bf16':
+        return torch.autocast(args.device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def batch_data(args, batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Random images and labels, the same for every library."""
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.randn(batch, 3, args.img_size, args.img_size, generator=gen)
+    y = torch.randint(0, args.num_classes, (batch,), generator=gen)
+    return x.to(args.device), y.to(args.device)
+
+
+def loss_step(args, model: nn.Module, loss_fn: Callable[[], torch.Tensor], batch: int) -> Fn:
+    """Forward and loss (``loss_fn``), backward, a step of DeiT's AdamW (fused)."""
+    lr = 5e-4 * batch / 512
+    opt = torch.optim.AdamW(model.train().parameters(), lr=lr, weight_decay=0.05, fused=True)
+
+    def step() -> None:
+        with autocast(args):
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def train_step(args, model: nn.Module, batch: int) -> Fn:
+    """The same training step for every library: mean cross-entropy of both heads."""
+    x, y = batch_data(args, batch)
+
+    def loss() -> torch.Tensor:
+        return sum(F.cross_entropy(logits, y) for logits in model.logits(x)) / 2
+
+    return loss_step(args, model, loss, batch)
+
+
+def predict_fn(args, model: nn.Module) -> Fn:
+    """``model.predict`` of a fixed random batch, without autograd."""
+    x = batch_data(args, args.infer_batch)[0]
+    model.eval()
+
+    def infer() -> None:
+        with torch.inference_mode(), autocast(args):
+            model.predict(x)
+
+    return infer
