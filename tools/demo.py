@@ -6,20 +6,27 @@ distillation, with hard and with soft distillation, all with the same data, augm
 schedule. It prints one table (val top-1 of the last epoch and wall time of every run) and draws
 the val accuracy curves of all runs into ``<work-dir>/val_accuracy.png``. Each run is an
 ordinary mmengine Runner run of a config in ``configs/digits/`` (logs and checkpoints in
-``<work-dir>/<config name>/``).
+``<work-dir>/<config name>/``); a reused checkpoint is evaluated by ``tools/test.py``.
+
+With several ``--seeds`` the whole demo runs once per seed, in ``<work-dir>/seed_<seed>``, and
+a table of mean ± std over the seeds follows; ``--doc`` writes it between the markers of a
+Markdown file (``docs/digits.md``), keeping the text around them.
 
 Examples::
 
     python tools/demo.py                       # the full demo (a few minutes on 2 CPU cores)
     python tools/demo.py --epochs 2 --work-dir work_dirs/demo_quick   # a quick check
+    python tools/demo.py --seeds 0 1 2 --doc docs/digits.md           # docs/digits.md's table
 """
 
 import argparse
 import json
 import os.path as osp
 import platform
+import shlex
+import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmengine.config import Config, DictAction
@@ -28,6 +35,11 @@ from mmengine.runner import Runner
 
 import mmdeit  # noqa: F401  (registers modules)
 from mmdeit.engine import setup_engine
+
+if not __package__:  # run as a script (make demo): the checkout's tools/ package is importable
+    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from tools import demo_report as report  # noqa: E402
+from tools import test as test_tool  # noqa: E402  (its evaluation is the demo's)
 
 CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'digits')
 TEACHER = 'resnet-digits_1xb64_digits'
@@ -58,7 +70,15 @@ class ValCurveHook(Hook):
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Teacher vs DeiT students on digits (mmdeit)')
     parser.add_argument('--work-dir', default='work_dirs/digits_demo', help='output folder')
-    parser.add_argument('--seed', type=int, default=0, help='training seed of every run')
+    parser.add_argument(
+        '--seeds',
+        '--seed',
+        type=int,
+        nargs='+',
+        default=[0],
+        help='training seed(s) of every run; several: the whole demo once per seed, and mean ± '
+        'std over them',
+    )
     parser.add_argument(
         '--epochs',
         type=int,
@@ -79,9 +99,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--cfg-options',
         nargs='+',
-        action=DictAction,
-        help='override entries of all four configs, key=value (e.g. '
-        'train_dataloader.dataset.indices=64 for a quick check)',
+        default=[],
+        metavar='KEY=VALUE',
+        help='override entries of all four configs (e.g. train_dataloader.dataset.indices=64 '
+        'for a quick check); val_* entries apply to test_* too, as the digits configs test on '
+        'the val split',
     )
     parser.add_argument(
         '--threads',
@@ -90,21 +112,35 @@ def parse_args(argv=None) -> argparse.Namespace:
         help='torch threads (default 1: the models are tiny, and on a small busy CPU more '
         'threads mostly wait for each other)',
     )
-    return parser.parse_args(argv)
+    parser.add_argument('--doc', help='write the mean ± std table into this Markdown file')
+    args = parser.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f'--seeds must be distinct, got {args.seeds}')
+    return args
 
 
-def load_config(name: str, args: argparse.Namespace) -> Config:
+def config_path(name: str) -> str:
+    return osp.join(CONFIG_DIR, f'{name}.py')
+
+
+def cfg_options(args: argparse.Namespace) -> dict:
+    """``--cfg-options`` parsed as mmengine's ``DictAction`` does, through JSON (as saved)."""
+    parsed = argparse.Namespace()
+    DictAction(option_strings=[], dest='options')(None, parsed, args.cfg_options)
+    return json.loads(json.dumps(parsed.options))
+
+
+def load_config(name: str, args: argparse.Namespace, seed: int, work_dir: str) -> Config:
     """The config ``name`` of ``configs/digits`` set up for one demo run."""
-    cfg = Config.fromfile(osp.join(CONFIG_DIR, f'{name}.py'))
-    cfg.work_dir = osp.join(args.work_dir, name)
-    cfg.randomness = dict(seed=args.seed, deterministic=False)
+    cfg = Config.fromfile(config_path(name))
+    cfg.work_dir = osp.join(work_dir, name)
+    cfg.randomness = dict(seed=seed, deterministic=False)
     epochs = args.epochs
     if name == TEACHER and args.teacher_epochs is not None:
         epochs = args.teacher_epochs
     if epochs is not None:
         set_epochs(cfg, epochs)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg.merge_from_dict(cfg_options(args))
     return cfg
 
 
@@ -123,11 +159,7 @@ def set_epochs(cfg: Config, epochs: int) -> None:
     cfg.default_hooks.checkpoint.interval = min(cfg.default_hooks.checkpoint.interval, epochs)
 
 
-def num_params(runner: Runner) -> int:
-    return sum(p.numel() for p in runner.model.parameters())
-
-
-def train_run(cfg: Config, row: str, options: Optional[dict] = None) -> dict:
+def train_run(cfg: Config, row: str, options: dict) -> dict:
     """Train one config with a Runner; return its result (final val top-1, curve, time).
 
     The result is also saved as ``demo_result.json`` in the run's work dir, with ``options``
@@ -150,26 +182,23 @@ def train_run(cfg: Config, row: str, options: Optional[dict] = None) -> dict:
         top1=curve.curve[-1][1],
         curve=curve.curve,
         wall_s=wall,
-        params=num_params(runner),
+        params=sum(p.numel() for p in runner.model.parameters()),
         images=[len(runner.train_dataloader.dataset), len(runner.val_dataloader.dataset)],
         checkpoint=osp.join(cfg.work_dir, f'epoch_{cfg.train_cfg.max_epochs}.pth'),
-        options=options or {},
+        options=options,
     )
     with open(osp.join(cfg.work_dir, RESULT_FILE), 'w') as f:
         json.dump(result, f, indent=1)
     return result
 
 
-def evaluate_checkpoint(cfg: Config, checkpoint: str) -> float:
-    """Val top-1 of ``checkpoint`` with the config's test pipeline."""
-    cfg = cfg.copy()
-    cfg.load_from = checkpoint
-    cfg.test_dataloader, cfg.test_evaluator = cfg.val_dataloader, cfg.val_evaluator
-    cfg.train_dataloader = cfg.train_cfg = cfg.optim_wrapper = cfg.param_scheduler = None
-    cfg.work_dir = osp.join(cfg.work_dir, 'reuse_eval')
-    setup_engine()  # safe checkpoint loading
-    metrics = Runner.from_cfg(cfg).test()
-    return float(metrics[METRIC])
+def evaluate_checkpoint(args: argparse.Namespace, cfg: Config, checkpoint: str) -> float:
+    """Val top-1 of ``checkpoint``: ``tools/test.py`` with the run's config and options."""
+    mirrored = [f'test_{o[len("val_") :]}' for o in args.cfg_options if o.startswith('val_')]
+    argv = [cfg.filename, checkpoint, '--work-dir', osp.join(cfg.work_dir, 'reuse_eval')]
+    if args.cfg_options:
+        argv += ['--cfg-options', *args.cfg_options, *mirrored]
+    return float(test_tool.main(argv)[METRIC])
 
 
 def teacher_result(args: argparse.Namespace, cfg: Config) -> dict:
@@ -177,124 +206,79 @@ def teacher_result(args: argparse.Namespace, cfg: Config) -> dict:
     if args.teacher_ckpt:
         if not osp.isfile(args.teacher_ckpt):
             raise FileNotFoundError(f'--teacher-ckpt {args.teacher_ckpt} does not exist')
-        top1 = evaluate_checkpoint(cfg, args.teacher_ckpt)
-        return dict(
-            row=RUNS[0][0],
-            top1=top1,
-            curve=[],
-            wall_s=None,
-            reused=True,
-            checkpoint=args.teacher_ckpt,
-            params=None,
-        )
+        top1 = evaluate_checkpoint(args, cfg, args.teacher_ckpt)
+        row = dict(row=RUNS[0][0], curve=[], wall_s=None, params=None, reused=True)
+        return dict(row, top1=top1, checkpoint=args.teacher_ckpt)
     checkpoint = osp.join(cfg.work_dir, f'epoch_{cfg.train_cfg.max_epochs}.pth')
     result_path = osp.join(cfg.work_dir, RESULT_FILE)
+    options = cfg_options(args)
+    same = dict(seed=cfg.randomness.seed, epochs=cfg.train_cfg.max_epochs, options=options)
     if not args.retrain_teacher and osp.isfile(checkpoint) and osp.isfile(result_path):
         with open(result_path) as f:
             old = json.load(f)
-        same = dict(seed=args.seed, epochs=cfg.train_cfg.max_epochs, options=_options(args))
         if all(old.get(key) == value for key, value in same.items()):
-            old.update(top1=evaluate_checkpoint(cfg, checkpoint), reused=True)
+            old.update(top1=evaluate_checkpoint(args, cfg, checkpoint), reused=True)
             return old
-    return dict(train_run(cfg, RUNS[0][0], _options(args)), reused=False)
+    return dict(train_run(cfg, RUNS[0][0], options), reused=False)
 
 
-def _options(args: argparse.Namespace) -> dict:
-    # through JSON, as saved in demo_result.json (tuples become lists)
-    return json.loads(json.dumps(args.cfg_options or {}))
-
-
-def run_demo(args: argparse.Namespace) -> List[dict]:
+def run_demo(args: argparse.Namespace, seed: int, work_dir: str) -> List[dict]:
     """Run the teacher and the three students; return their results in ``RUNS`` order."""
-    torch.set_num_threads(args.threads)
-    results = []
-    teacher_cfg = load_config(TEACHER, args)
-    teacher = teacher_result(args, teacher_cfg)
-    results.append(teacher)
-    for row, name in RUNS[1:]:
-        cfg = load_config(name, args)
-        if 'teacher_ckpt' in cfg.model:
-            cfg.model.teacher_ckpt = teacher['checkpoint']
-        results.append(dict(train_run(cfg, row, _options(args)), reused=False))
-    return results
-
-
-def format_table(results: List[dict]) -> str:
-    """A Markdown table: run, parameters, val top-1 of the last epoch, wall time."""
-    lines = [
-        '| run | params | val top-1 (%) | wall time |',
-        '| :-- | --: | --: | --: |',
-    ]
-    for r in results:
-        params = f'{r["params"] / 1e6:.2f}M' if r.get('params') else '-'
-        if r.get('wall_s') is None:
-            wall = 'reused'
-        else:
-            wall = f'{r["wall_s"]:.0f} s' + (' (reused)' if r.get('reused') else '')
-        lines.append(f'| {r["row"]} | {params} | {r["top1"]:.2f} | {wall} |')
-    return '\n'.join(lines)
-
-
-def plot_curves(results: List[dict], path: str, title: str) -> None:
-    """Draw the val top-1 of every run against the epoch into ``path`` (PNG).
-
-    Two panels: the whole runs, and the second half of the students' schedule zoomed in.
-    """
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    fig, (ax_all, ax_zoom) = plt.subplots(1, 2, figsize=(11, 4.5))
-    last = max((e for r in results for e, _ in r.get('curve', [])), default=1)
-    tail = []
-    for r in results:
-        if r.get('curve'):
-            epochs, accs = zip(*r['curve'])
-            ax_all.plot(epochs, accs, label=f'{r["row"]}: {r["top1"]:.2f}')
-            (line,) = ax_zoom.plot(epochs, accs)
-            tail += [a for e, a in r['curve'] if e > last / 2]
-            if epochs[-1] <= last / 2:  # a shorter run (the teacher): its final accuracy
-                ax_zoom.axhline(accs[-1], color=line.get_color(), linestyle='--')
-                tail.append(accs[-1])
-    ax_all.set_title(title)
-    ax_all.legend(loc='lower right', fontsize='small')
-    ax_zoom.set_xlim(last / 2, last + 0.5)
-    if tail:
-        ax_zoom.set_ylim(min(tail) - 0.5, 100.2)
-    ax_zoom.set_title('second half, zoomed')
-    for ax in (ax_all, ax_zoom):
-        ax.set_xlabel('epoch')
-        ax.set_ylabel('val top-1 (%)')
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def main(argv=None) -> List[dict]:
-    args = parse_args(argv)
     threads = torch.get_num_threads()
-    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
     try:
-        results = run_demo(args)
+        teacher = teacher_result(args, load_config(TEACHER, args, seed, work_dir))
+        results = [teacher]
+        for row, name in RUNS[1:]:
+            cfg = load_config(name, args, seed, work_dir)
+            if 'teacher_ckpt' in cfg.model:
+                cfg.model.teacher_ckpt = teacher['checkpoint']
+            results.append(dict(train_run(cfg, row, cfg_options(args)), reused=False))
     finally:
         torch.set_num_threads(threads)
+    return results
+
+
+def demo_seed(args: argparse.Namespace, seed: int, work_dir: str) -> Tuple[List[dict], float]:
+    """The whole demo for one seed in ``work_dir``: runs, curves, ``results.json``, table.
+
+    Returns:
+        The results in ``RUNS`` order and the wall time of the runs (s).
+    """
+    start = time.perf_counter()
+    results = run_demo(args, seed, work_dir)
     total = time.perf_counter() - start
-    png = osp.join(args.work_dir, 'val_accuracy.png')
-    plot_curves(results, png, f'digits val top-1 (seed {args.seed})')
-    with open(osp.join(args.work_dir, 'results.json'), 'w') as f:
-        json.dump(dict(results=results, total_s=total, seed=args.seed), f, indent=1)
+    png = osp.join(work_dir, 'val_accuracy.png')
+    report.plot_curves(results, png, f'digits val top-1 (seed {seed})')
+    with open(osp.join(work_dir, 'results.json'), 'w') as f:
+        json.dump(dict(results=results, total_s=total, seed=seed), f, indent=1)
     train_images, val_images = results[-1]['images']
     print(
-        f'\nmmdeit digits demo: seed {args.seed}, {train_images} train / {val_images} val images, '
+        f'\nmmdeit digits demo: seed {seed}, {train_images} train / {val_images} val images, '
         f'{results[0].get("epochs", "?")} teacher / {results[-1]["epochs"]} student epochs; '
-        f'{platform.machine()} CPU, '
-        f'torch {torch.__version__}, {args.threads} thread(s)\n'
+        f'{platform.machine()} CPU, torch {torch.__version__}, {args.threads} thread(s)\n'
     )
-    print(format_table(results))
+    print(report.format_table(results))
     print(f'\ntotal wall time {total / 60:.1f} min; val accuracy curves: {png}')
-    return results
+    return results, total
+
+
+def main(argv=None) -> Dict[int, List[dict]]:
+    """Run the demo for every seed; return each seed's results in ``RUNS`` order."""
+    args = parse_args(argv)
+    several = len(args.seeds) > 1
+    per_seed, totals = {}, {}
+    for seed in args.seeds:
+        work_dir = osp.join(args.work_dir, f'seed_{seed}') if several else args.work_dir
+        per_seed[seed], totals[seed] = demo_seed(args, seed, work_dir)
+    if several or args.doc:
+        command = 'python tools/demo.py ' + shlex.join(sys.argv[1:] if argv is None else argv)
+        section = report.format_section(per_seed, totals, command, report.machine())
+        print(f'\n{section}')
+        if args.doc:
+            report.write_section(args.doc, section)
+            print(f'\nwritten to {args.doc}')
+    return per_seed
 
 
 if __name__ == '__main__':

@@ -1,55 +1,71 @@
-"""Repeat the digits demo over several training seeds; write mean ± std into docs/digits.md.
+"""The demo's report: the table and curves of one seed, mean ± std over seeds into a doc.
 
-Every seed runs the whole demo (``tools/demo.py``: the teacher, then the DeiT student without,
-with hard and with soft distillation) in ``<work-dir>/seed_<seed>``; the train/val split is the
-dataset's fixed one for all seeds. The results table, the command and the machine go between
-the markers of the doc (created if missing); the text around them is kept.
-
-Example::
-
-    python tools/digits_seeds.py                 # seeds 0 1 2, the configs' schedule
+Used by ``tools/demo.py``; the seeds table goes between the markers :data:`BEGIN` and
+:data:`END` of a Markdown file (``docs/digits.md``), the text around them kept.
 """
 
-import argparse
-import importlib.util
-import json
 import os
 import os.path as osp
 import platform
 import re
-import shlex
 import statistics
-import sys
-import time
 from typing import Dict, List, Sequence
 
-BEGIN = '<!-- digits-seeds:begin (written by tools/digits_seeds.py) -->'
+BEGIN = '<!-- digits-seeds:begin (written by tools/demo.py --doc) -->'
 END = '<!-- digits-seeds:end -->'
 
 
-def _load_demo():
-    """``tools/demo.py`` as a module (tools/ is not a package)."""
-    path = osp.join(osp.dirname(osp.abspath(__file__)), 'demo.py')
-    spec = importlib.util.spec_from_file_location('mmdeit_digits_demo', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def format_table(results: List[dict]) -> str:
+    """A Markdown table: run, parameters, val top-1 of the last epoch, wall time."""
+    lines = [
+        '| run | params | val top-1 (%) | wall time |',
+        '| :-- | --: | --: | --: |',
+    ]
+    for r in results:
+        params = f'{r["params"] / 1e6:.2f}M' if r.get('params') else '-'
+        if r.get('wall_s') is None:
+            wall = 'reused'
+        else:
+            wall = f'{r["wall_s"]:.0f} s' + (' (reused)' if r.get('reused') else '')
+        lines.append(f'| {r["row"]} | {params} | {r["top1"]:.2f} | {wall} |')
+    return '\n'.join(lines)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='The digits demo over several seeds (mmdeit)')
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--work-dir', default='work_dirs/digits_seeds')
-    parser.add_argument('--epochs', type=int, help='epochs of every run (default: the configs)')
-    parser.add_argument(
-        '--teacher-epochs', type=int, help='epochs of the teacher (default: --epochs, else 30)'
-    )
-    parser.add_argument('--threads', type=int, default=1, help='torch threads, as tools/demo.py')
-    parser.add_argument('--doc', default='docs/digits.md', help='the Markdown file to update')
-    args = parser.parse_args(argv)
-    if len(set(args.seeds)) != len(args.seeds):
-        parser.error(f'--seeds must be distinct, got {args.seeds}')
-    return args
+def plot_curves(results: List[dict], path: str, title: str) -> None:
+    """Draw the val top-1 of every run against the epoch into ``path`` (PNG).
+
+    Two panels: the whole runs, and the second half of the students' schedule zoomed in.
+    """
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, (ax_all, ax_zoom) = plt.subplots(1, 2, figsize=(11, 4.5))
+    last = max((e for r in results for e, _ in r.get('curve', [])), default=1)
+    tail = []
+    for r in results:
+        if r.get('curve'):
+            epochs, accs = zip(*r['curve'])
+            ax_all.plot(epochs, accs, label=f'{r["row"]}: {r["top1"]:.2f}')
+            (line,) = ax_zoom.plot(epochs, accs)
+            tail += [a for e, a in r['curve'] if e > last / 2]
+            if epochs[-1] <= last / 2:  # a shorter run (the teacher): its final accuracy
+                ax_zoom.axhline(accs[-1], color=line.get_color(), linestyle='--')
+                tail.append(accs[-1])
+    ax_all.set_title(title)
+    ax_all.legend(loc='lower right', fontsize='small')
+    ax_zoom.set_xlim(last / 2, last + 0.5)
+    if tail:
+        ax_zoom.set_ylim(min(tail) - 0.5, 100.2)
+    ax_zoom.set_title('second half, zoomed')
+    for ax in (ax_all, ax_zoom):
+        ax.set_xlabel('epoch')
+        ax.set_ylabel('val top-1 (%)')
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def machine() -> str:
@@ -129,33 +145,3 @@ def write_section(doc: str, section: str) -> None:
     os.makedirs(osp.dirname(osp.abspath(doc)), exist_ok=True)
     with open(doc, 'w') as f:
         f.write(head + block + tail)
-
-
-def main(argv=None) -> Dict[int, List[dict]]:
-    args = parse_args(argv)
-    demo = _load_demo()
-    per_seed, totals = {}, {}
-    for seed in args.seeds:
-        demo_argv = [
-            '--seed', str(seed),
-            '--work-dir', osp.join(args.work_dir, f'seed_{seed}'),
-            '--threads', str(args.threads),
-        ]  # fmt: skip
-        if args.epochs is not None:
-            demo_argv += ['--epochs', str(args.epochs)]
-        if args.teacher_epochs is not None:
-            demo_argv += ['--teacher-epochs', str(args.teacher_epochs)]
-        start = time.perf_counter()
-        per_seed[seed] = demo.main(demo_argv)
-        totals[seed] = time.perf_counter() - start
-    command = 'python tools/digits_seeds.py ' + shlex.join(sys.argv[1:] if argv is None else argv)
-    section = format_section(per_seed, totals, command.strip(), machine())
-    write_section(args.doc, section)
-    with open(osp.join(args.work_dir, 'seeds_results.json'), 'w') as f:
-        json.dump(dict(per_seed=per_seed, totals=totals), f, indent=1)
-    print(f'\n{section}\n\nwritten to {args.doc}')
-    return per_seed
-
-
-if __name__ == '__main__':
-    main()
