@@ -3,7 +3,6 @@
 Not a timed test: nothing here compares speeds.
 """
 
-import inspect
 import json
 import math
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmdeit.models.backbones import VisionTransformer
+from mmdeit.models.backbones import FastTransformerEncoderLayer
 from tools.analysis import benchmark, deit_models
 
 TINY = json.dumps(dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64))
@@ -21,7 +20,6 @@ ARGV = [
     '--teacher', 'test_resnet',
 ]  # fmt: skip
 PEERS = ('mmpretrain', 'timm')
-HAS_FAST_PATH = 'fast_path' in inspect.signature(VisionTransformer.__init__).parameters
 
 
 @pytest.fixture(scope='module')
@@ -37,7 +35,7 @@ def test_report_has_every_section(report):
     expected = {'machine', 'args', 'parity_max_abs_diff', 'inference', 'train', 'distillation'}
     assert expected | {'profile_inference', 'profile_train'} == set(report)
     assert report['machine']['threads'] >= 1 and report['machine']['dtype'] == 'fp32'
-    libs = {'mmdeit', *PEERS} | ({deit_models.REFERENCE} if HAS_FAST_PATH else set())
+    libs = {'mmdeit', *PEERS, deit_models.REFERENCE}
     for section in ('inference', 'train'):
         assert report[section]['mm_peak_gflops'] > 0
         assert set(report[section]['results']) == libs
@@ -87,8 +85,6 @@ def test_mmdeit_executes_no_more_flops_than_its_peers(report):
 
 
 def test_the_ablation_runs_mmdeit_with_its_fast_path_off(report):
-    if not HAS_FAST_PATH:
-        pytest.skip("mmdeit's backbone has no fast_path switch yet")
     for section in ('inference', 'train'):
         res = report[section]['results']
         reference = res[deit_models.REFERENCE]
@@ -98,12 +94,12 @@ def test_the_ablation_runs_mmdeit_with_its_fast_path_off(report):
 
 
 def test_the_reference_computes_what_mmdeit_computes():
-    if not HAS_FAST_PATH:
-        pytest.skip("mmdeit's backbone has no fast_path switch yet")
     args = benchmark.parse_args([*ARGV, '--drop-path-rate', '0.5'])
     models = deit_models.build_models(args)
     fast, reference = models['mmdeit'], models[deit_models.REFERENCE]
     assert fast.backbone.fast_path and not reference.backbone.fast_path
+    assert isinstance(fast.backbone.layers[0], FastTransformerEncoderLayer)
+    assert not isinstance(reference.backbone.layers[0], FastTransformerEncoderLayer)
     x = torch.randn(8, 3, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(fast.eval().predict(x), reference.eval().predict(x))

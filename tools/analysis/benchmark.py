@@ -388,5 +388,4 @@ def run(args: argparse.Namespace) -> dict:
 
 
 if __name__ == '__main__':
-    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
     main()

@@ -6,9 +6,7 @@ training and ``predict(x)`` (the mean of both heads) for inference. FLOPs are co
 """
 
 import contextlib
-import inspect
 import json
-import logging
 import math
 from argparse import Namespace
 from typing import Callable, Dict, Tuple
@@ -18,7 +16,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils import flop_counter
 
-logger = logging.getLogger(__name__)
 #: mmdeit with its speed measures off: the ablation, timed as one more library.
 REFERENCE = 'mmdeit (fast_path=False)'
 Fn = Callable[[], object]
@@ -81,12 +78,11 @@ def build_deit(lib: str, args: Namespace, **backbone_kwargs) -> DeiTModel:
 def build_models(args: Namespace, ablation: bool = True) -> Dict[str, nn.Module]:
     """Every library's model holding mmdeit's weights (strict loads), mmdeit first.
 
-    With ``ablation``, also :data:`REFERENCE` where the backbone has a ``fast_path`` switch.
+    With ``ablation``, also :data:`REFERENCE`: mmdeit's backbone built with ``fast_path=False``.
     """
     from timm.models.deit import VisionTransformerDistilled
 
     from mmdeit.converters import mmdeit_to_timm
-    from mmdeit.models.backbones import VisionTransformer
 
     models = dict(mmdeit=build_deit('mmdeit', args), mmpretrain=build_deit('mmpretrain', args))
     state = models['mmdeit'].state_dict()
@@ -103,10 +99,8 @@ def build_models(args: Namespace, ablation: bool = True) -> Dict[str, nn.Module]
     )
     peer.load_state_dict(mmdeit_to_timm(state), strict=True)
     models['timm'] = TimmModel(peer)
-    if ablation and 'fast_path' in inspect.signature(VisionTransformer.__init__).parameters:
+    if ablation:
         models[REFERENCE] = build_deit('mmdeit', args, fast_path=False)
-    elif ablation:
-        logger.warning('this mmdeit has no fast_path switch: the ablation is left out')
     for name in set(models) - {'mmdeit', 'timm'}:
         models[name].load_state_dict(state, strict=True)
     return models
