@@ -19,6 +19,7 @@ from mmdeit.engine import UnsafeCheckpointError
 from mmdeit.models.backbones import DistilledVisionTransformer
 from mmdeit.models.heads import DeiTClsHead
 from mmdeit.models.losses import DistillationLoss
+from mmdeit.models.necks import SimpleFPN
 from mmdeit.registry import DATASETS, MODELS
 
 from .conftest import TINY_ARCH, make_image_folder
@@ -178,6 +179,28 @@ CASES = [
          r'tau must be in \(0\.0, inf\], got 0\.0'),
     Case('tau negative', lambda f: DistillationLoss(tau=-2), ValueError,
          r'tau must be in \(0\.0, inf\], got -2'),
+    Case('soft_reduction unknown',
+         lambda f: DistillationLoss(mode='soft', soft_reduction='mean'), ValueError,
+         r"soft_reduction must be one of \('numel', 'batchmean'\), got 'mean'"),
+    # --- neck in mmdet ViTDet's form (build time)
+    Case('ViTDet SimpleFPN in_channels of 3 levels',
+         lambda f: SimpleFPN(backbone_channel=768, in_channels=[192, 384, 768]), ValueError,
+         r'in_channels must have 4 entries \(the levels of scale 4, 2, 1, 0\.5\), got 3'),
+    Case('ViTDet SimpleFPN backbone_channel not matching in_channels',
+         lambda f: SimpleFPN(backbone_channel=1024, in_channels=[192, 384, 768, 768]),
+         ValueError, r'in_channels \[192, 384, 768, 768\] does not match backbone_channel=1024: '
+         r'the ViTDet levels have \[C/4, C/2, C, C\] = \[256, 512, 1024, 1024\]'),
+    Case('ViTDet SimpleFPN mixed with scale_factors',
+         lambda f: SimpleFPN(backbone_channel=768, in_channels=[192, 384, 768, 768],
+                             scale_factors=(2.0, 1.0)), ValueError,
+         r'scale_factors=\(2\.0, 1\.0\) cannot be combined with backbone_channel'),
+    Case('ViTDet SimpleFPN backbone_channel with an int in_channels',
+         lambda f: SimpleFPN(backbone_channel=768, in_channels=768), TypeError,
+         r'in_channels must be the list \[C/4, C/2, C, C\] = \[192, 384, 768, 768\] when '
+         r'backbone_channel=768 is given'),
+    Case('SimpleFPN in_channels list without backbone_channel',
+         lambda f: SimpleFPN(in_channels=[192, 384, 768, 768]), ValueError,
+         r'in_channels \[192, 384, 768, 768\] is a list, .* needs backbone_channel'),
     # --- teacher (build time)
     Case('teacher/student class count mismatch',
          lambda f: _distilled(teacher=_teacher(num_classes=5)), ValueError,

@@ -32,7 +32,9 @@ class DistillationLoss(nn.Module):
     - mode 'none': no teacher term; the total loss is ``base``;
     - mode 'hard': ``distill = CE(dist_score, argmax(teacher_score))``;
     - mode 'soft': ``distill = KL(log_softmax(dist/tau) || log_softmax(teacher/tau))`` summed over
-      the batch and classes, times ``tau**2``, divided by ``dist_score.numel()``;
+      the batch and classes, times ``tau**2``, divided by ``dist_score.numel()`` (B * num_classes,
+      ``soft_reduction='numel'``, the official code) or by B (``soft_reduction='batchmean'``,
+      PyTorch's ``kl_div(reduction='batchmean')``, the mean per-sample KL);
     - total ``= base * (1 - alpha) + distill * alpha``.
 
     :meth:`forward` returns the two weighted terms as ``loss_cls`` (``base * (1 - alpha)``) and
@@ -48,6 +50,16 @@ class DistillationLoss(nn.Module):
     Mixup/CutMix is on) or ``LabelSmoothLoss`` (label smoothing, also of mixed labels). The teacher
     term never uses label smoothing, as in the official code.
 
+    How the two soft reductions relate: with C = num_classes, the 'batchmean' term is exactly C
+    times the 'numel' term, for every ``tau`` (``tau**2`` multiplies both), so ``tau`` carries
+    over unchanged and ``alpha`` does not. The 'batchmean' loss with
+    ``alpha_b = alpha / (alpha + C * (1 - alpha))`` is the 'numel' loss with ``alpha`` times the
+    constant ``C / (alpha + C * (1 - alpha))`` (same balance of the two terms, same gradient
+    direction; the constant scales the loss, which matters to SGD's learning rate and hardly to
+    AdamW); conversely ``alpha = C * alpha_b / (1 - alpha_b + C * alpha_b)``. E.g. the official
+    ``alpha=0.5`` with ImageNet's C = 1000 is ``alpha_b ~= 0.001``; 'batchmean' with
+    ``alpha=0.5`` weights the teacher term 1000 times more than the paper.
+
     Args:
         mode: 'none', 'soft' or 'hard'. Defaults to 'none'.
         alpha: Weight of the teacher term in [0, 1]. Defaults to 0.5.
@@ -55,9 +67,14 @@ class DistillationLoss(nn.Module):
         base_loss: Config (or module) of the base criterion on the class-token logits, called
             as ``base_loss(cls_score, target, avg_factor=B)``. Defaults to None, i.e.
             ``dict(type='CrossEntropyLoss', loss_weight=1.0)``.
+        soft_reduction: Normalisation of the summed soft KL: 'numel' (divided by
+            B * num_classes, the official DeiT code) or 'batchmean' (divided by B). Only mode
+            'soft' reads it; in modes 'hard' and 'none' it is checked and then has no effect.
+            Defaults to 'numel'.
     """
 
     MODES = ('none', 'soft', 'hard')
+    SOFT_REDUCTIONS = ('numel', 'batchmean')
 
     def __init__(
         self,
@@ -65,6 +82,7 @@ class DistillationLoss(nn.Module):
         alpha: float = 0.5,
         tau: float = 1.0,
         base_loss: Optional[dict | nn.Module] = None,
+        soft_reduction: str = 'numel',
     ):
         super().__init__()
         if base_loss is None:
@@ -72,6 +90,11 @@ class DistillationLoss(nn.Module):
         if mode not in self.MODES:
             raise ValueError(f'mode must be one of {self.MODES}, got {mode!r}')
         self.mode = mode
+        if not isinstance(soft_reduction, str) or soft_reduction not in self.SOFT_REDUCTIONS:
+            raise ValueError(
+                f'soft_reduction must be one of {self.SOFT_REDUCTIONS}, got {soft_reduction!r}'
+            )
+        self.soft_reduction = soft_reduction
         self.alpha = _check_real('alpha', alpha, 0.0, 1.0)
         self.tau = _check_real('tau', tau, 0.0, float('inf'), low_open=True)
         if isinstance(base_loss, dict):
@@ -99,11 +122,13 @@ class DistillationLoss(nn.Module):
             reduction='sum',
             log_target=True,
         )
-        # Dividing by numel (B * num_classes), not by B, is the official DeiT normalisation
-        # (the legacy PyTorch 'mean' behaviour of kl_div, see facebookresearch/deit issue 61).
-        # It scales the soft term down by num_classes; the published alpha/tau were tuned with
-        # it, so it is kept to reproduce the paper's loss exactly.
-        return kl * (tau * tau) / dist_score.numel()
+        # 'numel' (B * num_classes) is the official DeiT normalisation (the legacy PyTorch
+        # 'mean' behaviour of kl_div, see facebookresearch/deit issue 61). It scales the soft
+        # term down by num_classes relative to 'batchmean' (B); the published alpha/tau were
+        # tuned with it, so it is the default, to reproduce the paper's loss exactly.
+        if self.soft_reduction == 'numel':
+            return kl * (tau * tau) / dist_score.numel()
+        return kl * (tau * tau) / dist_score.size(0)
 
     def forward(
         self,
@@ -142,4 +167,7 @@ class DistillationLoss(nn.Module):
         return dict(loss_cls=base * (1.0 - self.alpha), loss_distill=distill * self.alpha)
 
     def extra_repr(self) -> str:
-        return f'mode={self.mode!r}, alpha={self.alpha}, tau={self.tau}'
+        return (
+            f'mode={self.mode!r}, alpha={self.alpha}, tau={self.tau}, '
+            f'soft_reduction={self.soft_reduction!r}'
+        )

@@ -16,8 +16,10 @@ def _log_softmax(x: torch.Tensor) -> torch.Tensor:
     return shifted - shifted.exp().sum(dim=1, keepdim=True).log()
 
 
-def _reference_total(cls_score, dist_score, target, teacher, mode, alpha, tau, smooth=0.0):
-    """Official DeiT total loss, in float64, from first principles."""
+def _reference_total(
+    cls_score, dist_score, target, teacher, mode, alpha, tau, smooth=0.0, soft_reduction='numel'
+):
+    """Official DeiT total loss (or its 'batchmean' variant), in float64, from first principles."""
     cls_score, dist_score, teacher = cls_score.double(), dist_score.double(), teacher.double()
     if target.dim() == 1:
         probs = torch.zeros(B, C, dtype=torch.float64)
@@ -35,7 +37,7 @@ def _reference_total(cls_score, dist_score, target, teacher, mode, alpha, tau, s
         log_p_student = _log_softmax(dist_score / tau)
         log_p_teacher = _log_softmax(teacher / tau)
         kl_sum = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum()
-        distill = kl_sum * tau**2 / (B * C)
+        distill = kl_sum * tau**2 / (B * C if soft_reduction == 'numel' else B)
     return base * (1 - alpha) + distill * alpha
 
 
@@ -102,6 +104,58 @@ def test_soft_normalisation_is_numel_not_batch():
     assert math.isclose(distill.item() * C, per_sample.item(), rel_tol=1e-5)
 
 
+@pytest.mark.parametrize('soft_reduction', ['numel', 'batchmean'])
+@pytest.mark.parametrize('soft_labels,base', LABELS_AND_BASES)
+@pytest.mark.parametrize('alpha,tau', [(0.5, 1.0), (0.3, 3.0), (1.0, 2.0)])
+def test_soft_reductions_match_the_reference(soft_reduction, soft_labels, base, alpha, tau):
+    base_cfg, smooth = BASE_LOSSES[base]
+    loss = DistillationLoss(
+        mode='soft', alpha=alpha, tau=tau, base_loss=base_cfg, soft_reduction=soft_reduction
+    )
+    cls_score, dist_score, target, teacher = _inputs(soft_labels, seed=2)
+    out = loss(cls_score, dist_score, target, teacher)
+    expected = _reference_total(
+        cls_score, dist_score, target, teacher, 'soft', alpha, tau, smooth, soft_reduction
+    )
+    assert abs((out['loss_cls'] + out['loss_distill']).item() - expected.item()) < 1e-6
+
+
+@pytest.mark.parametrize('tau', [1.0, 3.0])
+def test_batchmean_is_num_classes_times_numel_and_alpha_maps_between_them(tau):
+    cls_score, dist_score, target, teacher = _inputs(True, seed=3)
+    dist_score.requires_grad_(True)
+
+    def run(soft_reduction, alpha):
+        loss = DistillationLoss(mode='soft', alpha=alpha, tau=tau, soft_reduction=soft_reduction)
+        out = loss(cls_score, dist_score, target, teacher)
+        total = out['loss_cls'] + out['loss_distill']
+        (grad,) = torch.autograd.grad(total, dist_score)
+        return out['loss_distill'] / alpha, total, grad
+
+    alpha = 0.5
+    distill_n, total_n, grad_n = run('numel', alpha)
+    alpha_b = alpha / (alpha + C * (1 - alpha))  # the docstring's mapping
+    distill_b, total_b, grad_b = run('batchmean', alpha_b)
+    assert math.isclose(distill_b.item(), C * distill_n.item(), rel_tol=1e-5)  # same tau
+    scale = C / (alpha + C * (1 - alpha))
+    assert math.isclose(total_b.item(), scale * total_n.item(), rel_tol=1e-5)
+    torch.testing.assert_close(grad_b, scale * grad_n, rtol=1e-5, atol=1e-7)
+    back = C * alpha_b / (1 - alpha_b + C * alpha_b)  # and back
+    assert math.isclose(back, alpha, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize('mode', ['none', 'hard'])
+def test_soft_reduction_does_not_change_other_modes(mode):
+    cls_score, dist_score, target, teacher = _inputs(False, seed=4)
+    outs = [
+        DistillationLoss(mode=mode, soft_reduction=r)(cls_score, dist_score, target, teacher)
+        for r in ('numel', 'batchmean')
+    ]
+    assert outs[0]['loss_cls'].item() == outs[1]['loss_cls'].item()
+    assert outs[0]['loss_distill'].item() == outs[1]['loss_distill'].item()
+    assert "soft_reduction='numel'" in repr(DistillationLoss())
+
+
 def test_none_mode_needs_no_teacher_and_keeps_dist_in_graph():
     loss = DistillationLoss(mode='none', alpha=0.9)
     cls_score, dist_score, target, _ = _inputs(False)
@@ -151,6 +205,10 @@ def test_teacher_shape_mismatch_is_an_error():
         (dict(tau=-1.0), ValueError, 'tau'),
         (dict(tau=None), TypeError, 'tau'),
         (dict(base_loss=42), TypeError, 'base_loss'),
+        (dict(soft_reduction='mean'), ValueError, 'soft_reduction'),
+        (dict(soft_reduction='Numel'), ValueError, 'soft_reduction'),
+        (dict(soft_reduction=None), ValueError, 'soft_reduction'),
+        (dict(mode='hard', soft_reduction='sum'), ValueError, 'soft_reduction'),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
