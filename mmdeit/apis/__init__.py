@@ -1,3 +1,11 @@
 from .inference import inference_model, init_model, test_pipeline_cfg
+from .model_zoo import get_model, list_models, register_model_zoo
 
-__all__ = ['inference_model', 'init_model', 'test_pipeline_cfg']
+__all__ = [
+    'get_model',
+    'inference_model',
+    'init_model',
+    'list_models',
+    'register_model_zoo',
+    'test_pipeline_cfg',
+]
