@@ -15,7 +15,7 @@ from PIL import Image
 
 from mmdeit.apis import inference_model, init_model
 from mmdeit.datasets import check_data_roots
-from mmdeit.engine import UnsafeCheckpointError
+from mmdeit.engine import TeacherCheckHook, UnsafeCheckpointError
 from mmdeit.models.backbones import DistilledVisionTransformer
 from mmdeit.models.heads import DeiTClsHead
 from mmdeit.models.losses import DistillationLoss
@@ -218,6 +218,61 @@ CASES = [
     Case('teacher checkpoint truncated',
          lambda f: _distilled(teacher=_teacher(), teacher_ckpt=f.ckpt_truncated), RuntimeError,
          r'checkpoint .*cut\.pth: it is truncated'),
+    # --- a teacher that differs from the student (build time)
+    Case('teacher class count mismatch, teacher_num_classes unset',
+         lambda f: _distilled(teacher=_teacher(num_classes=5)), ValueError,
+         r"num_classes=2; they must match, or, .* set the head's teacher_num_classes=5"),
+    Case('teacher class count differs from teacher_num_classes',
+         lambda f: MODELS.build(dict(
+             _student('soft'), type='DistilledImageClassifier', teacher=_teacher(num_classes=5),
+             head=dict(_student('soft')['head'], teacher_num_classes=4, inference_mode='cls'))),
+         ValueError, r'teacher has 5 classes but the student head has teacher_num_classes=4'),
+    Case('teacher_num_classes with fusion inference',
+         lambda f: DeiTClsHead(num_classes=2, in_channels=32, teacher_num_classes=5), ValueError,
+         r"inference_mode 'fusion' uses head_dist, which predicts the teacher's "
+         r"teacher_num_classes=5 classes, not the student's num_classes=2; use "
+         r"inference_mode='cls'"),
+    Case('teacher_num_classes zero',
+         lambda f: DeiTClsHead(num_classes=2, in_channels=32, teacher_num_classes=0), ValueError,
+         r'teacher_num_classes must be a positive int or None, got 0'),
+    Case('teacher_num_classes not an int',
+         lambda f: DeiTClsHead(num_classes=2, in_channels=32, teacher_num_classes='5'),
+         TypeError, r"teacher_num_classes must be a positive int or None, got str '5'"),
+    Case('teacher_input not a dict',
+         lambda f: _distilled(teacher=_teacher(), teacher_input=(224, 224)), TypeError,
+         r'teacher_input must be a dict\(size=\(H, W\), mean=\[\.\.\.\], std=\[\.\.\.\], .*got '
+         r'tuple'),
+    Case('teacher_input unknown key',
+         lambda f: _distilled(teacher=_teacher(), teacher_input=dict(img_size=(8, 8))),
+         ValueError, r"teacher_input has unknown keys \['img_size'\]; allowed: \('size', "),
+    Case('teacher_input.size an int',
+         lambda f: _distilled(teacher=_teacher(), teacher_input=dict(size=224)), ValueError,
+         r'teacher_input\.size must be a pair \(H, W\) of positive ints, got 224'),
+    Case('teacher_input.size with a zero',
+         lambda f: _distilled(teacher=_teacher(), teacher_input=dict(size=(0, 32))), ValueError,
+         r'teacher_input\.size must be a pair \(H, W\) of positive ints, got \(0, 32\)'),
+    Case('teacher_input.mean of 2 channels',
+         lambda f: _distilled(teacher=_teacher(), teacher_input=dict(mean=[1, 2])), ValueError,
+         r'teacher_input\.mean must be a list of 3 numbers .*got \[1, 2\]'),
+    Case('teacher_input.std with a zero',
+         lambda f: _distilled(teacher=_teacher(), teacher_input=dict(std=[1, 0, 1])), ValueError,
+         r'teacher_input\.std must hold finite positive numbers, got \[1\.0, 0\.0, 1\.0\]'),
+    Case('teacher_input.interpolation unknown',
+         lambda f: _distilled(teacher=_teacher(), teacher_input=dict(interpolation='lanczos')),
+         ValueError, r"teacher_input\.interpolation must be one of \('nearest', 'bilinear', "
+         r"'bicubic', 'area'\), got 'lanczos'"),
+    Case('teacher_input.size not divisible by a ViT teacher\'s patch size',
+         lambda f: _distilled(teacher=dict(
+             type='ImageClassifier',
+             backbone=dict(type='VisionTransformer', arch=TINY_ARCH, img_size=32, patch_size=8),
+             head=dict(type='VisionTransformerClsHead', num_classes=NUM_CLASSES, in_channels=32)),
+             teacher_input=dict(size=(36, 36))), ValueError,
+         r"teacher_input\.size \(36, 36\) is not divisible by the patch size \(8, 8\) of the "
+         r"teacher's backbone\.patch_embed"),
+    Case('TeacherCheckHook max_batches zero', lambda f: TeacherCheckHook(max_batches=0),
+         ValueError, r'max_batches must be a positive int or None, got 0'),
+    Case('TeacherCheckHook min_accuracy above 100', lambda f: TeacherCheckHook(min_accuracy=101),
+         ValueError, r'min_accuracy must be a number in \[0, 100\] \(%\) or None, got 101'),
     # --- checkpoints
     Case('checkpoint with missing keys', lambda f: init_model(f.config, f.ckpt_missing),
          RuntimeError, r'missing keys in source state_dict: backbone\.pos_embed'),

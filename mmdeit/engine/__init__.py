@@ -13,7 +13,7 @@ from .checkpoint_loader import (
 )
 from .cpu_distributed import setup_cpu_distributed
 from .engine_setup import engine_is_set_up, setup_engine
-from .hooks import AtomicCheckpointHook, NanGuardHook
+from .hooks import AtomicCheckpointHook, NanGuardHook, TeacherCheckHook
 from .optim_wrappers import CPUAmpOptimWrapper
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     'AtomicLocalBackend',
     'CPUAmpOptimWrapper',
     'NanGuardHook',
+    'TeacherCheckHook',
     'UnsafeCheckpointError',
     'atomic_write',
     'engine_is_set_up',

@@ -18,6 +18,7 @@ from mmdeit.engine.checkpoint_loader import load_checkpoint_file
 from mmdeit.registry import MODELS
 
 from ..heads import DeiTClsHead
+from .teacher_input import TeacherInput, check_teacher_size, student_normalisation
 
 
 class _TeacherRef:
@@ -61,8 +62,10 @@ def student_model_cfg(model_cfg: dict) -> dict:
 
     A ``DistilledImageClassifier`` config becomes an ``ImageClassifier`` config with the same
     backbone, neck, head and data preprocessor, and none of the teacher's arguments
-    (``teacher``, ``teacher_ckpt``, ``teacher_channels_last`` and any later one), so neither
-    the teacher nor its checkpoint is needed. Its checkpoints load strictly into that model.
+    (``teacher``, ``teacher_ckpt``, ``teacher_channels_last``, ``teacher_input`` and any later
+    one), so neither the teacher nor its checkpoint is needed. The head's arguments, such as
+    ``teacher_num_classes`` (the shape of ``head_dist``), are kept, so the checkpoints of the
+    distilled model load strictly into that model.
     Any other model config is returned unchanged (as a copy).
 
     Args:
@@ -91,9 +94,11 @@ class DistilledImageClassifier(ImageClassifier):
     the teacher is used. In training (mode 'loss') the teacher gets exactly the student's input
     batch, i.e. after the data preprocessor and the batch augments (Mixup/CutMix), runs under
     ``torch.inference_mode`` (no autograd bookkeeping at all) in eval mode, and its logits (a
-    normal tensor, usable as a loss target) are passed to the head's loss. So the teacher
-    must expect the student's input normalisation and resolution. Validation and prediction use
-    the student only.
+    normal tensor, usable as a loss target) are passed to the head's loss. A teacher that
+    expects another resolution or normalisation gets the batch resized and re-normalised by
+    ``teacher_input`` (under the same inference mode, in its memory format). A teacher with
+    other classes is distilled into a ``head_dist`` of the head's ``teacher_num_classes``.
+    Validation and prediction use the student only.
 
     The teacher is frozen (``requires_grad=False``), stays in eval mode through ``.train()``,
     moves with the student (``.to()``, ``.cuda()``, ``.half()``, ...), and is not a submodule:
@@ -108,7 +113,8 @@ class DistilledImageClassifier(ImageClassifier):
             ``mmdeit`` scope or its parent mmpretrain (e.g. ``ImageClassifier``, or
             ``TimmClassifier`` for timm's ``regnety_160``, the official teacher), the path of a
             config file whose ``model`` is such a dict, or an ``nn.Module``. Its ``tensor``-mode
-            output must be logits (B, num_classes) with the student's ``num_classes``.
+            output must be logits (B, T) with T the head's ``teacher_num_classes`` (by default
+            its ``num_classes``); where the teacher's class count can be read it is checked.
             Required for loss modes 'soft' and 'hard'; ignored (not built, with a warning) in
             mode 'none'. Defaults to None.
         teacher_ckpt: Checkpoint of the teacher (local path, read by mmdeit's safe loader, or
@@ -119,6 +125,15 @@ class DistilledImageClassifier(ImageClassifier):
         teacher_channels_last: Run the teacher in the channels-last memory format (weights
             converted once, each input batch per call), usually faster for convnet teachers
             such as RegNetY on CPU (oneDNN) and on GPUs with tensor cores. Defaults to False.
+        teacher_input: How the teacher's input differs from the student's:
+            ``dict(size=(H, W), mean=[...], std=[...], interpolation='bilinear')``, every key
+            optional (see :class:`~mmdeit.models.classifiers.teacher_input.TeacherInput`). The
+            student's batch is resized to ``size`` and re-normalised from the data
+            preprocessor's mean/std to ``mean``/``std``, both in the 0-255 scale and in the
+            channel order the preprocessor outputs (RGB if its ``to_rgb``, else as loaded).
+            ``size`` is checked at build time against a ViT-like teacher's patch size; for
+            other teachers it cannot be told (a size they cannot take fails at their first
+            forward, e.g. in ``TeacherCheckHook``). Defaults to None: the student's batch as is.
         pretrained: Checkpoint of the student, see ``ImageClassifier``. Defaults to None.
         train_cfg: Training setting, e.g. ``dict(augments=[...])``. Defaults to None.
         data_preprocessor: Data preprocessor config. Defaults to None
@@ -134,6 +149,7 @@ class DistilledImageClassifier(ImageClassifier):
         teacher: Optional[dict | str | nn.Module] = None,
         teacher_ckpt: Optional[str] = None,
         teacher_channels_last: bool = False,
+        teacher_input: Optional[dict] = None,
         pretrained: Optional[str] = None,
         train_cfg: Optional[dict] = None,
         data_preprocessor: Optional[dict] = None,
@@ -184,6 +200,11 @@ class DistilledImageClassifier(ImageClassifier):
         mode = self.head.loss_module.mode
         self.teacher_channels_last = teacher_channels_last
         self._teacher_ref: Optional[_TeacherRef] = None
+        self.teacher_input: Optional[TeacherInput] = None
+        if teacher_input is not None:
+            self.teacher_input = TeacherInput(
+                teacher_input, *student_normalisation(self.data_preprocessor)
+            )
         if not self.head.loss_module.needs_teacher:
             if teacher is not None:
                 MMLogger.get_current_instance().warning(
@@ -204,6 +225,13 @@ class DistilledImageClassifier(ImageClassifier):
             MMLogger.get_current_instance().warning(
                 'teacher_ckpt is None: the teacher keeps the weights it was built with.'
             )
+        if self.teacher_input is not None and self.teacher_input.size is not None:
+            if not check_teacher_size(teacher, self.teacher_input.size):
+                MMLogger.get_current_instance().info(
+                    f'teacher_input.size {self.teacher_input.size} cannot be checked against '
+                    f'the teacher {type(teacher).__name__} (no ViT patch embedding found); a '
+                    'size it cannot take fails at its first forward.'
+                )
         teacher.requires_grad_(False)
         teacher.eval()
         if teacher_channels_last:
@@ -217,7 +245,7 @@ class DistilledImageClassifier(ImageClassifier):
         return None if ref is None else ref.module
 
     def _build_teacher(self, teacher: dict | str | nn.Module) -> nn.Module:
-        """Build the teacher and check that its class count is the student's."""
+        """Build the teacher and check its class count against the head's."""
         if isinstance(teacher, str):
             if not osp.isfile(teacher):
                 raise FileNotFoundError(f'teacher config file {teacher!r} does not exist')
@@ -230,12 +258,20 @@ class DistilledImageClassifier(ImageClassifier):
                 raise ValueError(f'teacher config needs a type, got {teacher!r}')
             teacher = MODELS.build(copy.deepcopy(teacher))
         num_classes = _teacher_num_classes(teacher)
-        if num_classes is not None and num_classes != self.head.num_classes:
+        expected = self.head.teacher_num_classes
+        if num_classes is None or num_classes == expected:
+            return teacher
+        if expected == self.head.num_classes:
             raise ValueError(
                 f'teacher has {num_classes} classes but the student head has '
-                f'num_classes={self.head.num_classes}; they must match'
+                f'num_classes={self.head.num_classes}; they must match, or, for a teacher with '
+                f"other classes, set the head's teacher_num_classes={num_classes} (head_dist "
+                "then predicts the teacher's classes; use inference_mode='cls')"
             )
-        return teacher
+        raise ValueError(
+            f'teacher has {num_classes} classes but the student head has '
+            f'teacher_num_classes={expected}; they must match'
+        )
 
     @staticmethod
     def _load_teacher_ckpt(teacher: nn.Module, teacher_ckpt: str) -> None:
@@ -268,10 +304,11 @@ class DistilledImageClassifier(ImageClassifier):
         return self
 
     def teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The teacher's logits (B, num_classes) on ``inputs``, without gradient.
+        """The teacher's logits (B, T) on the student's batch ``inputs``, without gradient.
 
-        The teacher runs under ``torch.inference_mode``; the logits are cloned out of it into a
-        normal tensor (B x num_classes, a negligible copy), so a loss may save them for its
+        The batch is adapted by ``teacher_input`` (if set) and the teacher run, both under
+        ``torch.inference_mode`` and in the teacher's memory format; the logits are cloned out
+        of it into a normal tensor (B x T, a negligible copy), so a loss may save them for its
         backward pass.
         """
         teacher = self.teacher
@@ -280,8 +317,13 @@ class DistilledImageClassifier(ImageClassifier):
         if teacher.training:
             teacher.eval()
         with torch.inference_mode():
-            if self.teacher_channels_last and inputs.dim() == 4:
+            channels_last = self.teacher_channels_last and inputs.dim() == 4
+            if channels_last:  # before the resize: it then runs in channels-last too
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
+            if self.teacher_input is not None:
+                inputs = self.teacher_input(inputs)
+                if channels_last:  # a no-op unless an op changed the layout
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
             if isinstance(teacher, BaseModel):
                 logits = teacher(inputs, mode='tensor')
             else:
@@ -295,7 +337,8 @@ class DistilledImageClassifier(ImageClassifier):
         """Losses of a batch (already preprocessed and batch-augmented).
 
         Args:
-            inputs: The student's input batch (B, C, H, W); the teacher sees the same tensor.
+            inputs: The student's input batch (B, C, H, W); the teacher sees the same tensor,
+                or its adaptation by ``teacher_input``.
             data_samples: The annotations of the batch.
 
         Returns:

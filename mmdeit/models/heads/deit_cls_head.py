@@ -54,6 +54,11 @@ class DeiTClsHead(VisionTransformerClsHead):
     - 'cls': ``head(cls)`` only;
     - 'dist': ``head_dist(dist)`` only.
 
+    A teacher whose classes differ from the student's (e.g. trained on another label set) is
+    distilled into ``head_dist`` sized to ``teacher_num_classes``; the class-token head keeps
+    ``num_classes`` and is the only one that predicts the student's classes, so such a head
+    predicts with ``inference_mode='cls'`` ('fusion' and 'dist' are refused when it is built).
+
     Args:
         num_classes: Number of classes.
         in_channels: Channels of the tokens (the backbone's ``embed_dims``).
@@ -61,6 +66,9 @@ class DeiTClsHead(VisionTransformerClsHead):
             classifiers; None for none. Defaults to None.
         act_cfg: Activation of the hidden layer. Defaults to None, i.e. ``dict(type='Tanh')``.
         inference_mode: 'fusion', 'cls' or 'dist', see above. Defaults to 'fusion'.
+        teacher_num_classes: Number of classes of the teacher, i.e. outputs of ``head_dist``
+            (a positive int). Defaults to None: ``num_classes``. When it differs from
+            ``num_classes``, ``inference_mode`` must be 'cls'.
         loss: Config (or instance) of a :class:`DistillationLoss`, built in the ``mmdeit`` scope.
             Defaults to None, i.e. ``dict(type='DistillationLoss', mode='none')`` (no
             teacher).
@@ -81,6 +89,7 @@ class DeiTClsHead(VisionTransformerClsHead):
         hidden_dim: Optional[int] = None,
         act_cfg: Optional[dict] = None,
         inference_mode: str = 'fusion',
+        teacher_num_classes: Optional[int] = None,
         loss: Optional[dict | nn.Module] = None,
         topk: int | Tuple[int, ...] = (1,),
         cal_acc: bool = False,
@@ -92,6 +101,25 @@ class DeiTClsHead(VisionTransformerClsHead):
             raise ValueError(
                 f'inference_mode must be one of {self.INFERENCE_MODES}, got {inference_mode!r}'
             )
+        if teacher_num_classes is None:
+            teacher_num_classes = num_classes
+        elif isinstance(teacher_num_classes, bool) or not isinstance(teacher_num_classes, int):
+            raise TypeError(
+                'teacher_num_classes must be a positive int or None, got '
+                f'{type(teacher_num_classes).__name__} {teacher_num_classes!r}'
+            )
+        elif teacher_num_classes <= 0:
+            raise ValueError(
+                f'teacher_num_classes must be a positive int or None, got {teacher_num_classes}'
+            )
+        if teacher_num_classes != num_classes and inference_mode != 'cls':
+            raise ValueError(
+                f'inference_mode {inference_mode!r} uses head_dist, which predicts the '
+                f"teacher's teacher_num_classes={teacher_num_classes} classes, not the "
+                f"student's num_classes={num_classes}; use inference_mode='cls'"
+            )
+        # Read by ``_init_layers``, which the parent's ``__init__`` calls.
+        self.teacher_num_classes = teacher_num_classes
         if isinstance(loss, dict):
             # in mmdeit's scope whatever the default scope is (an mmdet/mmseg/mmpretrain run)
             loss = MODELS.build({'_scope_': 'mmdeit', **loss})
@@ -117,7 +145,7 @@ class DeiTClsHead(VisionTransformerClsHead):
         """Build ``layers`` of the parent, then add ``layers.head_dist``."""
         super()._init_layers()
         width = self.in_channels if self.hidden_dim is None else self.hidden_dim
-        self.layers.add_module('head_dist', nn.Linear(width, self.num_classes))
+        self.layers.add_module('head_dist', nn.Linear(width, self.teacher_num_classes))
 
     def pre_logits(self, feats: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
         """The (cls, dist) tokens, each (B, C'), of the last output, after the hidden layer.
@@ -138,7 +166,11 @@ class DeiTClsHead(VisionTransformerClsHead):
         return cls_token, dist_token
 
     def forward_logits(self, feats: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Logits of both heads: ``(cls_score, dist_score)``, each (B, num_classes)."""
+        """Logits of both heads: ``(cls_score, dist_score)``.
+
+        Returns:
+            ``cls_score`` (B, num_classes) and ``dist_score`` (B, teacher_num_classes).
+        """
         cls_token, dist_token = self.pre_logits(feats)
         return self.layers.head(cls_token), self.layers.head_dist(dist_token)
 
@@ -158,7 +190,7 @@ class DeiTClsHead(VisionTransformerClsHead):
         Args:
             feats: The backbone outputs, see :meth:`pre_logits`.
             data_samples: Samples with ``gt_label`` or, after Mixup/CutMix, ``gt_score``.
-            teacher_logits: The teacher's logits (B, num_classes) on the same input batch;
+            teacher_logits: The teacher's logits (B, teacher_num_classes) on the same batch;
                 required unless the loss mode is 'none'. Defaults to None.
             **kwargs: Unused, accepted for interface compatibility with ``ClsHead.loss``.
 
