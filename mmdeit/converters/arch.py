@@ -55,7 +55,8 @@ def suggest_model_cfg(state_dict: Mapping[str, torch.Tensor]) -> dict:
 
     A distilled checkpoint gets ``mmdeit.DistilledVisionTransformer`` + ``mmdeit.DeiTClsHead``
     (with ``inference_mode='cls'`` when ``head_dist`` is all zeros, i.e. filled in for a source
-    that only had a cls classifier); a cls-only one ``mmpretrain.VisionTransformer`` +
+    that only had a cls classifier, and with ``teacher_num_classes`` when ``head_dist`` has
+    another class count than ``head``); a cls-only one ``mmpretrain.VisionTransformer`` +
     ``mmpretrain.VisionTransformerClsHead``. ``num_heads`` assumes 64-dim heads, as in DeiT.
     """
     info = infer_arch(state_dict)
@@ -78,6 +79,9 @@ def suggest_model_cfg(state_dict: Mapping[str, torch.Tensor]) -> dict:
         head_dist = state_dict.get('head.layers.head_dist.weight')
         if distilled and head_dist is not None and not head_dist.any():
             head['inference_mode'] = 'cls'
+        if distilled and head_dist is not None and head_dist.shape[0] != info['num_classes']:
+            # A student of a teacher with another label space: the cls head predicts.
+            head.update(teacher_num_classes=head_dist.shape[0], inference_mode='cls')
     return dict(type='mmpretrain.ImageClassifier', backbone=backbone, neck=None, head=head)
 
 

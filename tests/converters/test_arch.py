@@ -79,3 +79,19 @@ def test_suggested_cfg_for_backbone_only_checkpoint_has_no_head():
     state_dict = to_mmdeit(timm_tiny().state_dict())
     backbone_only = {k: v for k, v in state_dict.items() if k.startswith('backbone.')}
     assert suggest_model_cfg(backbone_only)['head'] is None
+
+
+def test_suggested_cfg_for_a_teacher_with_other_classes_loads_strictly():
+    from mmengine.registry import DefaultScope
+
+    from mmdeit.registry import MODELS
+
+    state_dict = dict(to_mmdeit(timm_tiny().state_dict()))
+    rows = state_dict['head.layers.head_dist.weight'].shape[0] + 3  # the teacher's label space
+    state_dict['head.layers.head_dist.weight'] = torch.randn(rows, TINY['embed_dims'])
+    state_dict['head.layers.head_dist.bias'] = torch.randn(rows)
+    cfg = suggest_model_cfg(state_dict)
+    assert cfg['head']['teacher_num_classes'] == rows and cfg['head']['inference_mode'] == 'cls'
+    with DefaultScope.overwrite_default_scope('mmdeit'):
+        model = MODELS.build(cfg)
+    model.load_state_dict(state_dict, strict=True)
