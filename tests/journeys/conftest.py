@@ -84,6 +84,20 @@ def write_imagenet(root: Path, size=(72, 80)) -> Path:
     return root
 
 
+def write_class_folders(
+    root: Path, classes=('cat', 'dog'), per_split=(('train', 2), ('val', 1)), size=(72, 80)
+) -> Path:
+    """mmpretrain's ``CustomDataset`` layout: ``root/<split>/<class>/<class>_<i>.jpg``."""
+    rng = np.random.default_rng(0)
+    for split, count in per_split:
+        for name in classes:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+                Image.fromarray(img).save(root / split / name / f'{name}_{i}.jpg')
+    return root
+
+
 @pytest.fixture(scope='session')
 def user_home(tmp_path_factory) -> Path:
     """The user's own folder, outside the checkout, with ``data/imagenet`` in it."""

@@ -22,6 +22,7 @@ differ from the DeiT-S/Ti ones that do run only in ``arch``; the 384 fine-tunes'
 224 checkpoint is tested in ``tests/configs/test_finetune_configs.py``.
 """
 
+import copy
 import functools
 import re
 from pathlib import Path
@@ -30,7 +31,15 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from .conftest import CONFIGS, run_cli, run_two_at_a_time, shipped_configs, tool, user_config
+from .conftest import (
+    CONFIGS,
+    run_cli,
+    run_two_at_a_time,
+    shipped_configs,
+    tool,
+    user_config,
+    write_class_folders,
+)
 
 pytestmark = pytest.mark.journey
 
@@ -96,6 +105,32 @@ def _user_body(
         body += NO_WORKERS.format(loader='test_dataloader', extra=', dataset=dict(indices=120)')
         if _needs_teacher(cfg):
             model.append(f'teacher_ckpt={teachers["digits"]["teacher_ckpt"]!r}')
+    elif dataset_type == 'CustomDataset':  # my class folders under ./data/custom
+        if not (home / 'data' / 'custom').exists():  # as many class folders as the head has
+            classes = [f'class{i}' for i in range(cfg.model.head.num_classes)]
+            write_class_folders(home / 'data' / 'custom', classes)
+        for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+            body += NO_WORKERS.format(loader=loader, extra='')
+        if _needs_teacher(cfg):  # my own teacher on my classes (the recipe's class count)
+            from mmpretrain.models import TimmClassifier
+
+            t = dict(type='TimmClassifier', model_name='resnet10t', pretrained=False,
+                     num_classes=cfg.model.head.num_classes)  # fmt: skip
+            path = tmp_dir / f'{Path(config).stem}_teacher.pth'
+            kwargs = {k: v for k, v in t.items() if k != 'type'}
+            torch.save({'state_dict': TimmClassifier(**kwargs).state_dict()}, path)
+            model += [f'teacher=dict(_delete_=True, **{t!r})', f'teacher_ckpt={str(path)!r}']
+        if pretrained and _pretrained_init(cfg):  # my converted checkpoint: the same model
+            from mmdeit.apis import init_model
+
+            path = tmp_dir / f'{Path(config).stem}_converted.pth'
+            student = copy.deepcopy(cfg)
+            student.model.init_cfg = None  # not the file it names, which I am making here
+            torch.save({'state_dict': init_model(student).state_dict()}, path)
+            inits = [c.to_dict() for c in cfg.model.init_cfg]
+            inits[-1]['checkpoint'] = str(path)
+            model.append(f'init_cfg={inits!r}')
+        pretrained = False  # done here
     else:
         pytest.fail(
             f'{config}: no journey data for dataset type {dataset_type!r}; '
