@@ -172,6 +172,13 @@ def inference_model(
     classes = model.dataset_meta.get('classes') if hasattr(model, 'dataset_meta') else None
     with torch.no_grad():
         samples = model.test_step(pseudo_collate(batch))
+    num_scores = samples[0].pred_score.numel()
+    if classes and len(classes) != num_scores:
+        MMLogger.get_current_instance().warning(
+            f'the model has {num_scores} classes but {len(classes)} class names are known '
+            "(the head's num_classes and the dataset differ): predictions come without names"
+        )
+        classes = None
     results = []
     for sample in samples:
         scores = sample.pred_score.detach().cpu().numpy()

@@ -92,6 +92,16 @@ def test_inference_on_path_array_and_list(trained, tmp_path):
     np.testing.assert_allclose(batch[0]['pred_scores'], result['pred_scores'], atol=1e-6)
 
 
+def test_fewer_class_names_than_classes_predicts_without_names(trained, tmp_path):
+    # A head with more classes than the dataset names (a placeholder num_classes left too
+    # large): predictions still come, without names, and a warning says why.
+    config, ckpt, _ = trained
+    model = init_model(config, ckpt)
+    model.dataset_meta = {'classes': CLASSES[:2]}
+    result = inference_model(model, _image(tmp_path / 'a.png'))
+    assert 'pred_class' not in result and result['pred_scores'].shape == (3,)
+
+
 def test_distilled_config_builds_without_its_teacher(tmp_path):
     config = _config(
         tmp_path,
