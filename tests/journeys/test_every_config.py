@@ -74,15 +74,20 @@ def _pretrained_init(cfg: Config) -> dict:
 
 
 def _pretrained_checkpoint(cfg: Config, tmp_dir: Path) -> str:
-    """The user's checkpoint of the recipe a fine-tuning config starts from (one of the same
-    model, made here)."""
-    named = _pretrained_init(cfg)['checkpoint']  # work_dirs/<recipe>/epoch_300.pth
-    recipe = f'deit/{Path(named).parent.name}.py'
+    """The user's checkpoint that a fine-tuning config starts from, made here: of the recipe
+    it names (``work_dirs/<recipe>/epoch_300.pth``), or else (a converted checkpoint) of the
+    config's own model."""
     from mmdeit.apis import init_model
 
-    model = init_model(str(CONFIGS / recipe))
-    path = tmp_dir / f'{Path(recipe).stem}_pretrained.pth'
-    torch.save({'state_dict': model.state_dict()}, path)
+    named = Path(_pretrained_init(cfg)['checkpoint'])
+    recipe = CONFIGS / 'deit' / f'{named.parent.name}.py'
+    if recipe.is_file():
+        source = str(recipe)
+    else:
+        source = copy.deepcopy(cfg)
+        source.model.init_cfg = None  # not the file it names, which is made here
+    path = tmp_dir / f'{Path(cfg.filename).stem}_pretrained.pth'  # one per journey
+    torch.save({'state_dict': init_model(source).state_dict()}, path)
     return str(path)
 
 
@@ -120,24 +125,13 @@ def _user_body(
             kwargs = {k: v for k, v in t.items() if k != 'type'}
             torch.save({'state_dict': TimmClassifier(**kwargs).state_dict()}, path)
             model += [f'teacher=dict(_delete_=True, **{t!r})', f'teacher_ckpt={str(path)!r}']
-        if pretrained and _pretrained_init(cfg):  # my converted checkpoint: the same model
-            from mmdeit.apis import init_model
-
-            path = tmp_dir / f'{Path(config).stem}_converted.pth'
-            student = copy.deepcopy(cfg)
-            student.model.init_cfg = None  # not the file it names, which I am making here
-            torch.save({'state_dict': init_model(student).state_dict()}, path)
-            inits = [c.to_dict() for c in cfg.model.init_cfg]
-            inits[-1]['checkpoint'] = str(path)
-            model.append(f'init_cfg={inits!r}')
-        pretrained = False  # done here
     else:
         pytest.fail(
             f'{config}: no journey data for dataset type {dataset_type!r}; '
             'add a generator for it in tests/journeys'
         )
     if pretrained and _pretrained_init(cfg):
-        checkpoint = _pretrained_checkpoint(cfg, tmp_dir)  # my 224 run's checkpoint
+        checkpoint = _pretrained_checkpoint(cfg, tmp_dir)  # my earlier run's / converted
         inits = [c.to_dict() for c in cfg.model.init_cfg]
         inits[-1]['checkpoint'] = checkpoint
         model.append(f'init_cfg={inits!r}')
