@@ -294,8 +294,11 @@ class VisionTransformer(BaseBackbone):
         return num_layers - 1, num_layers
 
     # ------------------------------------------------------------------ forward
-    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        """Patch-embed, prepend the extra tokens, add position embedding."""
+    def _embed(
+        self, x: torch.Tensor, mask: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Patch-embed, mask (see :meth:`_mask_patches`), prepend the extra tokens, add position
+        embedding."""
         in_channels = self.patch_embed.projection.in_channels
         if x.dim() != 4 or x.shape[1] != in_channels:
             raise ValueError(
@@ -304,6 +307,8 @@ class VisionTransformer(BaseBackbone):
             )
         B = x.shape[0]
         x, patch_resolution = self.patch_embed(x)  # (B, H*W, C)
+        if mask is not None:
+            x = self._mask_patches(x, mask, patch_resolution)  # (B, H*W, C)
         tokens = [getattr(self, n).expand(B, -1, -1) for n in self.extra_tokens]
         x = torch.cat((*tokens, x), dim=1)  # (B, k+H*W, C)
         x = x + resize_pos_embed(
@@ -314,6 +319,13 @@ class VisionTransformer(BaseBackbone):
             self.num_extra_tokens,
         )
         return self.pre_norm(self.drop_after_pos(x)), patch_resolution
+
+    def _mask_patches(self, x: torch.Tensor, mask: torch.Tensor, hw: Tuple[int, int]):
+        """Hook: replace masked patch embeddings; only a backbone with a mask token does."""
+        raise ValueError(
+            f'mask was given to {type(self).__name__}, which has no mask token; use '
+            'MaskedVisionTransformer or MaskedDistilledVisionTransformer (masked image modeling)'
+        )
 
     def _format_output(self, x: torch.Tensor, hw: Tuple[int, int]):
         """Turn the tokens (B, k+H*W, C) of an output layer into the ``out_type`` output."""
@@ -356,9 +368,12 @@ class VisionTransformer(BaseBackbone):
                 outs.append(self._format_output(x, hw))
         return tuple(outs), hidden_states, attentions
 
-    def forward(self, x: torch.Tensor) -> tuple:
-        """Images (B, C_in, H, W) -> one ``out_type`` output per entry of ``out_indices``."""
-        x, hw = self._embed(x)
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> tuple:
+        """Images (B, C_in, H, W) -> one ``out_type`` output per entry of ``out_indices``.
+
+        ``mask`` (patches to hide) is for backbones with a mask token; defaults to None.
+        """
+        x, hw = self._embed(x, mask)
         return self._run_layers(x, hw, with_details=False)[0]
 
     def forward_with_details(self, x: torch.Tensor) -> Dict[str, tuple]:

@@ -1,0 +1,3 @@
+from .simmim import DeiTSimMIM
+
+__all__ = ['DeiTSimMIM']
