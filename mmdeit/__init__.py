@@ -10,7 +10,7 @@ checkpoint loader and atomic checkpoint writes are turned on by
 the model zoo's own entry points (mmdeit's names only).
 """
 
-from . import apis, datasets, engine, models  # noqa: F401  (registers modules)
+from . import apis, datasets, engine, evaluation, models  # noqa: F401  (registers modules)
 from .apis import get_model, list_models, register_model_zoo  # noqa: F401  (the model zoo)
 from .mim import register_config_package
 

@@ -79,7 +79,8 @@ val_dataloader = dict(
     ),
 )
 test_dataloader = val_dataloader
-val_evaluator = dict(topk=(1,))  # top-5 says little with few classes (and needs 5 of them)
+# top-5 says little with few classes (and needs 5 of them); per_head/*: each head, the teacher
+val_evaluator = [dict(type='Accuracy', topk=(1,)), dict(type='PerHeadAccuracy')]
 test_evaluator = val_evaluator
 
 # Fine-tune schedule: the weights are already good, so a small lr (5e-5 for a batch of 32, a

@@ -64,6 +64,11 @@ def _needs_teacher(cfg: Config) -> bool:
     return 'teacher' in cfg.model and cfg.model.head.loss.get('mode', 'none') != 'none'
 
 
+def _per_head(cfg: Config) -> bool:
+    evaluators = cfg.val_evaluator if isinstance(cfg.val_evaluator, list) else [cfg.val_evaluator]
+    return any(e.get('type') == 'PerHeadAccuracy' for e in evaluators)
+
+
 def _pretrained_init(cfg: Config) -> dict:
     """The model's ``Pretrained`` init (the last of its list), or an empty dict."""
     init_cfg = cfg.model.get('init_cfg') or []
@@ -168,6 +173,10 @@ def _journey(config: str, home: Path, teachers: dict, tmp_dir: Path) -> None:
     assert re.search(r'Epoch\(val\) \[1\]\[\d+/\d+\]\s+accuracy/top1', out), out[-3000:]
     if _needs_teacher(cfg):
         assert 'loss_distill' in out and 'Loaded the teacher from' in out
+    per_head = _per_head(cfg)
+    if per_head:  # each head's top-1 and, with a teacher, its top-1 and agreement
+        assert re.search(r'Epoch\(val\).*per_head/cls_top1: [\d.]+.*per_head/fused_top1', out)
+        assert ('per_head/teacher_agreement' in out) == _needs_teacher(cfg), out[-3000:]
     if any(h.type == 'EMAHook' for h in cfg.get('custom_hooks', [])):
         assert 'ema_state_dict' in ckpt
     groups = ckpt['optimizer']['param_groups']
@@ -191,6 +200,8 @@ def _journey(config: str, home: Path, teachers: dict, tmp_dir: Path) -> None:
     ).stdout  # fmt: skip
     assert re.search(r'Epoch\(test\) \[\d+/\d+\]\s+accuracy/top1', out), out[-3000:]
     assert 'Loaded the teacher' not in out
+    if per_head:  # the student's heads only: test.py builds no teacher
+        assert 'per_head/dist_top1' in out and 'per_head/teacher_top1' not in out
 
     # 3. infer: init_model + inference_model through tools/infer.py
     out = run_cli([tool('infer.py'), 'photo.jpg', my_cfg.name, ckpt_path], home, f'infer_{name}')

@@ -134,6 +134,11 @@ class DistilledImageClassifier(ImageClassifier):
             ``size`` is checked at build time against a ViT-like teacher's patch size; for
             other teachers it cannot be told (a size they cannot take fails at their first
             forward, e.g. in ``TeacherCheckHook``). Defaults to None: the student's batch as is.
+        eval_teacher: In prediction (validation), also run the teacher on the batch and label
+            every sample with its ``teacher_pred_label``, for the teacher's top-1 and its
+            agreement with the student in :class:`~mmdeit.evaluation.PerHeadAccuracy`. Costs
+            one teacher forward per validation batch; nothing without a teacher. Defaults to
+            True.
         pretrained: Checkpoint of the student, see ``ImageClassifier``. Defaults to None.
         train_cfg: Training setting, e.g. ``dict(augments=[...])``. Defaults to None.
         data_preprocessor: Data preprocessor config. Defaults to None
@@ -150,6 +155,7 @@ class DistilledImageClassifier(ImageClassifier):
         teacher_ckpt: Optional[str] = None,
         teacher_channels_last: bool = False,
         teacher_input: Optional[dict] = None,
+        eval_teacher: bool = True,
         pretrained: Optional[str] = None,
         train_cfg: Optional[dict] = None,
         data_preprocessor: Optional[dict] = None,
@@ -173,6 +179,10 @@ class DistilledImageClassifier(ImageClassifier):
             raise TypeError(
                 'teacher_channels_last must be a bool (True or False), got '
                 f'{type(teacher_channels_last).__name__}'
+            )
+        if not isinstance(eval_teacher, bool):
+            raise TypeError(
+                f'eval_teacher must be a bool (True or False), got {type(eval_teacher).__name__}'
             )
         if head is None:
             raise ValueError('DistilledImageClassifier needs a head (a DeiTClsHead config)')
@@ -199,6 +209,7 @@ class DistilledImageClassifier(ImageClassifier):
 
         mode = self.head.loss_module.mode
         self.teacher_channels_last = teacher_channels_last
+        self.eval_teacher = eval_teacher
         self._teacher_ref: Optional[_TeacherRef] = None
         self.teacher_input: Optional[TeacherInput] = None
         if teacher_input is not None:
@@ -349,3 +360,24 @@ class DistilledImageClassifier(ImageClassifier):
         teacher_logits = self.teacher_logits(inputs) if self.teacher is not None else None
         feats = self.extract_feat(inputs)
         return self.head.loss(feats, data_samples, teacher_logits=teacher_logits)
+
+    def predict(
+        self, inputs: torch.Tensor, data_samples: Optional[List[DataSample]] = None, **kwargs
+    ) -> List[DataSample]:
+        """The student's predictions; with ``eval_teacher``, each also gets the teacher's label.
+
+        Args:
+            inputs: The input batch (B, C, H, W).
+            data_samples: The annotations of the batch. Defaults to None.
+            **kwargs: Passed to the head's ``predict``.
+
+        Returns:
+            The data samples with the student's predictions and, if the model has a teacher
+            and ``eval_teacher``, ``teacher_pred_label`` (its argmax).
+        """
+        predictions = super().predict(inputs, data_samples, **kwargs)
+        if self.eval_teacher and self.teacher is not None:
+            teacher_labels = self.teacher_logits(inputs).argmax(dim=1)  # (B, )
+            for i, sample in enumerate(predictions):
+                sample.set_field(teacher_labels[i : i + 1], 'teacher_pred_label')
+        return predictions

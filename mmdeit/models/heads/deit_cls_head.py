@@ -178,6 +178,36 @@ class DeiTClsHead(VisionTransformerClsHead):
         """Prediction logits (B, num_classes) according to ``inference_mode``."""
         return self._fuse(*self.forward_logits(feats))
 
+    def predict(
+        self, feats: Sequence, data_samples: Optional[List[Optional[DataSample]]] = None
+    ) -> List[DataSample]:
+        """Predictions by ``inference_mode``, and every head's own predicted label.
+
+        Besides ``pred_score``/``pred_label`` (as mmpretrain's head: the ``inference_mode``
+        output), each sample gets ``pred_label_cls`` (class-token head) and, when both heads
+        predict the student's classes, ``pred_label_dist`` (distillation head) and
+        ``pred_label_fused`` (their mean): the per-head accuracies of the paper, read by
+        :class:`~mmdeit.evaluation.PerHeadAccuracy`. With a teacher of other classes
+        (``teacher_num_classes``), ``pred_label_dist`` is the teacher class the dist head picks
+        (for the agreement with the teacher) and there is no fused label.
+
+        Args:
+            feats: The backbone outputs, see :meth:`pre_logits`.
+            data_samples: The samples to fill in, or None for new ones. Defaults to None.
+
+        Returns:
+            The data samples with the predictions.
+        """
+        cls_score, dist_score = self.forward_logits(feats)
+        predictions = self._get_predictions(self._fuse(cls_score, dist_score), data_samples)
+        labels = dict(cls=cls_score.argmax(dim=1), dist=dist_score.argmax(dim=1))  # (B, ) each
+        if self.teacher_num_classes == self.num_classes:
+            labels['fused'] = (cls_score + dist_score).argmax(dim=1)
+        for i, sample in enumerate(predictions):
+            for head, label in labels.items():
+                sample.set_field(label[i : i + 1].detach(), f'pred_label_{head}')
+        return predictions
+
     def loss(
         self,
         feats: Sequence,

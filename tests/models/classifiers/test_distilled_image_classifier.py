@@ -247,10 +247,13 @@ def test_runner_trains_one_iteration_and_checkpoints_the_student_only(teacher_ck
             assert torch.allclose(other(**data, mode='tensor'), expected, atol=1e-5)
 
 
-def test_predict_uses_the_student_only(teacher_ckpt):
-    model = MODELS.build(_model_cfg(teacher_ckpt))
+@pytest.mark.parametrize('eval_teacher', [False, True])
+def test_predict_is_the_students(teacher_ckpt, eval_teacher):
+    # the teacher only adds its own label (for PerHeadAccuracy), and only with eval_teacher
+    model = MODELS.build(dict(_model_cfg(teacher_ckpt), eval_teacher=eval_teacher))
     model.eval()
-    model.teacher.register_forward_pre_hook(lambda *args: pytest.fail('teacher was called'))
+    if not eval_teacher:
+        model.teacher.register_forward_pre_hook(lambda *args: pytest.fail('teacher was called'))
     data = model.data_preprocessor(_batch(2), False)
     with torch.no_grad():
         samples = model(**data, mode='predict')
@@ -258,6 +261,7 @@ def test_predict_uses_the_student_only(teacher_ckpt):
         cls_logits, dist_logits = model.head.forward_logits(feats)
     scores = torch.stack([s.pred_score for s in samples])
     assert torch.allclose(scores, F.softmax((cls_logits + dist_logits) / 2, 1), atol=1e-6)
+    assert ('teacher_pred_label' in samples[0]) == eval_teacher
 
 
 def test_none_mode_trains_without_teacher():

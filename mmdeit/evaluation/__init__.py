@@ -1,0 +1,3 @@
+from .metrics import PerHeadAccuracy
+
+__all__ = ['PerHeadAccuracy']

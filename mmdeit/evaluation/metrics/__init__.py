@@ -1,0 +1,3 @@
+from .per_head_accuracy import PerHeadAccuracy
+
+__all__ = ['PerHeadAccuracy']
