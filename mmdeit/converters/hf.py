@@ -58,7 +58,13 @@ HF_HEADS_DISTILLED: KeyTable = [
     ('distillation_classifier.', 'head.layers.head_dist.'),
 ]
 HF_HEADS_CLS: KeyTable = [('classifier.', 'head.layers.head.')]
-#: Parameter-free HF extras that mmdeit has no counterpart for (under the model prefix).
+#: ``DeiTForMaskedImageModeling`` / ``ViTForMaskedImageModeling`` (SimMIM): the mask token of the
+#: encoder (under the model prefix) and the decoder's 1x1 conv (not), into mmdeit's
+#: ``DeiTSimMIM`` (``MaskedDistilledVisionTransformer`` + mmpretrain's ``SimMIMLinearDecoder``).
+HF_MIM_TOKEN: KeyTable = [('embeddings.mask_token', 'backbone.mask_token')]
+HF_MIM_DECODER: KeyTable = [('decoder.0.', 'neck.decoder.0.')]
+#: HF extras that an mmdeit classifier has no counterpart for (under the model prefix); the mask
+#: token is kept when the state dict has the masked-image-modeling decoder.
 HF_DROPPED = ('embeddings.mask_token', 'pooler.')
 ZERO_DIST = ('head.layers.head_dist.weight', 'head.layers.head_dist.bias')
 _QKV_KEY = re.compile(
@@ -66,9 +72,10 @@ _QKV_KEY = re.compile(
 )
 
 
-def _table(prefix: str, layouts: List[str], heads: KeyTable) -> KeyTable:
+def _table(prefix: str, layouts: List[str], heads: KeyTable, mim: bool = False) -> KeyTable:
     body = HF_TOP + [entry for layout in layouts for entry in HF_LAYER[layout]]
-    return [(prefix + hf, mm) for hf, mm in body] + list(heads)
+    body += HF_MIM_TOKEN if mim else []
+    return [(prefix + hf, mm) for hf, mm in body] + list(heads) + (HF_MIM_DECODER if mim else [])
 
 
 def _model_prefix(state_dict: Mapping) -> str:
@@ -118,8 +125,13 @@ def hf_to_mmdeit(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     Reads both the transformers >= 5 names (``layers.N.attention.q_proj``, ``mlp.fc1``) and the
     older ones used by the files on the Hub (``encoder.layer.N.attention.attention.query``,
     ``intermediate.dense``). The separate query/key/value projections of each layer are stacked
-    in that order into mmdeit's fused ``attn.qkv``. ``embeddings.mask_token`` and ``pooler.*``
-    have no counterpart and are dropped with a warning. ``DeiTForImageClassification`` (one
+    in that order into mmdeit's fused ``attn.qkv``. A masked-image-modeling model (SimMIM:
+    ``DeiTForMaskedImageModeling``, ``ViTForMaskedImageModeling``, recognised by its
+    ``decoder.0``) maps to :class:`~mmdeit.models.DeiTSimMIM`: ``embeddings.mask_token`` to
+    ``backbone.mask_token``, ``decoder.0.*`` to ``neck.decoder.0.*`` (HF's DeiT decoder reads
+    the tokens shifted by one patch, mmdeit's does not: docs/simmim.md). Otherwise
+    ``embeddings.mask_token`` and ``pooler.*`` have no counterpart and are dropped with a
+    warning. ``DeiTForImageClassification`` (one
     ``classifier``, on the cls token, over a distilled backbone) gets a zero ``head_dist``, so it
     loads into ``DeiTClsHead``, to be used with ``inference_mode='cls'``.
 
@@ -128,9 +140,10 @@ def hf_to_mmdeit(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
             query/key/value.
     """
     prefix = _model_prefix(state_dict)
-    drop = tuple(prefix + name for name in HF_DROPPED)
+    mim = 'decoder.0.weight' in state_dict  # DeiT/ViTForMaskedImageModeling: keep the mask token
+    drop = tuple(prefix + name for name in HF_DROPPED if not (mim and 'mask_token' in name))
     dropped = [k for k in state_dict if k.startswith(drop)]
-    table = _table(prefix, list(HF_LAYOUTS), HF_HEADS_DISTILLED + HF_HEADS_CLS)
+    table = _table(prefix, list(HF_LAYOUTS), HF_HEADS_DISTILLED + HF_HEADS_CLS, mim)
     out = _fuse_qkv(rename_keys(state_dict, table, 'HF', drop=drop))
     logger = MMLogger.get_current_instance()
     if dropped:
@@ -154,7 +167,9 @@ def mmdeit_to_hf(state_dict: Mapping[str, torch.Tensor], layout: str = 'legacy')
     ``cls_classifier``, ``distillation_classifier``), a cls-only one to
     ``ViTForImageClassification`` (``vit.`` prefix, ``classifier``), which is how HF ships the
     non-distilled DeiT. A distilled model whose ``head_dist`` is all zeros (see
-    :func:`hf_to_mmdeit`) maps back to ``DeiTForImageClassification`` (``classifier``). The
+    :func:`hf_to_mmdeit`) maps back to ``DeiTForImageClassification`` (``classifier``). A
+    ``DeiTSimMIM`` (``backbone.mask_token``, ``neck.decoder.0.*``) maps to
+    ``DeiTForMaskedImageModeling`` (``ViTForMaskedImageModeling`` without a dist token). The
     fused ``attn.qkv`` is split into query/key/value.
 
     Args:
@@ -174,6 +189,7 @@ def mmdeit_to_hf(state_dict: Mapping[str, torch.Tensor], layout: str = 'legacy')
     # model maps to the cls-only classifier; a trained one keeps an exactly-zero bias.
     drop_dist = not distilled or len(zero_dist) == 2
     heads = HF_HEADS_CLS if drop_dist else HF_HEADS_DISTILLED
-    table = _table('deit.' if distilled else 'vit.', [layout], heads)
+    mim = 'backbone.mask_token' in state_dict
+    table = _table('deit.' if distilled else 'vit.', [layout], heads, mim)
     drop = zero_dist if drop_dist else []
     return rename_keys(_split_qkv(state_dict), table, 'mmdeit (to HF)', reverse=True, drop=drop)
