@@ -5,6 +5,10 @@ default_scope = 'mmdeit'
 # kill while they are written; building it turns on mmdeit's safe checkpoint loader (resume on
 # torch >= 2.6, code-running pickles refused) and atomic local writes. Children that set only
 # some of its fields (interval, ...) keep the type.
+# RNGStateHook (mmdeit.engine): checkpoints carry every random state (torch, numpy, random, the
+# sampler's and the data workers' seeds, the place in the epoch), so a resumed run repeats the
+# uninterrupted one bit for bit (docs/resume.md). A default hook rather than a custom one, so
+# that configs which replace the custom_hooks list keep it.
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=100),
@@ -12,6 +16,7 @@ default_hooks = dict(
     checkpoint=dict(type='AtomicCheckpointHook', interval=1, max_keep_ckpts=3, save_best='auto'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='VisualizationHook', enable=False),
+    rng_state=dict(type='RNGStateHook'),
 )
 
 env_cfg = dict(

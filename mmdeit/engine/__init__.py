@@ -1,4 +1,4 @@
-"""mmdeit's engine parts. Importing this package registers its hooks and optim wrapper and
+"""mmdeit's engine parts. Importing this package registers its hooks, loop and optim wrapper and
 changes nothing in mmengine; :func:`setup_engine` turns on the safe checkpoint loader and
 atomic local writes (mmdeit's tools and :class:`AtomicCheckpointHook` call it)."""
 
@@ -13,21 +13,29 @@ from .checkpoint_loader import (
 )
 from .cpu_distributed import setup_cpu_distributed
 from .engine_setup import engine_is_set_up, setup_engine
-from .hooks import AtomicCheckpointHook, NanGuardHook, TeacherCheckHook
+from .exact_resume_loop import ExactResumeEpochBasedTrainLoop
+from .hooks import AtomicCheckpointHook, NanGuardHook, RNGStateHook, TeacherCheckHook
 from .optim_wrappers import CPUAmpOptimWrapper
+from .rng_state import RNGStateError, capture_rng_state, check_rng_state, restore_rng_state
 
 __all__ = [
     'AtomicCheckpointHook',
     'AtomicLocalBackend',
     'CPUAmpOptimWrapper',
+    'ExactResumeEpochBasedTrainLoop',
     'NanGuardHook',
+    'RNGStateError',
+    'RNGStateHook',
     'TeacherCheckHook',
     'UnsafeCheckpointError',
     'atomic_write',
+    'capture_rng_state',
+    'check_rng_state',
     'engine_is_set_up',
     'load_checkpoint_file',
     'register_atomic_local_backend',
     'register_safe_checkpoint_loader',
+    'restore_rng_state',
     'safe_globals',
     'safe_load',
     'safe_load_checkpoint',

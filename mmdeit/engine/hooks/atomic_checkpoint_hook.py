@@ -3,6 +3,7 @@
 import glob
 import os
 import os.path as osp
+from typing import Any, List
 
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
@@ -40,6 +41,8 @@ class AtomicCheckpointHook(CheckpointHook):
       pointer are written (mmengine removes it first, so a kill during the save of the new one
       leaves ``last_checkpoint`` naming a deleted file, and with ``max_keep_ckpts=1`` no
       checkpoint at all).
+    - With ``save_best``, the previous best checkpoint is removed only after the new best is
+      written (mmengine removes it first: a kill in between leaves no best checkpoint).
 
     Before the run it removes the temporary files (``.<name>.<random>.tmp``) that a killed
     write left in ``work_dir``.
@@ -68,6 +71,24 @@ class AtomicCheckpointHook(CheckpointHook):
         for leftover in glob.glob(osp.join(glob.escape(runner.work_dir), '.*' + TMP_SUFFIX)):
             runner.logger.warning(f'Removing {leftover}, left by an interrupted checkpoint write.')
             os.remove(leftover)
+
+    def _save_best_checkpoint(self, runner, metrics: dict) -> None:
+        """mmengine's best-checkpoint logic, with the old best removed after the new is
+        written: while it runs, ``file_backend`` records removals instead of doing them."""
+        backend = self.file_backend
+        deferred = _DeferredRemovals(backend)
+        self.file_backend = deferred
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            self.file_backend = backend
+        keep = {
+            getattr(self, 'best_ckpt_path', None),
+            *(getattr(self, 'best_ckpt_path_dict', None) or {}).values(),
+        }
+        for method, path in deferred.removals:
+            if path not in keep:  # a new best of the same name replaced the old one in place
+                getattr(backend, method)(path)
 
     def _remove_checkpoint(self, step: int) -> None:
         path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(step))
@@ -105,3 +126,21 @@ class AtomicCheckpointHook(CheckpointHook):
         atomic_write(self.last_ckpt, osp.join(runner.work_dir, LAST_CHECKPOINT))
         for old in stale:
             self._remove_checkpoint(old)
+
+
+class _DeferredRemovals:
+    """A file backend that records ``remove``/``rmtree`` calls instead of running them and
+    forwards everything else to the real backend."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self.removals: List[tuple] = []
+
+    def remove(self, path: str) -> None:
+        self.removals.append(('remove', path))
+
+    def rmtree(self, path: str) -> None:
+        self.removals.append(('rmtree', path))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)

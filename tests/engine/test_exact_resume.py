@@ -1,0 +1,191 @@
+"""Resuming repeats the uninterrupted run bit for bit (RNGStateHook + the exact-resume loop):
+the digits DeiT with random crop/rotation, Mixup/CutMix and drop path, resumed at an epoch
+boundary and mid-epoch, with 0 and 2 data loader workers, and over 2 gloo processes."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mmdeit  # noqa: F401  (registers modules and the mmdeit:: configs)
+from mmdeit.engine import RNGStateError, safe_load
+from tools.train import main as train_main
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = 'mmdeit::digits/deit-digits-tiny_1xb64_digits.py'
+EPOCHS, ITERS = 3, 3  # 48 train images, batch 16 (2 x 8 over two ranks)
+WARNING = 'holds no random state'
+
+
+def _config(folder: Path, num_workers: int, batch_size: int = 16, **extra: str) -> str:
+    """The digits DeiT, small: epoch checkpoints (and the best), plus one every iteration."""
+    lines = [
+        f'_base_ = {BASE!r}',
+        f'train_dataloader = dict(batch_size={batch_size}, num_workers={num_workers}, '
+        'persistent_workers=False, dataset=dict(indices=48))',
+        'val_dataloader = dict(batch_size=40, num_workers=0, dataset=dict(indices=40))',
+        'test_dataloader = val_dataloader',
+        f'train_cfg = dict(max_epochs={EPOCHS})',
+        'default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, '
+        'max_keep_ckpts=-1))',
+        "custom_hooks = [dict(type='NanGuardHook'), dict(type='AtomicCheckpointHook', "
+        'by_epoch=False, interval=1, max_keep_ckpts=-1, save_last=False)]',
+        *(f'{key} = {value}' for key, value in extra.items()),
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f'digits_w{num_workers}.py'
+    path.write_text('\n'.join(lines) + '\n')
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """One intra-op thread, as the subprocesses have: the same float sums in every run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _train(config: str, work_dir: Path, name: str, *options: str) -> None:
+    # mmengine shares the logger and MessageHub of runners with the same experiment name.
+    train_main([config, '--work-dir', str(work_dir), *options, '--cfg-options',
+                f'experiment_name={name}'])  # fmt: skip
+
+
+def _weights(path: Path) -> dict:
+    return safe_load(str(path))['state_dict']
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def _resume(config: str, ckpt: Path, work_dir: Path, name: str) -> str:
+    _train(config, work_dir, name, '--resume', str(ckpt))
+    return '\n'.join(p.read_text() for p in work_dir.glob('*/*.log'))
+
+
+@pytest.fixture(scope='module', params=[0, 2], ids=['workers0', 'workers2'])
+def reference(request, tmp_path_factory, one_thread):
+    """An uninterrupted 3-epoch run; its checkpoints are those an interrupted run wrote."""
+    folder = tmp_path_factory.mktemp(f'w{request.param}')
+    config = _config(folder, request.param)
+    _train(config, folder / 'reference', f'reference_w{request.param}')
+    return config, folder
+
+
+@pytest.mark.parametrize('ckpt', ['epoch_1.pth', 'iter_4.pth', 'iter_8.pth'])
+def test_resumed_run_ends_with_the_uninterrupted_weights(reference, ckpt, one_thread):
+    config, folder = reference
+    source = folder / 'reference' / ckpt
+    meta = safe_load(str(source))['meta']
+    done = meta['iter'] - meta['epoch'] * ITERS  # batches of the epoch trained before it
+    assert done == {'epoch_1.pth': 0, 'iter_4.pth': 1, 'iter_8.pth': 2}[ckpt]
+    work_dir = folder / f'resumed_{ckpt}'
+    log = _resume(config, source, work_dir, f'resumed_{folder.name}_{ckpt}')
+    assert WARNING not in log
+    if done:
+        assert f'reading its first {done} of {ITERS} batches again' in log
+        assert f'Epoch(train) [{meta["epoch"] + 1}][{done + 1}/{ITERS}]' in log
+    final = f'epoch_{EPOCHS}.pth'
+    resumed, uninterrupted = _weights(work_dir / final), _weights(folder / 'reference' / final)
+    assert _max_diff(resumed, uninterrupted) == 0.0
+    assert safe_load(str(work_dir / final))['meta']['iter'] == EPOCHS * ITERS
+
+
+def test_checkpoint_holds_plain_rng_state_read_by_the_safe_loader(reference):
+    _, folder = reference
+    state = safe_load(str(folder / 'reference' / 'iter_4.pth'))['rng_state']  # weights_only
+    assert state['format'] == 1 and state['world_size'] == len(state['ranks']) == 1
+    entry = state['ranks'][0]
+    assert {'current', 'epoch_start', 'sampler_seed', 'sampler_epoch', 'worker_seed'} <= set(entry)
+    assert entry['sampler_seed'] == 0 and entry['sampler_epoch'] == 1
+
+    def plain(value):
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and plain(v) for k, v in value.items())
+        if isinstance(value, (list, tuple)):
+            return all(plain(v) for v in value)
+        return value is None or isinstance(value, (bool, int, float, str, torch.Tensor))
+
+    assert plain(state)
+
+
+def test_old_checkpoint_resumes_with_a_warning(reference, tmp_path, one_thread):
+    config, folder = reference
+    if folder.name.startswith('w2'):
+        pytest.skip('one loader setting is enough')
+    ckpt = safe_load(str(folder / 'reference' / 'iter_4.pth'))
+    del ckpt['rng_state']
+    torch.save(ckpt, tmp_path / 'old.pth')
+    log = _resume(config, tmp_path / 'old.pth', tmp_path / 'resumed', 'old_ckpt')
+    assert WARNING in log and 'will not repeat the uninterrupted run exactly' in log
+    # Without the states the continuation differs: the test above is not vacuous.
+    final = f'epoch_{EPOCHS}.pth'
+    resumed = _weights(tmp_path / 'resumed' / final)
+    assert _max_diff(resumed, _weights(folder / 'reference' / final)) > 0
+
+
+def test_corrupt_rng_state_is_refused_naming_the_field(reference, tmp_path, one_thread):
+    config, folder = reference
+    if folder.name.startswith('w2'):
+        pytest.skip('one loader setting is enough')
+    ckpt = safe_load(str(folder / 'reference' / 'iter_4.pth'))
+    ckpt['rng_state']['ranks'][0]['current']['numpy']['keys'] = torch.zeros(5, dtype=torch.int64)
+    torch.save(ckpt, tmp_path / 'bad.pth')
+    with pytest.raises(RNGStateError, match=r'rng_state\.ranks\[0\]\.current\.numpy\.keys'):
+        _train(config, tmp_path / 'resumed', 'bad_ckpt', '--resume', str(tmp_path / 'bad.pth'))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _dist_train(tmp_path: Path, config: str, work_dir: str, *options: str) -> None:
+    """``tools/dist_train.sh CONFIG 2`` from the user's folder, as a user runs it."""
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTEST_CURRENT_TEST')}
+    env.update(
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get('PATH', '')]),
+        PORT=str(_free_port()),
+        OMP_NUM_THREADS='1',
+        PYTHONUNBUFFERED='1',
+    )
+    command = ['bash', str(REPO / 'tools' / 'dist_train.sh'), config, '2', '--work-dir', work_dir]
+    command += [*options, '--cfg-options', 'env_cfg.dist_cfg.backend=gloo']
+    proc = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=540,
+    )
+    (tmp_path / f'{work_dir}.out').write_text(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='gloo on CPUs')
+def test_two_gloo_processes_resume_mid_epoch_exactly(tmp_path):
+    # Each rank its own seed (diff_rank_seed), so each rank has its own random states.
+    config = _config(tmp_path, 0, batch_size=8, randomness='dict(seed=0, diff_rank_seed=True)')
+    _dist_train(tmp_path, config, 'reference')
+    source = tmp_path / 'reference' / 'iter_4.pth'
+    ranks = safe_load(str(source))['rng_state']['ranks']
+    assert len(ranks) == 2
+    assert not torch.equal(ranks[0]['current']['torch'], ranks[1]['current']['torch'])
+    _dist_train(tmp_path, config, 'resumed', '--resume', str(source))
+    output = (tmp_path / 'resumed.out').read_text()
+    assert 'reading its first 1 of 3 batches again' in output and WARNING not in output
+    final = f'epoch_{EPOCHS}.pth'
+    resumed, uninterrupted = (_weights(tmp_path / d / final) for d in ('resumed', 'reference'))
+    assert _max_diff(resumed, uninterrupted) == 0.0
