@@ -8,17 +8,23 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
   accumulates ``x @ W^T`` into it (output projection, second FFN layer), instead of a GEMM,
   a new tensor for the branch and a separate add. Without autograd the FFN's shortcut is a
   temporary of the layer, so its memory is reused and the GELU works in place.
-* **oneDNN linears for fp32 CPU inference**, the FFN's GELU fused into the first GEMM
+* **oneDNN linears for CPU inference**, the FFN's GELU fused into the first GEMM
   (``mmdeit/models/utils/onednn_linear.py``); the shortcut is added into the GEMM's output.
+  In fp32, and in bf16 on CPUs with native bf16 GEMMs: a model cast to bf16, or bf16
+  autocast (bf16 copies of the weights made once, not per call; the branch is summed into
+  the fp32 shortcut, as autocast's ``x + branch`` does).
 * **Stochastic depth skips the dropped samples** in training: their residual branch is not
-  computed at all (``mmdeit/models/utils/drop_path.py``), with mmcv's random draw.
+  computed at all (``mmdeit/models/utils/drop_path.py``), with mmcv's random draw. On the CPU
+  only: on CUDA finding them would sync the host in every layer, so there (and under
+  ``torch.compile``) the mask-multiply form runs, with the same draw.
 * **``num_queries``**: a layer can compute only its first ``num_queries`` output tokens (keys
   and values still come from every token). The backbone uses it in its last layer when only
   the cls/dist tokens are read.
 
 Each measure applies only where it is exact (fp32, erf GELU: only the rounding order of the
-sums changes); everywhere else the reference code runs (``super()``). Under autocast the
-shortcut stays in full precision and the ordinary ops run.
+sums changes; in bf16, the products autocast or the bf16 model computes); everywhere else the
+reference code runs (``super()``). Under autocast the shortcut stays in full precision; with
+autograd on the ordinary (autocast) ops run.
 """
 
 from typing import Optional, Tuple
@@ -28,7 +34,7 @@ import torch.nn as nn
 from mmcv.cnn.bricks.drop import DropPath
 
 from ..utils import onednn_linear as onednn
-from ..utils.drop_path import skip_dropped_samples
+from ..utils.drop_path import multiply_dropped, skip_dropped_samples, skips_dropped_samples
 from .transformer_layer import FFN, MultiheadAttention, TransformerEncoderLayer
 
 
@@ -51,8 +57,10 @@ def _fused_residual_linear(
 
     The common case (no active dropout or DropPath, no LayerScale, no autocast) writes
     ``identity + bias`` once and lets the GEMM accumulate ``x @ W^T`` into it (``addmm_``,
-    beta=1). With oneDNN (fp32 CPU inference) the GEMM writes a new tensor and the shortcut is
-    added into it in place. Otherwise the formula is computed as written.
+    beta=1). With oneDNN (CPU inference in fp32, of a bf16 model, or under bf16 autocast) the
+    GEMM writes a new tensor and the shortcut is added into it in place; under autocast the
+    bf16 branch is added into the fp32 shortcut instead (in place if ``inplace``), so the sum
+    has the shortcut's dtype as in the reference. Otherwise the formula is computed as written.
 
     Args:
         identity: The shortcut (B, n, C_out).
@@ -68,11 +76,16 @@ def _fused_residual_linear(
         _active_dropout(dropout)
         or _active_dropout(drop_path)
         or not isinstance(layer_scale, nn.Identity)
-        or torch.is_autocast_enabled(x.device.type)  # keep the shortcut in full precision
     ):
         return identity + drop_path(layer_scale(dropout(linear(x))))
-    if onednn.onednn_applies(x, linear):  # fp32 CPU inference
-        return onednn.onednn_linear(x, linear).add_(identity)  # a new tensor, summed in place
+    if onednn.onednn_applies(x, linear):  # CPU inference: fp32, a bf16 model, bf16 autocast
+        out = onednn.onednn_linear(x, linear)  # a new tensor
+        if out.dtype == identity.dtype:
+            return out.add_(identity)  # summed in place
+        # Autocast: a bf16 branch into the fp32 stream, summed in the stream's dtype.
+        return identity.add_(out) if inplace else torch.add(identity, out)
+    if torch.is_autocast_enabled(x.device.type):  # keep the shortcut in full precision
+        return identity + drop_path(layer_scale(dropout(linear(x))))
     shape = identity.shape  # (B, n, C_out)
     x2d = x.reshape(-1, x.shape[-1])  # (B*n, C_in), a view for contiguous x
     identity2d = identity.reshape(-1, shape[-1])  # (B*n, C_out)
@@ -138,7 +151,7 @@ class FastFFN(FFN):
         fc1, act, drop = self.layers[0]
         if type(act) is not nn.GELU:
             return self.layers[0](x)
-        if onednn.onednn_applies(x, fc1):  # fp32 CPU inference
+        if onednn.onednn_applies(x, fc1):  # CPU inference: fp32 or bf16
             return drop(onednn.onednn_linear(x, fc1, gelu=act.approximate))
         if torch.is_grad_enabled():
             return self.layers[0](x)
@@ -177,6 +190,10 @@ def _add_residual(
 ) -> torch.Tensor:
     """``identity + module(norm(x))``; in training, dropped samples' branches are skipped.
 
+    On the CPU only (``nonzero`` would wait for a CUDA device in every layer): elsewhere, and
+    while ``torch.compile`` traces, the dropped samples are computed and multiplied by 0 (the
+    same random draw; ``mmdeit/models/utils/drop_path.py``).
+
     Args:
         identity: The shortcut (B, n, C).
         x: The layer tokens (B, N, C).
@@ -191,6 +208,8 @@ def _add_residual(
         def branch(t: torch.Tensor) -> torch.Tensor:
             return module.branch(norm(t), **kwargs)
 
+        if not skips_dropped_samples(x):  # CUDA (no host sync per layer), torch.compile
+            return multiply_dropped(identity, x, branch, drop_path.drop_prob)
         return skip_dropped_samples(identity, x, branch, drop_path.drop_prob)
     return module.add_branch(identity, norm(x), inplace=inplace, **kwargs)
 
@@ -213,6 +232,16 @@ class FastTransformerEncoderLayer(TransformerEncoderLayer):
         )
         # x is this layer's temporary: without autograd its memory takes the sum.
         return _add_residual(x, x, self.ln2, self.ffn, self.ffn.dropout_layer, inplace=True)
+
+    def train(self, mode: bool = True) -> 'FastTransformerEncoderLayer':
+        """Set the mode, and drop the bf16 weight copies of bf16-autocast inference.
+
+        They are made again at the next such call: so a switch of mode (e.g. the validation
+        loop's ``model.eval()``) also catches weights changed through ``.data`` (as mmengine's
+        EMA hook swaps them), which leaves the weight's version unchanged.
+        """
+        onednn.clear_bf16_params(self)
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
         """(B, N, C) -> (B, n, C).

@@ -1,8 +1,20 @@
-"""Stochastic depth that skips the dropped samples instead of multiplying them by zero."""
+"""Stochastic depth that skips the dropped samples instead of multiplying them by zero.
+
+Skipping needs the indices of the kept samples (``nonzero``), which a CUDA (or any
+asynchronous) device has to hand to the host: a wait for the device in every layer. So the
+skipping form runs where that is free, on the CPU, and everywhere else (and while
+``torch.compile`` traces, where a data-dependent batch size would break the graph) the
+mask-multiply form runs: the same random draw, the same sums, every sample computed
+(:func:`skips_dropped_samples` says which, from the input's device; the fast encoder layer
+asks it).
+"""
 
 from typing import Callable
 
 import torch
+
+#: Device types on which the kept samples are found with ``nonzero`` (no device sync there).
+SKIP_DEVICE_TYPES = frozenset({'cpu'})
 
 
 def drop_path_mask(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -28,8 +40,9 @@ def multiply_dropped(
 ) -> torch.Tensor:
     """mmcv's way: compute ``branch`` for every sample and multiply the dropped ones by 0.
 
-    Same arguments and result as :func:`skip_dropped_samples`; kept as the reference it is
-    tested against (the reference layers, ``fast_path=False``, use mmcv's ``DropPath``).
+    Same arguments and result as :func:`skip_dropped_samples`, without its device sync: the
+    form that runs on CUDA, and the reference the skipping form is tested
+    against (the reference layers, ``fast_path=False``, use mmcv's ``DropPath``).
     """
     return _masked_sum(identity, branch(x), drop_path_mask(x, drop_prob), 1 - drop_prob)
 
@@ -66,3 +79,13 @@ def skip_dropped_samples(
         return _masked_sum(identity, branch(x), mask, keep)
     out = branch(x.index_select(0, kept)).to(identity.dtype)  # (b, n, C)
     return identity.index_add(0, kept, out, alpha=1 / keep)
+
+
+def skips_dropped_samples(x: torch.Tensor) -> bool:
+    """Whether to skip the dropped samples (:func:`skip_dropped_samples`) for this input, or
+    else to multiply them by 0 (:func:`multiply_dropped`).
+
+    True on the devices of :data:`SKIP_DEVICE_TYPES` (the CPU), unless ``torch.compile`` is
+    tracing; False elsewhere (CUDA: no host sync per layer).
+    """
+    return x.device.type in SKIP_DEVICE_TYPES and not torch.compiler.is_compiling()

@@ -1,0 +1,168 @@
+"""The fast path in bf16 (bf16 autocast, and a model cast to bf16): it takes its oneDNN GEMMs
+(on CPUs with native bf16), computes what the reference layers compute there within bf16's
+rounding, and in fp32 nothing changed."""
+
+import copy
+
+import pytest
+import torch
+
+from mmdeit.models.backbones import DistilledVisionTransformer, VisionTransformer
+from mmdeit.models.utils import onednn_linear
+
+from ...conftest import TINY_ARCH
+
+BATCH = 4
+IMG = 32
+BF16 = dict(rtol=0.05, atol=0.05)  # a few bf16 roundings (8 bits of mantissa) per layer
+NEEDS_BF16 = pytest.mark.skipif(
+    not onednn_linear.BF16_SUPPORTED, reason='no native bf16 GEMMs in oneDNN on this CPU'
+)
+OUT_TYPES = VisionTransformer.OUT_TYPES
+
+
+def _pair(out_type: str = 'cls_token', cls=DistilledVisionTransformer):
+    """A fast and a reference backbone with the same (non-trivial) weights, in eval mode."""
+    torch.manual_seed(0)
+    kwargs = dict(arch=TINY_ARCH, img_size=IMG, patch_size=8, out_type=out_type)
+    fast = cls(**kwargs)
+    with torch.no_grad():
+        for name in ('pos_embed', *fast.extra_tokens):
+            getattr(fast, name).normal_(std=0.02)
+        for module in fast.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.bias.normal_(std=0.02)
+    ref = cls(**kwargs, fast_path=False)
+    ref.load_state_dict(fast.state_dict(), strict=True)
+    return fast.eval(), ref.eval()
+
+
+def _flat(outs) -> list:
+    return [t for out in outs for t in (out if isinstance(out, tuple) else (out,))]
+
+
+def _autocast():
+    return torch.autocast('cpu', dtype=torch.bfloat16)
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch) -> list:
+    """The output dtype of every oneDNN GEMM (the function is spied on, still called)."""
+    calls = []
+    real = onednn_linear.onednn_linear
+
+    def spy(x, linear, gelu=None, rows=slice(None)):
+        out = real(x, linear, gelu, rows)
+        calls.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(onednn_linear, 'onednn_linear', spy)
+    return calls
+
+
+@pytest.mark.parametrize('cls', [DistilledVisionTransformer, VisionTransformer])
+@pytest.mark.parametrize('out_type', OUT_TYPES)
+def test_autocast_inference_is_the_reference_within_bf16(cls, out_type):
+    fast, ref = _pair(out_type, cls)
+    x = torch.randn(BATCH, 3, IMG, IMG)
+    with torch.inference_mode():
+        fp32 = _flat(ref(x))
+        with _autocast():
+            got, want = _flat(fast(x)), _flat(ref(x))
+    for g, w, exact in zip(got, want, fp32, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        torch.testing.assert_close(g.float(), w.float(), **BF16)
+        torch.testing.assert_close(g.float(), exact, **BF16)
+
+
+@pytest.mark.parametrize('out_type', OUT_TYPES)
+def test_bf16_model_inference_is_the_reference_within_bf16(out_type):
+    fast, ref = _pair(out_type)
+    x = torch.randn(BATCH, 3, IMG, IMG)
+    with torch.inference_mode():
+        fp32 = _flat(ref(x))
+        got = _flat(copy.deepcopy(fast).bfloat16()(x.bfloat16()))
+        want = _flat(copy.deepcopy(ref).bfloat16()(x.bfloat16()))
+    for g, w, exact in zip(got, want, fp32, strict=True):
+        assert g.dtype == w.dtype == torch.bfloat16
+        torch.testing.assert_close(g.float(), w.float(), **BF16)
+        torch.testing.assert_close(g.float(), exact, rtol=0.1, atol=0.1)  # a bf16 stream
+
+
+@NEEDS_BF16
+@pytest.mark.parametrize('cast', [False, True], ids=['autocast', 'bf16 model'])
+def test_bf16_inference_runs_every_linear_through_onednn(onednn_calls, cast):
+    fast, ref = _pair()
+    x = torch.randn(BATCH, 3, IMG, IMG)
+    if cast:
+        fast, x = fast.bfloat16(), x.bfloat16()
+    with torch.inference_mode(), _autocast() if not cast else torch.autocast('cpu', enabled=False):
+        fast(x)
+    layers = TINY_ARCH['num_layers']
+    # 4 per layer; the last layer's qkv is two (its queries of the cls/dist tokens only)
+    assert onednn_calls == [torch.bfloat16] * (4 * layers + 1)
+    onednn_calls.clear()
+    with torch.no_grad(), _autocast():
+        ref(x)  # the reference never
+    with _autocast():
+        fast.train()(x.float())  # with autograd: the ordinary (autocast) ops
+    assert onednn_calls == []
+
+
+def test_fp32_inference_is_unchanged(onednn_calls):
+    fast, ref = _pair()
+    x = torch.randn(BATCH, 3, IMG, IMG)
+    with torch.inference_mode():
+        got, want = _flat(fast(x)), _flat(ref(x))
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    if onednn_linear._HAS_OP:
+        assert set(onednn_calls) == {torch.float32}
+
+
+@NEEDS_BF16
+def test_bf16_weight_copies_follow_the_weights():
+    """The bf16 copies autocast inference keeps are remade when the weights change: in place
+    (an optimizer step, ``load_state_dict``), through ``.data`` plus a mode switch, ``.to()``."""
+    fast, ref = _pair()
+    x = torch.randn(BATCH, 3, IMG, IMG)
+
+    def check():
+        with torch.inference_mode(), _autocast():
+            got, want = _flat(fast(x)), _flat(ref(x))
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g.float(), w.float(), **BF16)
+
+    check()
+    qkv = fast.layers[0].attn.qkv
+    assert qkv.__dict__[onednn_linear._CACHE_ATTR][1][0].dtype == torch.bfloat16
+    assert not any('bf16' in key for key in fast.state_dict())  # not saved
+    with torch.no_grad():  # in place, as an optimizer step
+        for p in fast.parameters():
+            p.mul_(1.5)
+    ref.load_state_dict(fast.state_dict())
+    check()
+    for p in fast.parameters():  # through .data: the version is unchanged
+        p.data.mul_(0.5)
+    fast.eval()  # a mode switch drops the copies (the validation loop calls it)
+    ref.load_state_dict(fast.state_dict())
+    check()
+    fast.to(torch.float64).to(torch.float32)  # new storage
+    check()
+
+
+def test_onednn_applies_where_it_is_exact_or_bf16():
+    linear = torch.nn.Linear(8, 8)
+    x = torch.randn(2, 8)
+    has, bf16 = onednn_linear._HAS_OP, onednn_linear.BF16_SUPPORTED
+    with torch.no_grad():
+        assert onednn_linear.onednn_applies(x, linear) is has
+        assert onednn_linear.onednn_applies(x.bfloat16(), linear) is False  # mixed, no autocast
+        with _autocast():
+            assert onednn_linear.onednn_applies(x, linear) is bf16
+        with torch.autocast('cpu', dtype=torch.float16):
+            assert onednn_linear.onednn_applies(x, linear) is False
+        assert onednn_linear.onednn_applies(x.bfloat16(), linear.bfloat16()) is bf16
+    with _autocast():  # autograd on
+        assert onednn_linear.onednn_applies(x, linear) is False
