@@ -24,6 +24,21 @@ def _load_digits() -> tuple:
     return digits.images, digits.target
 
 
+def _check_subset(subset: object) -> None:
+    """Raise a clear error for a ``subset`` that is neither None, a fraction nor a count."""
+    if subset is None:
+        return
+    if isinstance(subset, bool) or not isinstance(subset, (Integral, Real)):
+        raise TypeError(
+            f'subset must be None, a fraction in (0, 1] or a number of images, got {subset!r}'
+        )
+    if isinstance(subset, Integral):
+        if subset <= 0:
+            raise ValueError(f'subset must be a positive number of images, got {subset}')
+    elif not 0.0 < float(subset) <= 1.0:
+        raise ValueError(f'subset as a fraction must be in (0, 1], got {subset!r}')
+
+
 @DATASETS.register_module()
 class DigitsDataset(BaseDataset):
     """The 1,797 8x8 handwritten digits of scikit-learn (``load_digits``), 10 classes.
@@ -44,6 +59,14 @@ class DigitsDataset(BaseDataset):
         seed: Random state of the stratified split. Defaults to 0.
         val_fraction: Fraction of the images (per class, rounded as scikit-learn's
             ``train_test_split`` does) that go to 'val', in (0, 1). Defaults to 0.2.
+        subset: Keep only a stratified random subset of the split (e.g. to study how
+            distillation depends on the amount of training data): a fraction in (0, 1] or a
+            number of images (an int >= the number of classes, at most the split's size), drawn
+            per class in proportion (``train_test_split(train_size=subset, stratify=labels)``),
+            in the split's order. Defaults to None: the whole split.
+        subset_seed: Random state of the subset draw: the same ``seed``, ``val_fraction``,
+            ``subset`` and ``subset_seed`` always give the same images, whatever the training
+            seed (so every run of a comparison trains on the same subset). Defaults to 0.
         metainfo: Meta information, e.g. ``dict(classes=...)``. Defaults to None, i.e.
             ``METAINFO`` (classes '0' .. '9').
         **kwargs: Other arguments of mmpretrain's ``BaseDataset``: ``pipeline``,
@@ -59,6 +82,8 @@ class DigitsDataset(BaseDataset):
         split: str = 'train',
         seed: int = 0,
         val_fraction: float = 0.2,
+        subset: Optional[int | float] = None,
+        subset_seed: int = 0,
         metainfo: Optional[dict] = None,
         **kwargs,
     ):
@@ -70,6 +95,13 @@ class DigitsDataset(BaseDataset):
             raise TypeError(f'val_fraction must be a float in (0, 1), got {val_fraction!r}')
         if not 0.0 < float(val_fraction) < 1.0:
             raise ValueError(f'val_fraction must be in (0, 1), got {val_fraction!r}')
+        _check_subset(subset)
+        if (
+            isinstance(subset_seed, bool)
+            or not isinstance(subset_seed, Integral)
+            or subset_seed < 0
+        ):
+            raise TypeError(f'subset_seed must be a non-negative int, got {subset_seed!r}')
         for key in ('ann_file', 'data_root', 'data_prefix'):
             if kwargs.get(key):
                 raise ValueError(
@@ -80,6 +112,8 @@ class DigitsDataset(BaseDataset):
         self.split = split
         self.seed = int(seed)
         self.val_fraction = float(val_fraction)
+        self.subset = subset
+        self.subset_seed = int(subset_seed)
         super().__init__(ann_file='', metainfo=metainfo, **kwargs)
 
     def split_indices(self) -> np.ndarray:
@@ -94,7 +128,27 @@ class DigitsDataset(BaseDataset):
             random_state=self.seed,
             shuffle=True,
         )
-        return train_idx if self.split == 'train' else val_idx
+        indices = train_idx if self.split == 'train' else val_idx
+        if self.subset is None or self.subset == 1.0 or self.subset == len(indices):
+            return indices
+        if isinstance(self.subset, Integral) and not self.subset >= len(DIGITS_CLASSES):
+            raise ValueError(
+                f'subset must be at least the number of classes ({len(DIGITS_CLASSES)}) to '
+                f'hold every class, got {self.subset}'
+            )
+        if isinstance(self.subset, Integral) and self.subset > len(indices):
+            raise ValueError(
+                f'subset {self.subset} is larger than the {self.split} split '
+                f'({len(indices)} images)'
+            )
+        kept, _ = train_test_split(
+            indices,
+            train_size=self.subset,
+            stratify=labels[indices],
+            random_state=self.subset_seed,
+            shuffle=True,
+        )
+        return indices[np.isin(indices, kept)]  # in the split's order
 
     def load_data_list(self) -> List[dict]:
         """One dict per image: ``img`` (8, 8, 3) uint8, ``gt_label``, shapes, source index."""
@@ -116,4 +170,7 @@ class DigitsDataset(BaseDataset):
 
     def extra_repr(self) -> List[str]:
         """Extra lines of ``repr``: the split and its seed."""
-        return [f'Split: \t{self.split} (seed {self.seed}, val_fraction {self.val_fraction})']
+        lines = [f'Split: \t{self.split} (seed {self.seed}, val_fraction {self.val_fraction})']
+        if self.subset is not None:
+            lines.append(f'Subset: \t{self.subset} (subset_seed {self.subset_seed})')
+        return lines

@@ -1,5 +1,6 @@
 """Tests of DigitsDataset: the fixed stratified split, the images, the ImageNet-style pipeline."""
 
+import random
 from collections import Counter
 
 import numpy as np
@@ -105,3 +106,61 @@ def test_config_pipeline_with_mixup_through_a_dataloader():
     assert scores.shape == (8, 10)
     torch.testing.assert_close(scores.sum(1), torch.ones(8))
     assert (scores > 0).sum(1).max() == 2  # two digits mixed
+
+
+def _subset_indices(**kwargs):
+    return [info['digits_index'] for info in DigitsDataset(**kwargs).load_data_list()]
+
+
+def _subset_labels(**kwargs):
+    return np.array([info['gt_label'] for info in DigitsDataset(**kwargs).load_data_list()])
+
+
+@pytest.mark.parametrize('subset', [0.1, 0.25, 144, 359])
+def test_subset_is_stratified_and_fixed_by_its_seed(subset):
+    full = _subset_indices(split='train')
+    kept = _subset_indices(split='train', subset=subset, subset_seed=3)
+    expected_size = subset if isinstance(subset, int) else int(subset * len(full))
+    assert abs(len(kept) - expected_size) <= 1
+    assert set(kept) <= set(full) and kept == [i for i in full if i in set(kept)]  # split order
+    # stratified: every class in proportion to the split, within one image
+    full_counts = np.bincount(_subset_labels(split='train'), minlength=10)
+    counts = np.bincount(_subset_labels(split='train', subset=subset, subset_seed=3), minlength=10)
+    assert np.all(np.abs(counts - full_counts * len(kept) / len(full)) <= 1), counts
+    # the same arguments give the same images (every arm of a study), whatever the global RNG
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    assert _subset_indices(split='train', subset=subset, subset_seed=3) == kept
+    # another subset seed, another subset; the split itself (val) is untouched
+    assert _subset_indices(split='train', subset=subset, subset_seed=4) != kept
+    assert not set(kept) & set(_subset_indices(split='val'))
+
+
+def test_whole_split_as_subset_is_the_split():
+    full = _subset_indices(split='train')
+    assert _subset_indices(split='train', subset=1.0) == full
+    assert _subset_indices(split='train', subset=len(full), subset_seed=9) == full
+
+
+def test_subset_of_val_split():
+    kept = _subset_indices(split='val', subset=0.5)
+    assert len(kept) == 180 and set(kept) <= set(_subset_indices(split='val'))
+
+
+@pytest.mark.parametrize(
+    'kwargs, error, match',
+    [
+        (dict(subset=0.0), ValueError, r'subset as a fraction must be in \(0, 1\]'),
+        (dict(subset=1.5), ValueError, r'subset as a fraction must be in \(0, 1\]'),
+        (dict(subset=0), ValueError, 'subset must be a positive number of images'),
+        (dict(subset='10%'), TypeError, 'subset must be None, a fraction'),
+        (dict(subset=True), TypeError, 'subset must be None, a fraction'),
+        (dict(subset=5), ValueError, 'at least the number of classes'),
+        (dict(subset=5000), ValueError, 'larger than the train split'),
+        (dict(subset=0.1, subset_seed=-1), TypeError, 'subset_seed must be a non-negative int'),
+    ],
+)
+def test_bad_subset_is_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        DigitsDataset(split='train', **kwargs)
