@@ -217,3 +217,34 @@ def test_old_checkpoints_are_removed_after_the_new_one_is_saved(image_folder, tm
     assert sorted(p.name for p in work_dir.glob('*.pth')) == ['iter_2.pth', 'iter_3.pth']
     assert (work_dir / 'last_checkpoint').read_text() == str(work_dir / 'iter_3.pth')
     assert _tmp_leftovers(work_dir) == []  # removed before the run
+
+
+def test_kill_between_writing_and_removing_best_leaves_a_loadable_best(
+    image_folder, tmp_path, monkeypatch
+):
+    """mmengine removes the previous best before it writes the new one; ours after."""
+    work_dir = tmp_path / 'work'
+    runner = _runner(image_folder, work_dir, max_iters=3, save_best='acc', rule='greater')
+    hook = next(h for h in runner.hooks if isinstance(h, AtomicCheckpointHook))
+    hook.before_train(runner)
+    hook._save_best_checkpoint(runner, {'acc': 50.0})
+    assert [p.name for p in work_dir.glob('best_*.pth')] == ['best_acc_iter_0.pth']
+
+    def killed(self, filepath):
+        raise _Killed(f'killed before removing {filepath}')
+
+    runner.train_loop._iter = 1
+    with monkeypatch.context() as patch:
+        patch.setattr(AtomicLocalBackend, 'remove', killed)
+        with pytest.raises(_Killed, match='best_acc_iter_0.pth'):
+            hook._save_best_checkpoint(runner, {'acc': 70.0})
+    # The new best is complete; the old one was not removed yet.
+    assert safe_load(str(work_dir / 'best_acc_iter_1.pth'))['meta']['iter'] == 1
+    assert (work_dir / 'best_acc_iter_0.pth').is_file()
+    assert runner.message_hub.get_info('best_ckpt') == str(work_dir / 'best_acc_iter_1.pth')
+
+    runner.train_loop._iter = 2
+    hook._save_best_checkpoint(runner, {'acc': 90.0})  # removes the previous best (iter 1)
+    assert not (work_dir / 'best_acc_iter_1.pth').exists()
+    assert safe_load(str(work_dir / 'best_acc_iter_2.pth'))['meta']['iter'] == 2
+    assert _tmp_leftovers(work_dir) == []

@@ -80,13 +80,13 @@ def reference(request, tmp_path_factory, one_thread):
     return config, folder
 
 
-@pytest.mark.parametrize('ckpt', ['epoch_1.pth', 'iter_4.pth', 'iter_8.pth'])
+@pytest.mark.parametrize('ckpt', ['epoch_1.pth', 'iter_4.pth'])
 def test_resumed_run_ends_with_the_uninterrupted_weights(reference, ckpt, one_thread):
     config, folder = reference
     source = folder / 'reference' / ckpt
     meta = safe_load(str(source))['meta']
     done = meta['iter'] - meta['epoch'] * ITERS  # batches of the epoch trained before it
-    assert done == {'epoch_1.pth': 0, 'iter_4.pth': 1, 'iter_8.pth': 2}[ckpt]
+    assert done == {'epoch_1.pth': 0, 'iter_4.pth': 1}[ckpt]
     work_dir = folder / f'resumed_{ckpt}'
     log = _resume(config, source, work_dir, f'resumed_{folder.name}_{ckpt}')
     assert WARNING not in log
@@ -174,6 +174,7 @@ def _dist_train(tmp_path: Path, config: str, work_dir: str, *options: str) -> No
     assert proc.returncode == 0, proc.stdout[-5000:]
 
 
+@pytest.mark.journey  # the user's CLI, from the user's folder
 @pytest.mark.skipif(torch.cuda.is_available(), reason='gloo on CPUs')
 def test_two_gloo_processes_resume_mid_epoch_exactly(tmp_path):
     # Each rank its own seed (diff_rank_seed), so each rank has its own random states.
