@@ -35,11 +35,14 @@ model = dict(
     ],
 )
 
-# Self-supervised: no labels to one-hot, no batch augments; the same normalisation as the
-# students, so that the fine-tuned encoder sees the same inputs.
+# No labels to one-hot and no batch augments; the same normalisation as the students, so that
+# the fine-tuned encoder sees the same inputs. mmpretrain's ClsDataPreprocessor stacks the
+# default (pseudo_collate) batches: its SelfSupDataPreprocessor needs
+# collate_fn=dict(type='default_collate'), which breaks in configs that inherit this one through
+# 'mmdeit::' (mmengine then adds a _scope_ key that default_collate refuses).
 data_preprocessor = dict(
     _delete_=True,
-    type='SelfSupDataPreprocessor',
+    type='ClsDataPreprocessor',
     mean=[77.85] * 3,
     std=[95.85] * 3,
     to_rgb=False,
@@ -57,10 +60,7 @@ train_pipeline = [
     ),
     dict(type='PackInputs'),
 ]
-# A stacked batch (default_collate), which SelfSupDataPreprocessor needs.
-train_dataloader = dict(
-    dataset=dict(pipeline=train_pipeline), collate_fn=dict(type='default_collate')
-)
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = val_evaluator = val_cfg = None
 test_dataloader = test_evaluator = test_cfg = None
 
