@@ -1,0 +1,298 @@
+"""Does distillation help a DeiT where data is scarce? The digits study over training-set size.
+
+For every training-set size (a stratified subset of the digits train split, fixed by the seed),
+augmentation strength and seed it trains, with the configs of ``configs/digits/``: the ResNet
+teacher on that subset, then the DeiT student without distillation, with hard and with soft
+distillation from that teacher, all on the same images with the same augmentation and the same
+number of optimisation steps whatever the size (the epochs grow as the subset shrinks). Every
+run is validated once, after its last epoch, on the whole 360-image val split, with each head's
+top-1 and the agreement with the teacher (``PerHeadAccuracy``). The protocol is in
+``docs/digits.md``; :mod:`tools.digits_study_report` makes the tables and plots.
+
+One line per finished run goes to the terminal; the mmengine logs of every run stay in its work
+dir (``<work-dir>/<aug>/<size>/seed_<seed>/<arm>/``), with ``result.json``. A run whose
+``result.json`` exists is not run again, so an interrupted study continues where it stopped.
+
+Examples::
+
+    python tools/digits_study.py                           # the declared study (hours on 2 cores)
+    python tools/digits_study.py --sizes 0.1 --augs strong --seeds 0 1 2 3 4 --jobs 2
+    python tools/digits_study.py --report-only --doc docs/digits.md
+"""
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import os.path as osp
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'digits')
+#: (arm, config) in run order: the teacher first, the students need its checkpoint.
+ARMS = (
+    ('teacher', 'resnet-digits_1xb64_digits'),
+    ('none', 'deit-digits-tiny_1xb64_digits'),
+    ('hard', 'deit-digits-tiny-distilled-hard_1xb64_digits'),
+    ('soft', 'deit-digits-tiny-distilled-soft_1xb64_digits'),
+)
+SIZES = (0.1, 0.25, 1.0)
+AUGS = ('mild', 'strong')
+SEEDS = (0, 1, 2, 3, 4)
+#: Optimisation steps of every student run, whatever the size (the demo's recipe: 1,380), and
+#: of every teacher run; warm-up is WARMUP of the run, then cosine decay, as the recipe.
+STUDENT_STEPS = 690
+TEACHER_STEPS = 345
+WARMUP = 5 / 60
+BATCH = 64
+TRAIN_IMAGES = 1437  # the digits train split (DigitsDataset defaults)
+
+#: The DeiT-like strong augmentation (the ImageNet recipe's, without flips, for 16x16 digits):
+#: random resized crop with DeiT's scale range, RandAugment rand-m9-mstd0.5-inc1, random
+#: erasing 0.25; Mixup/CutMix on every batch instead of half of them.
+_PAD = [78, 78, 78]  # the digits' mean grey, as uint8
+STRONG_PIPELINE = [
+    dict(type='Resize', scale=(16, 16), interpolation='bicubic', backend='pillow'),
+    dict(
+        type='RandomResizedCrop',
+        scale=16,
+        crop_ratio_range=(0.08, 1.0),
+        backend='pillow',
+        interpolation='bicubic',
+    ),
+    dict(
+        type='RandAugment',
+        policies='timm_increasing',
+        num_policies=2,
+        total_level=10,
+        magnitude_level=9,
+        magnitude_std=0.5,
+        hparams=dict(pad_val=_PAD, interpolation='bicubic'),
+    ),
+    dict(
+        type='RandomErasing',
+        erase_prob=0.25,
+        mode='rand',
+        min_area_ratio=0.02,
+        max_area_ratio=1 / 3,
+        fill_color=[77.85] * 3,
+        fill_std=[95.85] * 3,
+    ),
+    dict(type='PackInputs'),
+]
+STRONG_MIX_PROBS = [0.5, 0.5]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Distillation gain over training-set size')
+    parser.add_argument('--work-dir', default='work_dirs/digits_study', help='output folder')
+    parser.add_argument('--sizes', type=float, nargs='+', default=list(SIZES), help='fractions')
+    parser.add_argument('--augs', nargs='+', default=list(AUGS), choices=AUGS)
+    parser.add_argument('--seeds', type=int, nargs='+', default=list(SEEDS))
+    parser.add_argument(
+        '--arms', nargs='+', default=[a for a, _ in ARMS], choices=[a for a, _ in ARMS]
+    )
+    parser.add_argument('--student-steps', type=int, default=STUDENT_STEPS)
+    parser.add_argument('--teacher-steps', type=int, default=TEACHER_STEPS)
+    parser.add_argument('--jobs', type=int, default=2, help='cells run in parallel (1 thread each)')
+    parser.add_argument('--report-only', action='store_true', help='tables from finished runs')
+    parser.add_argument('--doc', help='write the report between the markers of this Markdown file')
+    args = parser.parse_args(argv)
+    for size in args.sizes:
+        if not 0.0 < size <= 1.0:
+            parser.error(f'--sizes must be fractions in (0, 1], got {size}')
+    if 'teacher' not in args.arms and set(args.arms) & {'hard', 'soft'}:
+        parser.error('--arms hard/soft need the teacher arm (it trains their teacher)')
+    for name in ('student_steps', 'teacher_steps', 'jobs'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1')
+    return args
+
+
+def run_dir(work_dir: str, aug: str, size: float, seed: int, arm: str) -> str:
+    return osp.join(work_dir, aug, f'size_{size:g}', f'seed_{seed}', arm)
+
+
+def epochs_for(steps: int, size: float) -> Tuple[int, int]:
+    """``(epochs, images)``: whole epochs giving about ``steps`` steps on the subset."""
+    images = TRAIN_IMAGES if size == 1.0 else int(size * TRAIN_IMAGES)  # as train_test_split
+    iters = math.ceil(images / BATCH)
+    return max(1, round(steps / iters)), images
+
+
+def study_config(arm: str, aug: str, size: float, seed: int, steps: int, work_dir: str):
+    """The config of one run: the shipped digits config on the subset, with the study's schedule."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(osp.join(CONFIG_DIR, dict(ARMS)[arm] + '.py'))
+    cfg.work_dir = work_dir
+    cfg.randomness = dict(seed=seed, deterministic=False)
+    epochs, _ = epochs_for(steps, size)
+    warmup = max(1, round(epochs * WARMUP))
+    cfg.train_cfg = dict(by_epoch=True, max_epochs=epochs, val_interval=epochs)
+    cfg.param_scheduler[0].update(begin=0, end=warmup)
+    cfg.param_scheduler[1].update(begin=warmup, end=epochs)
+    cfg.default_hooks.checkpoint.update(interval=epochs, save_best=None, max_keep_ckpts=1)
+    cfg.default_hooks.logger.interval = 50
+    dataset = cfg.train_dataloader.dataset
+    if size < 1.0:
+        dataset.update(subset=size, subset_seed=seed)
+    if aug == 'strong':
+        dataset.pipeline = STRONG_PIPELINE
+        cfg.model.train_cfg.probs = STRONG_MIX_PROBS
+    cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h.get('type') != 'EMAHook']
+    return cfg
+
+
+def _last_val_hook():
+    """A Runner hook that keeps the metrics of the run's last validation in ``.metrics``."""
+    from mmengine.hooks import Hook
+
+    class LastVal(Hook):
+        priority = 'LOWEST'
+
+        def __init__(self):
+            self.metrics: Dict[str, float] = {}
+
+        def after_val_epoch(self, runner, metrics: Optional[dict] = None) -> None:
+            self.metrics = {k: float(v) for k, v in (metrics or {}).items()}
+
+    return LastVal()
+
+
+def train_one(arm: str, aug: str, size: float, seed: int, args, teacher_ckpt=None) -> dict:
+    """Train one run in this process; its result (also written to ``result.json``)."""
+    from mmengine.runner import Runner
+
+    from mmdeit.engine import setup_engine
+
+    steps = args.teacher_steps if arm == 'teacher' else args.student_steps
+    work_dir = run_dir(args.work_dir, aug, size, seed, arm)
+    cfg = study_config(arm, aug, size, seed, steps, work_dir)
+    if teacher_ckpt is not None and 'teacher' in cfg.model:
+        cfg.model.teacher_ckpt = teacher_ckpt
+    start = time.perf_counter()
+    setup_engine()
+    runner = Runner.from_cfg(cfg)
+    last = _last_val_hook()
+    runner.register_hook(last, priority='LOWEST')
+    runner.train()
+    epochs = cfg.train_cfg.max_epochs
+    result = dict(
+        arm=arm,
+        aug=aug,
+        size=size,
+        seed=seed,
+        images=len(runner.train_dataloader.dataset),
+        epochs=epochs,
+        steps=epochs * len(runner.train_dataloader),
+        metrics=last.metrics,
+        wall_s=time.perf_counter() - start,
+        checkpoint=osp.join(work_dir, f'epoch_{epochs}.pth'),
+    )
+    with open(osp.join(work_dir, 'result.json'), 'w') as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def load_result(path: str) -> Optional[dict]:
+    if not osp.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_cell(cell: Tuple[str, float, int], args: argparse.Namespace) -> List[dict]:
+    """The arms of one (aug, size, seed) in order, skipping finished ones; their results.
+
+    Runs in a worker process with one torch thread; its output goes to the cell's log file.
+    """
+    import torch
+
+    import mmdeit  # noqa: F401  (registers modules)
+
+    aug, size, seed = cell
+    cell_dir = osp.dirname(run_dir(args.work_dir, aug, size, seed, 'x'))
+    os.makedirs(cell_dir, exist_ok=True)
+    torch.set_num_threads(1)
+    results = []
+    with open(osp.join(cell_dir, 'cell.log'), 'a') as log:
+        os.dup2(log.fileno(), 1)  # the Runner's terminal output goes to the log file
+        os.dup2(log.fileno(), 2)
+        teacher_ckpt = None
+        for arm in args.arms:
+            path = osp.join(run_dir(args.work_dir, aug, size, seed, arm), 'result.json')
+            result = load_result(path)
+            if result is None:
+                result = train_one(arm, aug, size, seed, args, teacher_ckpt)
+                result['reused'] = False
+            else:
+                result['reused'] = True
+            if arm == 'teacher':
+                teacher_ckpt = result['checkpoint']
+            results.append(result)
+    return results
+
+
+def _run_cell(payload):
+    return run_cell(*payload)
+
+
+def describe(result: dict) -> str:
+    m = result['metrics']
+    line = (
+        f'{result["aug"]:>6} {result["size"]:>5g} ({result["images"]:>4} img) '
+        f'seed {result["seed"]} {result["arm"]:>7}: top-1 {m.get("accuracy/top1", 0.0):6.2f}'
+    )
+    if 'per_head/cls_top1' in m:
+        line += f'  cls {m["per_head/cls_top1"]:6.2f} dist {m.get("per_head/dist_top1", 0):6.2f}'
+    if 'per_head/dist_teacher_agreement' in m:
+        line += f'  dist=teacher {m["per_head/dist_teacher_agreement"]:6.2f}'
+    reused = ' (done before)' if result.get('reused') else f'  {result["wall_s"]:.0f} s'
+    return line + reused
+
+
+def main(argv=None) -> List[dict]:
+    """Run the study's cells (or only report); return every result."""
+    args = parse_args(argv)
+    if not __package__:
+        sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+    from tools import digits_study_report as report
+
+    # smallest size first, both augmentations, all seeds: a cut-short study has whole points
+    cells = [(aug, size, seed) for size in args.sizes for aug in args.augs for seed in args.seeds]
+    results: List[dict] = []
+    if not args.report_only:
+        total = len(cells) * len(args.arms)
+        print(
+            f'digits study: {len(cells)} cells x {len(args.arms)} runs, {args.jobs} at a time; '
+            f'logs in {args.work_dir}/<aug>/<size>/seed_<seed>/',
+            flush=True,
+        )
+        start = time.perf_counter()
+        ctx = mp.get_context('spawn')
+        with ctx.Pool(args.jobs, maxtasksperchild=1) as pool:
+            for cell_results in pool.imap_unordered(_run_cell, [(c, args) for c in cells]):
+                for result in cell_results:
+                    results.append(result)
+                    elapsed = (time.perf_counter() - start) / 60
+                    print(
+                        f'[{len(results):>3}/{total}] {describe(result)}  ({elapsed:.0f} min)',
+                        flush=True,
+                    )
+    results = report.collect(args.work_dir)
+    text = report.format_report(
+        results,
+        command='python tools/digits_study.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+    )
+    print('\n' + text)
+    report.plot(results, osp.join(args.work_dir, 'digits_study.png'))
+    if args.doc:
+        report.write_section(args.doc, text)
+    return results
+
+
+if __name__ == '__main__':
+    main()
