@@ -320,7 +320,9 @@ class DistilledImageClassifier(ImageClassifier):
         The batch is adapted by ``teacher_input`` (if set) and the teacher run, both under
         ``torch.inference_mode`` and in the teacher's memory format; the logits are cloned out
         of it into a normal tensor (B x T, a negligible copy), so a loss may save them for its
-        backward pass.
+        backward pass. Under autocast (``--amp``, the caller's context) the teacher runs under it
+        too: its convolutions and linears compute in the low precision (bf16 on a CPU), in
+        channels-last if ``teacher_channels_last``, and the logits come back in that dtype.
         """
         teacher = self.teacher
         if teacher is None:
