@@ -16,10 +16,15 @@ subprocess from that folder:
 Built only (marker ``build_only``), to keep the suite within its 15 minutes on 2 cores: the
 heaviest configs (the DeiT-B ones: a training journey costs about two minutes each here, mostly
 writing and reading 1.4 GB checkpoints) and the mmdet/mmseg ones (COCO / ADE20K layouts; their
-models take a training step in ``tests/downstream``). Their models are built, in one
+models take a training step in ``tests/downstream``); and the GPU-only ones (mmengine's
+``AmpOptimWrapper``, the ImageNet SimMIM recipe: the same model and algorithm train here in the
+digits SimMIM journey and in ``tests/models/selfsup``). Their models are built, in one
 subprocess, from the user's config by the registry of the config's scope. The DeiT-B recipes
 differ from the DeiT-S/Ti ones that do run only in ``arch``; the 384 fine-tunes' start from the
 224 checkpoint is tested in ``tests/configs/test_finetune_configs.py``.
+
+Self-supervised configs (no ``val_evaluator``: SimMIM pretraining) stop after step 1: they have
+no labels to validate, test or classify with.
 """
 
 import copy
@@ -51,6 +56,7 @@ randomness = dict(seed=0)
 """
 NO_WORKERS = """{loader} = dict(num_workers=0, persistent_workers=False{extra})
 """
+LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
 
 def _dataset_type(cfg: Config) -> str:
@@ -67,6 +73,10 @@ def _needs_teacher(cfg: Config) -> bool:
 def _per_head(cfg: Config) -> bool:
     evaluators = cfg.val_evaluator if isinstance(cfg.val_evaluator, list) else [cfg.val_evaluator]
     return any(e.get('type') == 'PerHeadAccuracy' for e in evaluators)
+
+
+def _selfsup(cfg: Config) -> bool:
+    return cfg.get('val_evaluator') is None
 
 
 def _pretrained_init(cfg: Config) -> dict:
@@ -102,17 +112,18 @@ def _user_body(
     """What the user writes below ``_base_`` for this config's journey."""
     dataset_type = _dataset_type(cfg)
     body, model = RUN_SHORT, []  # model: the user's changes to the model, ``key=value``
+    loaders = ('train_dataloader',) if _selfsup(cfg) else LOADERS
     if dataset_type == 'ImageNet':  # the generated folder is at ./data/imagenet, as expected
-        for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        for loader in loaders:
             body += NO_WORKERS.format(loader=loader, extra='')
         if _needs_teacher(cfg):
             t = teachers['imagenet']  # my own teacher, with a checkpoint I have here
             model += [f'teacher=dict(_delete_=True, **{t["teacher"]!r})',
                       f'teacher_ckpt={t["teacher_ckpt"]!r}']  # fmt: skip
     elif dataset_type == 'DigitsDataset':  # ships with scikit-learn; one batch of it
-        body += NO_WORKERS.format(loader='train_dataloader', extra=', dataset=dict(indices=64)')
-        body += NO_WORKERS.format(loader='val_dataloader', extra=', dataset=dict(indices=120)')
-        body += NO_WORKERS.format(loader='test_dataloader', extra=', dataset=dict(indices=120)')
+        for loader in loaders:
+            indices = 64 if loader == 'train_dataloader' else 120
+            body += NO_WORKERS.format(loader=loader, extra=f', dataset=dict(indices={indices})')
         if _needs_teacher(cfg):
             model.append(f'teacher_ckpt={teachers["digits"]["teacher_ckpt"]!r}')
     elif dataset_type == 'CustomDataset':  # my class folders under ./data/custom
@@ -149,8 +160,12 @@ def _heaviest(config: str) -> bool:
     return Config.fromfile(str(CONFIGS / config)).model.backbone.get('arch') == 'deit-base'
 
 
+def _gpu_only(config: str) -> bool:
+    return Config.fromfile(str(CONFIGS / config)).optim_wrapper.get('type') == 'AmpOptimWrapper'
+
+
 DOWNSTREAM = [c for c in shipped_configs() if c.startswith('downstream/')]
-BUILD_ONLY = [c for c in shipped_configs() if c in DOWNSTREAM or _heaviest(c)]
+BUILD_ONLY = [c for c in shipped_configs() if c in DOWNSTREAM or _heaviest(c) or _gpu_only(c)]
 TRAINING = [c for c in shipped_configs() if c not in BUILD_ONLY]
 
 
@@ -170,6 +185,9 @@ def _journey(config: str, home: Path, teachers: dict, tmp_dir: Path) -> None:
     ckpt = torch.load(ckpt_path, map_location='cpu', weights_only=False)
     assert ckpt['meta']['iter'] == 1
     assert not any(k.startswith('teacher') for k in ckpt['state_dict'])
+    if _selfsup(cfg):  # pretraining: nothing to validate, test or classify
+        assert re.search(r'Epoch\(train\) \[1\]\[1/1\].*loss: \d+\.\d+', out), out[-3000:]
+        return
     assert re.search(r'Epoch\(val\) \[1\]\[\d+/\d+\]\s+accuracy/top1', out), out[-3000:]
     if _needs_teacher(cfg):
         assert 'loss_distill' in out and 'Loaded the teacher from' in out
@@ -224,7 +242,7 @@ def journeys(user_home, imagenet_teacher, digits_teacher, tmp_path_factory) -> d
 
 def test_every_config_is_in_a_journey():
     assert sorted(TRAINING + BUILD_ONLY) == shipped_configs()
-    assert len(TRAINING) >= 8 and len(BUILD_ONLY) == 6, BUILD_ONLY
+    assert len(TRAINING) >= 8 and len(BUILD_ONLY) == 7, BUILD_ONLY
 
 
 @pytest.mark.parametrize('config', TRAINING)
@@ -283,6 +301,11 @@ def built(user_home, imagenet_teacher, digits_teacher, tmp_path_factory) -> dict
 def test_config_builds_from_my_folder(config, built):
     pytest.importorskip({'mmdet': 'mmdet', 'mmseg': 'mmseg'}.get(config.split('/')[1], 'mmdeit'))
     model, backbone, neck, params = built[f'my_{Path(config).stem}.py']
+    if config.startswith('simmim/'):  # DeiT-S, GPU-only (AmpOptimWrapper)
+        assert (model, neck) == ('DeiTSimMIM', 'SimMIMLinearDecoder')
+        assert backbone == 'mmdeit.models.backbones.masked_vision_transformer'
+        assert 21_000_000 < int(params) < 23_000_000
+        return
     assert backbone == 'mmdeit.models.backbones.distilled_vision_transformer' or (
         backbone == 'mmdeit.models.backbones.vision_transformer' and 'distilled' not in config
     )
