@@ -29,15 +29,22 @@ class RNGStateHook(Hook):
 
     mmengine's checkpoints hold no random state: a run resumed with random augmentation,
     Mixup/CutMix or drop path continues with other draws than the uninterrupted run. With this
-    hook (in ``custom_hooks`` of every mmdeit config), ``checkpoint['rng_state']`` holds, for
-    each rank (``ranks[r]``, gathered from all ranks when the checkpoint is written):
+    hook (a default hook of every mmdeit config, ``default_hooks.rng_state`` in
+    ``configs/_base_/default_runtime.py``; ``type='mmdeit.RNGStateHook'`` from another scope),
+    ``checkpoint['rng_state']`` holds, for each rank (``ranks[r]``, gathered from all ranks
+    when the checkpoint is written):
 
     - ``current``: torch's CPU generator (and each CUDA device's), numpy's global state and
       python's ``random``, as tensors and ints (read by the safe loader without additions);
     - ``epoch_start``: the same when the epoch's data iterator was created (the data loader
       workers' base seed is drawn from it), for a resume inside the epoch;
-    - ``sampler``: the train sampler's ``seed`` and ``epoch``; ``worker_seed``: the seed
-      mmengine's ``worker_init_fn`` gives the data loader workers.
+    - ``sampler_seed``, ``sampler_epoch``: the train sampler's ``seed`` and ``epoch``;
+      ``worker_seed``: the seed mmengine's ``worker_init_fn`` gives the data loader workers;
+      ``epoch``, ``iter``: where the run was.
+
+    With several ranks, the entries are gathered (``all_gather_object``, a few kB per rank)
+    at the end of each epoch, after each validation and after the iterations at which a
+    ``CheckpointHook`` saves, because only rank 0 writes the checkpoint.
 
     On resume (``Runner.resume``, at ``before_train``) it checks the entry of this rank
     (:class:`~mmdeit.engine.RNGStateError` names a bad field), restores the sampler and worker
