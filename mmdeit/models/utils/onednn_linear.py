@@ -59,9 +59,11 @@ def onednn_applies(x: torch.Tensor, linear: nn.Module) -> bool:
 
     True without autograd, for an ``nn.Linear`` on the CPU, in fp32 (no autocast) or in bf16
     (a bf16 model and input without autocast, or bf16 autocast of an fp32 or bf16 model) when
-    :data:`BF16_SUPPORTED`.
+    :data:`BF16_SUPPORTED`; never while ``torch.compile`` traces (the plain ops are traced).
     """
     if not _HAS_OP or torch.is_grad_enabled() or type(linear) is not nn.Linear:
+        return False
+    if torch.compiler.is_compiling():  # the compiler picks its own kernels (oneDNN included)
         return False
     if x.device.type != 'cpu':
         return False

@@ -1,0 +1,95 @@
+"""``torch.compile`` of mmdeit's models on the CPU: one graph (no data-dependent shapes, no
+host syncs), the same numbers as eager.
+
+Tested in-process on the tiny arch: a ``tools/train.py`` run with the config's
+``compile=True`` took ~4 minutes of compilation on the 2-core test machine, and mmengine
+0.10.7 compiles its whole ``train_step``, the optimizer step included (see
+``docs/design.md``).
+"""
+
+import pytest
+import torch
+
+from mmdeit.models.backbones import DistilledVisionTransformer
+from mmdeit.registry import MODELS
+
+from ..conftest import TINY_ARCH
+from ..models.classifiers.test_distilled_image_classifier import (  # noqa: F401
+    _batch,
+    _model_cfg,
+    teacher_ckpt,
+)
+
+IMG = 32
+
+
+def _backbone(fast_path: bool = True, drop_path_rate: float = 0.5):
+    torch.manual_seed(0)
+    model = DistilledVisionTransformer(
+        arch=TINY_ARCH,
+        img_size=IMG,
+        patch_size=8,
+        drop_path_rate=drop_path_rate,
+        fast_path=fast_path,
+    )
+    with torch.no_grad():
+        for name in ('pos_embed', *model.extra_tokens):
+            getattr(model, name).normal_(std=0.02)
+    return model
+
+
+def _step(model, x, seed: int):
+    torch.manual_seed(seed)
+    cls_token, dist_token = model(x)[-1]
+    loss = cls_token.square().mean() + dist_token.square().mean()
+    loss.backward()
+    module = getattr(model, '_orig_mod', model)  # a compiled model's parameters are its own
+    grads = {n: p.grad.clone() for n, p in module.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return (cls_token, dist_token), grads
+
+
+@pytest.mark.parametrize('fast_path', [True, False])
+def test_training_compiles_to_one_graph_with_stochastic_depth(fast_path):
+    """fullgraph: the fast path's stochastic depth takes its mask form while compiling (no
+    ``nonzero``), with the eager (skipping) form's random draw and numbers."""
+    model = _backbone(fast_path).train()
+    x = torch.randn(8, 3, IMG, IMG)
+    want, want_grads = _step(model, x, seed=1)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+    got, got_grads = _step(compiled, x, seed=1)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, msg=name)
+
+
+def test_inference_compiles_with_inductor_under_bf16_autocast():
+    """Inductor's code (~50 s to compile here, so one case): the fast path traces its plain
+    ops (no oneDNN calls of its own while compiling) and gives eager's numbers."""
+    model = _backbone().eval()
+    x = torch.randn(4, 3, IMG, IMG)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.inference_mode(), torch.autocast('cpu', torch.bfloat16):
+        want, got = model(x)[-1], compiled(x)[-1]
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype
+        torch.testing.assert_close(g.float(), w.float(), rtol=0.05, atol=0.05)
+
+
+def test_distillation_loss_compiles(teacher_ckpt):  # noqa: F811
+    """The classifier's loss with the teacher (run under inference mode) compiles and
+    trains the same as eager."""
+    model = MODELS.build(_model_cfg(teacher_ckpt, mode='soft')).train()
+    data = model.data_preprocessor(_batch(4), training=True)
+    want = model.loss(data['inputs'], data['data_samples'])
+    torch._dynamo.reset()
+    loss_fn = torch.compile(model.loss, backend='aot_eager')
+    got = loss_fn(data['inputs'], data['data_samples'])
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, msg=key)
+    sum(got.values()).backward()
+    assert model.backbone.cls_token.grad is not None
