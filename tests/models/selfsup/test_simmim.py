@@ -161,3 +161,24 @@ def test_pretrain_then_finetune_through_the_cli(tmp_path):
     assert all(k.startswith('head.') for k in missing.split(', ')), missing
     assert re.search(r'Epoch\(val\) \[1\]\[\d+/\d+\]\s+accuracy/top1', out), out[-3000:]
     assert Path(tmp_path / 'ft' / 'epoch_1.pth').is_file()
+
+
+def test_vis_simmim_tool_writes_the_picture(model_cfg, tmp_path):
+    import importlib.util
+
+    from PIL import Image
+
+    model = build(model_cfg)
+    checkpoint = tmp_path / 'simmim.pth'
+    torch.save({'state_dict': model.state_dict()}, checkpoint)
+    path = CONFIGS.parent / 'tools' / 'visualization' / 'vis_simmim.py'
+    spec = importlib.util.spec_from_file_location('vis_simmim', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / 'vis' / 'simmim.png'
+    args = [str(CONFIGS / SIMMIM), str(checkpoint), '--out', str(out), '--num', '2']
+    assert tool.main([*args, '--panel-size', '32']) == 0
+    with Image.open(out) as picture:  # 2 rows of input, masked, reconstruction, pasted
+        assert picture.size == (4 * 32, 2 * (32 + 20))
+    with pytest.raises(ValueError, match='no SimMIMMaskGenerator'):
+        tool.picture_pipeline([dict(type='Resize', scale=16), dict(type='PackInputs')])
