@@ -181,9 +181,12 @@ def test_two_gloo_processes_resume_mid_epoch_exactly(tmp_path):
     config = _config(tmp_path, 0, batch_size=8, randomness='dict(seed=0, diff_rank_seed=True)')
     _dist_train(tmp_path, config, 'reference')
     source = tmp_path / 'reference' / 'iter_4.pth'
-    ranks = safe_load(str(source))['rng_state']['ranks']
-    assert len(ranks) == 2
-    assert not torch.equal(ranks[0]['current']['torch'], ranks[1]['current']['torch'])
+    # Every checkpoint (iteration, epoch end, best after validation) holds both ranks' states.
+    (best,) = (tmp_path / 'reference').glob('best_*.pth')
+    for path in (source, tmp_path / 'reference' / 'epoch_1.pth', best):
+        ranks = safe_load(str(path))['rng_state']['ranks']
+        assert len(ranks) == 2, path.name
+        assert not torch.equal(ranks[0]['current']['torch'], ranks[1]['current']['torch'])
     _dist_train(tmp_path, config, 'resumed', '--resume', str(source))
     output = (tmp_path / 'resumed.out').read_text()
     assert 'reading its first 1 of 3 batches again' in output and WARNING not in output
