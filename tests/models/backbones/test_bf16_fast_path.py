@@ -166,3 +166,79 @@ def test_onednn_applies_where_it_is_exact_or_bf16():
         assert onednn_linear.onednn_applies(x.bfloat16(), linear.bfloat16()) is bf16
     with _autocast():  # autograd on
         assert onednn_linear.onednn_applies(x, linear) is False
+
+
+# The parity checks per device: ``tools/analysis/gpu_check.py`` runs them with ``-k cuda``.
+DEVICES = [
+    'cpu',
+    pytest.param(
+        'cuda',
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device'),
+    ),
+]
+
+
+@pytest.fixture
+def no_tf32():
+    """fp32 GEMMs and convolutions in fp32 on a GPU (TF32 would round to 10 bits)."""
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision('highest')
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        yield
+    torch.set_float32_matmul_precision(precision)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_fp32_parity_with_mmpretrain_on_device(device, no_tf32):
+    from mmpretrain.models.backbones import DistilledVisionTransformer as Theirs
+
+    fast, ref = _pair()
+    theirs = Theirs(arch=TINY_ARCH, img_size=IMG, patch_size=8)
+    theirs.load_state_dict(fast.state_dict(), strict=True)
+    theirs.eval()  # mmpretrain's train() returns None
+    x = torch.randn(BATCH, 3, IMG, IMG, device=device)
+    with torch.inference_mode():
+        want = _flat(theirs.to(device)(x))  # .to() returns the module
+        for model in (fast, ref):
+            for g, w in zip(_flat(model.to(device)(x)), want, strict=True):
+                torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_training_fast_equals_reference_on_device(device, no_tf32):
+    """Stochastic depth 0.5: on CUDA the fast path multiplies by the mask (no host sync), on
+    the CPU it skips the dropped samples; either way the reference's numbers, same draw."""
+    results = []
+    for model in _pair():
+        model = _drop_path(model, 0.5).to(device).train()
+        x = torch.randn(BATCH, 3, IMG, IMG, generator=torch.Generator().manual_seed(2))
+        torch.manual_seed(1)
+        outs = _flat(model(x.to(device)))
+        sum(o.square().mean() for o in outs).backward()
+        results.append((outs, [p.grad for p in model.parameters()]))
+    (got, got_grads), (want, want_grads) = results
+    for g, w in zip(got + got_grads, want + want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_bf16_autocast_is_fp32_within_bf16_on_device(device):
+    fast, ref = (m.to(device) for m in _pair())
+    x = torch.randn(BATCH, 3, IMG, IMG, device=device)
+    with torch.inference_mode():
+        exact = _flat(ref(x))
+        with torch.autocast(device, dtype=torch.bfloat16):
+            got, want = _flat(fast(x)), _flat(ref(x))
+    for g, w, e in zip(got, want, exact, strict=True):
+        torch.testing.assert_close(g.float(), w.float(), **BF16)
+        torch.testing.assert_close(g.float(), e, **BF16)
+
+
+def _drop_path(model, rate: float):
+    """Set every layer's stochastic depth to ``rate`` (mmcv's DropPath modules)."""
+    from mmcv.cnn.bricks.drop import DropPath
+
+    for layer in model.layers:
+        layer.attn.out_drop = DropPath(rate)
+        layer.ffn.dropout_layer = DropPath(rate)
+    return model
