@@ -26,6 +26,7 @@ import math
 import multiprocessing as mp
 import os
 import os.path as osp
+import shlex
 import sys
 import time
 from typing import Dict, List, Optional, Tuple
@@ -130,10 +131,14 @@ def study_config(arm: str, aug: str, size: float, seed: int, steps: int, work_di
     cfg.work_dir = work_dir
     cfg.randomness = dict(seed=seed, deterministic=False)
     epochs, _ = epochs_for(steps, size)
-    warmup = max(1, round(epochs * WARMUP))
     cfg.train_cfg = dict(by_epoch=True, max_epochs=epochs, val_interval=epochs)
-    cfg.param_scheduler[0].update(begin=0, end=warmup)
-    cfg.param_scheduler[1].update(begin=warmup, end=epochs)
+    if epochs == 1:  # only a warm-up (a smoke run)
+        cfg.param_scheduler = cfg.param_scheduler[:1]
+        cfg.param_scheduler[0].update(begin=0, end=1)
+    else:
+        warmup = min(max(1, round(epochs * WARMUP)), epochs - 1)
+        cfg.param_scheduler[0].update(begin=0, end=warmup)
+        cfg.param_scheduler[1].update(begin=warmup, end=epochs)
     cfg.default_hooks.checkpoint.update(interval=epochs, save_best=None, max_keep_ckpts=1)
     cfg.default_hooks.logger.interval = 50
     dataset = cfg.train_dataloader.dataset
@@ -204,10 +209,17 @@ def load_result(path: str) -> Optional[dict]:
         return json.load(f)
 
 
-def run_cell(cell: Tuple[str, float, int], args: argparse.Namespace) -> List[dict]:
+def run_cell(
+    cell: Tuple[str, float, int], args: argparse.Namespace, redirect: bool = True
+) -> List[dict]:
     """The arms of one (aug, size, seed) in order, skipping finished ones; their results.
 
-    Runs in a worker process with one torch thread; its output goes to the cell's log file.
+    Args:
+        cell: ``(aug, size, seed)``.
+        args: The study's arguments.
+        redirect: Send this process's stdout and stderr (file descriptors 1 and 2, so the
+            Runner's terminal output too) to the cell's ``cell.log``, as the study's worker
+            processes do. Defaults to True.
     """
     import torch
 
@@ -219,8 +231,9 @@ def run_cell(cell: Tuple[str, float, int], args: argparse.Namespace) -> List[dic
     torch.set_num_threads(1)
     results = []
     with open(osp.join(cell_dir, 'cell.log'), 'a') as log:
-        os.dup2(log.fileno(), 1)  # the Runner's terminal output goes to the log file
-        os.dup2(log.fileno(), 2)
+        if redirect:  # the Runner's terminal output goes to the log file
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
         teacher_ckpt = None
         for arm in args.arms:
             path = osp.join(run_dir(args.work_dir, aug, size, seed, arm), 'result.json')
@@ -254,8 +267,14 @@ def describe(result: dict) -> str:
     return line + reused
 
 
-def main(argv=None) -> List[dict]:
-    """Run the study's cells (or only report); return every result."""
+def main(argv=None, command: Optional[str] = None) -> List[dict]:
+    """Run the study's cells (or only report); return every result.
+
+    Args:
+        argv: The command-line arguments. Defaults to None: ``sys.argv[1:]``.
+        command: How the report names the command that regenerates it. Defaults to None:
+            'python tools/digits_study.py' with ``argv``.
+    """
     args = parse_args(argv)
     if not __package__:
         sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -273,7 +292,7 @@ def main(argv=None) -> List[dict]:
         )
         start = time.perf_counter()
         ctx = mp.get_context('spawn')
-        with ctx.Pool(args.jobs, maxtasksperchild=1) as pool:
+        with ctx.Pool(args.jobs) as pool:
             for cell_results in pool.imap_unordered(_run_cell, [(c, args) for c in cells]):
                 for result in cell_results:
                     results.append(result)
@@ -283,10 +302,11 @@ def main(argv=None) -> List[dict]:
                         flush=True,
                     )
     results = report.collect(args.work_dir)
-    text = report.format_report(
-        results,
-        command='python tools/digits_study.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
-    )
+    if command is None:
+        command = shlex.join(
+            ['python', 'tools/digits_study.py', *(sys.argv[1:] if argv is None else argv)]
+        )
+    text = report.format_report(results, command=command)
     print('\n' + text)
     report.plot(results, osp.join(args.work_dir, 'digits_study.png'))
     if args.doc:

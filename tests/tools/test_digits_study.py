@@ -1,0 +1,126 @@
+"""The digits study: its configs (same subset and steps for every arm), statistics and report."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from mmengine.dataset import Compose
+from mmengine.registry import DefaultScope
+from scipy import stats
+
+from mmdeit.datasets import DigitsDataset
+from tools import digits_study, digits_study_report
+
+
+def _cfgs(aug='mild', size=0.1, seed=3, steps=690):
+    return {
+        arm: digits_study.study_config(arm, aug, size, seed, steps, f'/tmp/never/{arm}')
+        for arm, _ in digits_study.ARMS
+    }
+
+
+@pytest.mark.parametrize('size', [0.1, 0.25, 1.0])
+def test_every_arm_trains_on_the_same_subset_for_the_same_steps(size):
+    cfgs = _cfgs(size=size)
+    datasets = [cfg.train_dataloader.dataset for cfg in cfgs.values()]
+    assert all(d == datasets[0] for d in datasets)  # the same images for all four arms
+    if size < 1:
+        assert (datasets[0].subset, datasets[0].subset_seed) == (size, 3)
+    else:
+        assert 'subset' not in datasets[0]
+    epochs, images = digits_study.epochs_for(690, size)
+    assert images == len(DigitsDataset(subset=datasets[0].get('subset'), subset_seed=3))
+    steps = epochs * math.ceil(images / 64)
+    assert abs(steps - 690) <= math.ceil(images / 64) / 2  # whole epochs, nearest to 690
+    for cfg in cfgs.values():
+        assert cfg.train_cfg.max_epochs == epochs == cfg.train_cfg.val_interval  # val once
+        assert cfg.param_scheduler[0].end == cfg.param_scheduler[1].begin
+        assert cfg.param_scheduler[1].end == epochs
+        assert cfg.randomness.seed == 3
+
+
+def test_the_strong_augmentation_is_applied_to_teacher_and_students_alike():
+    mild, strong = _cfgs('mild'), _cfgs('strong')
+    for arm in strong:
+        assert strong[arm].train_dataloader.dataset.pipeline == digits_study.STRONG_PIPELINE
+        assert strong[arm].model.train_cfg.probs == digits_study.STRONG_MIX_PROBS
+        assert mild[arm].model.train_cfg.probs == [0.25, 0.25]
+    with DefaultScope.overwrite_default_scope('mmdeit'):
+        pipeline = Compose(digits_study.STRONG_PIPELINE)
+    info = DigitsDataset(subset=20).load_data_list()[0]
+    rng_state = np.random.get_state()
+    try:
+        np.random.seed(0)
+        out = [pipeline(dict(info))['inputs'] for _ in range(4)]
+    finally:
+        np.random.set_state(rng_state)
+    assert all(tuple(x.shape) == (3, 16, 16) for x in out)
+    assert any(not (out[0] == x).all() for x in out[1:])  # random
+
+
+def test_t_interval_is_scipys():
+    values = [1.0, 2.0, 3.0, 4.0, 5.0]
+    mean, low, high = digits_study_report.t_interval(values)
+    ref = stats.t.interval(0.95, 4, loc=3.0, scale=stats.sem(values))
+    assert mean == 3.0 and (low, high) == pytest.approx(ref)
+    assert math.isnan(digits_study_report.t_interval([2.0])[1])
+
+
+def _result(arm, seed, top1, aug='strong', size=0.1):
+    metrics = {'accuracy/top1': top1, 'per_head/cls_top1': top1 - 1}
+    if arm in ('hard', 'soft'):
+        metrics.update({'per_head/dist_top1': top1 + 1, 'per_head/dist_teacher_agreement': 90.0})
+    return dict(
+        arm=arm, aug=aug, size=size, seed=seed, images=143, epochs=230, steps=690,
+        metrics=metrics, wall_s=10.0,
+    )  # fmt: skip
+
+
+def test_report_pairs_the_seeds_and_lists_every_point(tmp_path):
+    none = [90.0, 91.0, 92.0, 93.0, 94.0]
+    gains = [1.0, -2.0, 3.0, 0.5, 2.5]
+    results = [_result('none', s, v) for s, v in enumerate(none)]
+    results += [_result('hard', s, v + g) for s, (v, g) in enumerate(zip(none, gains))]
+    results += [_result('teacher', s, 97.0) for s in range(5)]
+    text = digits_study_report.format_report(results, command='python tools/x.py')
+    mean, low, high = digits_study_report.t_interval(gains)
+    row = next(line for line in text.splitlines() if line.startswith('| strong | 143'))
+    assert f'{mean:+.2f} [{low:+.2f}, {high:+.2f}]' in row
+    assert '92.00 ± 1.58' in row and '97.00 ± 0.00' in row
+    assert 'hard 91.00 / 89.00 / 95.00 / 93.50 / 96.50' in text  # every seed, in order
+    assert 'python tools/x.py' in text
+    png = tmp_path / 'study.png'
+    digits_study_report.plot(results, str(png))
+    assert png.stat().st_size > 0
+    # the work dir layout is what collect() reads back
+    for r in results:
+        folder = tmp_path / r['aug'] / f'size_{r["size"]:g}' / f'seed_{r["seed"]}' / r['arm']
+        folder.mkdir(parents=True)
+        (folder / 'result.json').write_text(json.dumps(r))
+    assert len(digits_study_report.collect(str(tmp_path))) == len(results)
+
+
+def test_doc_section_is_replaced_between_its_markers(tmp_path):
+    doc = tmp_path / 'digits.md'
+    doc.write_text('intro\n')
+    digits_study_report.write_section(str(doc), 'first')
+    digits_study_report.write_section(str(doc), 'second')
+    text = doc.read_text()
+    assert text.startswith('intro\n') and 'second' in text and 'first' not in text
+
+
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (['--sizes', '0'], 'fractions in'),
+        (['--sizes', '1.5'], 'fractions in'),
+        (['--arms', 'none', 'hard'], 'need the teacher arm'),
+        (['--jobs', '0'], '--jobs must be >= 1'),
+        (['--student-steps', '0'], '--student-steps must be >= 1'),
+    ],
+)
+def test_bad_arguments_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        digits_study.parse_args(argv)
+    assert message in capsys.readouterr().err
