@@ -57,7 +57,8 @@ def suggest_model_cfg(state_dict: Mapping[str, torch.Tensor]) -> dict:
     (with ``inference_mode='cls'`` when ``head_dist`` is all zeros, i.e. filled in for a source
     that only had a cls classifier, and with ``teacher_num_classes`` when ``head_dist`` has
     another class count than ``head``); a cls-only one ``mmpretrain.VisionTransformer`` +
-    ``mmpretrain.VisionTransformerClsHead``. ``num_heads`` assumes 64-dim heads, as in DeiT.
+    ``mmpretrain.VisionTransformerClsHead``; a SimMIM one (``neck.decoder.0.*``)
+    ``mmdeit.DeiTSimMIM``. ``num_heads`` assumes 64-dim heads, as in DeiT.
     """
     info = infer_arch(state_dict)
     distilled = info['distilled']
@@ -69,6 +70,8 @@ def suggest_model_cfg(state_dict: Mapping[str, torch.Tensor]) -> dict:
     )
     if not info['qkv_bias']:
         backbone['qkv_bias'] = False
+    if 'neck.decoder.0.weight' in state_dict:  # SimMIM: mask token + linear decoder
+        return _simmim_cfg(backbone, distilled, info['arch']['embed_dims'], info['patch_size'])
     head = None
     if info['num_classes'] is not None:
         head = dict(
@@ -83,6 +86,21 @@ def suggest_model_cfg(state_dict: Mapping[str, torch.Tensor]) -> dict:
             # A student of a teacher with another label space: the cls head predicts.
             head.update(teacher_num_classes=head_dist.shape[0], inference_mode='cls')
     return dict(type='mmpretrain.ImageClassifier', backbone=backbone, neck=None, head=head)
+
+
+def _simmim_cfg(backbone: dict, distilled: bool, embed_dims: int, patch: int) -> dict:
+    """The ``mmdeit.DeiTSimMIM`` that loads a SimMIM state dict (HF's masked image modeling)."""
+    masked = 'MaskedDistilledVisionTransformer' if distilled else 'MaskedVisionTransformer'
+    backbone.update(type=f'mmdeit.{masked}', out_type='featmap')
+    loss = dict(type='mmpretrain.PixelReconstructionLoss', criterion='L1', channel=3)
+    return dict(
+        type='mmdeit.DeiTSimMIM',
+        backbone=backbone,
+        neck=dict(
+            type='mmpretrain.SimMIMLinearDecoder', in_channels=embed_dims, encoder_stride=patch
+        ),
+        head=dict(type='mmpretrain.SimMIMHead', patch_size=patch, loss=loss),
+    )
 
 
 def resize_checkpoint_pos_embed(

@@ -64,6 +64,10 @@ def deit_pair():
     checkpoint = convert_checkpoint(theirs.state_dict())
     ours = mm_simmim()
     ours.load_state_dict(checkpoint['state_dict'], strict=True)
+    # The converter's suggested config is this model too (num_heads: 64-dim heads assumed).
+    suggested = MODELS.build(checkpoint['meta']['model_cfg'])
+    assert type(suggested.backbone).__name__ == 'MaskedDistilledVisionTransformer'
+    suggested.load_state_dict(checkpoint['state_dict'], strict=True)
     return theirs, ours, checkpoint
 
 
