@@ -145,3 +145,15 @@ def test_profile_categories():
     }
     for name, category in cases.items():
         assert benchmark.op_category(name) == category, name
+
+
+@pytest.mark.parametrize('dtype', ['bf16', 'bf16-model'])
+def test_bf16_runs_with_one_attention_kernel(dtype):
+    """``--dtype bf16`` (autocast) and ``bf16-model`` (the models cast) with ``--sdpa flash``."""
+    argv = [*ARGV[:-2], '--teacher', 'none', '--no-ablation', '--dtype', dtype, '--sdpa', 'flash']
+    report = benchmark.main(argv)
+    assert report['machine']['dtype'] == dtype and report['machine']['sdpa'] == 'flash'
+    for section in ('inference', 'train'):
+        assert report[section]['mm_peak_gflops'] > 0
+        for r in report[section]['results'].values():
+            assert math.isfinite(r['best_s']) and r['flops_per_image'] > 0

@@ -9,8 +9,10 @@ fused AdamW) and a hard-distillation step with the teacher's call timed inside i
 profile of mmdeit's calls and its peak memory in a step (a fresh process each). ``mmdeit
 (fast_path=False)``, the same backbone with its speed measures off, runs as one more library
 (the ablation). FLOPs are what torch's ``FlopCounterMode`` counts in one untimed call of each
-library (a multiply and an add are 2 FLOPs). The tool reports numbers and judges none; see
-``docs/benchmarks.md``. Example::
+library (a multiply and an add are 2 FLOPs). ``--dtype bf16`` runs everything under bf16
+autocast, ``bf16-model`` with the models and inputs cast to bf16; ``--sdpa`` allows one
+attention kernel only. The tool reports numbers and judges none; see ``docs/benchmarks.md``.
+Example::
 
     python tools/analysis/benchmark.py --arch deit-small --out work_dirs/benchmark.json
 """
@@ -52,7 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--warmup', type=int, default=1, help='untimed rounds after the counted call')
     p.add_argument('--threads', type=int, default=torch.get_num_threads())
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
-    p.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16'], help='bf16: autocast')
+    dtypes = ['fp32', 'bf16', 'bf16-model']  # bf16-model: models and inputs cast to bf16
+    p.add_argument('--dtype', default='fp32', choices=dtypes, help='bf16: fp32 under autocast')
+    p.add_argument('--sdpa', default='auto', choices=list(dm.SDPA_BACKENDS), help='attention')
     p.add_argument('--drop-path-rate', type=float, default=0.1, help='stochastic depth')
     p.add_argument('--teacher', default='regnety_016', help="a timm model name, or 'none'")
     p.add_argument('--teacher-channels-last', action='store_true')
@@ -114,7 +118,7 @@ def bench_section(args, fns: Dict[str, Fn], batch: int, rounds: int, label: str)
     """Each library's FLOPs in a first, untimed call; then interleaved rounds, with the peak."""
     flops = {name: dm.count_flops(fn) for name, fn in fns.items()}
     n = 8192 if args.device == 'cuda' else 2048
-    dtype = torch.bfloat16 if args.dtype == 'bf16' else torch.float32
+    dtype = dm.compute_dtype(args)
     a, b = (torch.randn(n, n, device=args.device, dtype=dtype) for _ in range(2))
     res = run_rounds(args, {**fns, 'mm_peak': lambda: torch.mm(a, b)}, rounds, label)
     peak = 2 * n**3 / res.pop('mm_peak')['best_s']
@@ -160,7 +164,7 @@ def bench_distill(args) -> dict:
             teacher=teacher,
             teacher_channels_last=args.teacher_channels_last,
         )
-        return model.to(args.device)
+        return model.to(args.device, dm.model_dtype(args))
 
     teacher = timm.create_model(args.teacher, pretrained=False, num_classes=args.num_classes)
     distilled, plain = classifier('hard', teacher), classifier('none', None)
@@ -224,7 +228,8 @@ def memory_child(spec: dict) -> dict:
     args = argparse.Namespace(**{**spec['args'], 'arch': spec['arch']})
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = dm.build_deit('mmdeit', args, with_cp=spec['with_cp']).to(args.device)
+    model = dm.build_deit('mmdeit', args, with_cp=spec['with_cp'])
+    model = model.to(args.device, dm.model_dtype(args))
     step = dm.train_step(args, model, args.train_batch)
     if args.device == 'cuda':
         torch.cuda.reset_peak_memory_stats()
@@ -305,6 +310,7 @@ def machine_info(args) -> dict:
         python=platform.python_version(),
         device=args.device,
         dtype=args.dtype,
+        sdpa=args.sdpa,
         loadavg_start=list(os.getloadavg()),
     )
     with contextlib.suppress(OSError, AttributeError), open('/proc/cpuinfo') as f:
@@ -350,7 +356,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     mm_logger.setLevel(logging.WARNING)  # no per-parameter init_weights messages
     try:
-        report = run(args)
+        with dm.sdpa_context(args.sdpa):
+            report = run(args)
     finally:
         torch.set_num_threads(threads)
         mm_logger.setLevel(level)
@@ -370,7 +377,7 @@ def run(args: argparse.Namespace) -> dict:
         outs = {n: m.eval().predict(probe) for n, m in models.items()}
     diff = {n: (o - outs['mmdeit']).abs().max().item() for n, o in outs.items()}
     report = dict(machine=machine_info(args), args=vars(args), parity_max_abs_diff=diff)
-    models = {n: m.to(args.device) for n, m in models.items()}
+    models = {n: m.to(args.device, dm.model_dtype(args)) for n, m in models.items()}
     fns = {n: dm.predict_fn(args, m) for n, m in models.items()}
     report['inference'] = bench_section(args, fns, args.infer_batch, args.rounds, 'inference')
     fns = {n: dm.train_step(args, m, args.train_batch) for n, m in models.items()}

@@ -152,12 +152,43 @@ def autocast(args):
     return contextlib.nullcontext()
 
 
+def model_dtype(args) -> torch.dtype:
+    """The dtype of the models' weights and inputs: bf16 for ``--dtype bf16-model`` (a model
+    cast to bf16, no autocast), else fp32 (``bf16`` is fp32 weights under autocast)."""
+    return torch.bfloat16 if args.dtype == 'bf16-model' else torch.float32
+
+
+def compute_dtype(args) -> torch.dtype:
+    """The dtype the GEMMs run in (that of the matmul peak): bf16 for both bf16 modes."""
+    return torch.float32 if args.dtype == 'fp32' else torch.bfloat16
+
+
+#: ``--sdpa``: the attention kernels allowed (None: torch's choice among all).
+SDPA_BACKENDS = {
+    'auto': None,
+    'flash': 'FLASH_ATTENTION',
+    'efficient': 'EFFICIENT_ATTENTION',
+    'cudnn': 'CUDNN_ATTENTION',
+    'math': 'MATH',
+}
+
+
+def sdpa_context(name: str):
+    """Restrict ``scaled_dot_product_attention`` to one kernel (``--sdpa``); 'auto': no limit."""
+    backend = SDPA_BACKENDS[name]
+    if backend is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, backend))
+
+
 def batch_data(args, batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Random images and labels, the same for every library."""
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(batch, 3, args.img_size, args.img_size, generator=gen)
     y = torch.randint(0, args.num_classes, (batch,), generator=gen)
-    return x.to(args.device), y.to(args.device)
+    return x.to(args.device, model_dtype(args)), y.to(args.device)
 
 
 def loss_step(args, model: nn.Module, loss_fn: Callable[[], torch.Tensor], batch: int) -> Fn:
