@@ -39,8 +39,11 @@ class RNGStateHook(Hook):
     - ``epoch_start``: the same when the epoch's data iterator was created (the data loader
       workers' base seed is drawn from it), for a resume inside the epoch;
     - ``sampler_seed``, ``sampler_epoch``: the train sampler's ``seed`` and ``epoch``;
-      ``worker_seed``: the seed mmengine's ``worker_init_fn`` gives the data loader workers;
-      ``epoch``, ``iter``: where the run was.
+      ``worker_seed``: the seed mmengine's ``worker_init_fn`` gives the data loader workers.
+
+    ``rng_state['epoch']`` and ``['iter']`` repeat the checkpoint's ``meta`` (a resume checks
+    that they agree); the loop resumes ``iter - epoch * len(train_dataloader)`` batches into
+    the epoch.
 
     With several ranks, the entries are gathered (``all_gather_object``, a few kB per rank)
     at the end of each epoch, after each validation and after the iterations at which a
@@ -101,7 +104,7 @@ class RNGStateHook(Hook):
                 'will not repeat the uninterrupted run exactly.'
             )
             return
-        entry = self._entry(loaded['state'])
+        entry = self._entry(loaded['state'], loaded['iter'])
         if entry is None:
             return
         self._restore_seeds(runner, entry)
@@ -111,13 +114,18 @@ class RNGStateHook(Hook):
         else:
             self._pending_current = entry['current']
 
-    def _entry(self, state: Any) -> Optional[Dict[str, Any]]:
+    def _entry(self, state: Any, meta_iter: int) -> Optional[Dict[str, Any]]:
         """This rank's checked entry of a checkpoint's ``rng_state``."""
         if not isinstance(state, dict) or not isinstance(state.get('ranks'), (list, tuple)):
             raise RNGStateError(f'{RNG_STATE_KEY}.ranks: missing or not a list in {state!r:.80}')
         if state.get('format') != _FORMAT:
             raise RNGStateError(
                 f'{RNG_STATE_KEY}.format: {state.get("format")!r}, this mmdeit reads {_FORMAT}'
+            )
+        if state.get('iter') != meta_iter:
+            raise RNGStateError(
+                f'{RNG_STATE_KEY}.iter: {state.get("iter")!r}, but the checkpoint is at iteration '
+                f'{meta_iter}: the random states belong to another point of the run'
             )
         ranks, rank, world_size = state['ranks'], get_rank(), get_world_size()
         if len(ranks) != world_size:
@@ -201,8 +209,6 @@ class RNGStateHook(Hook):
             sampler_seed=_int_or_none(getattr(sampler, 'seed', None)),
             sampler_epoch=_int_or_none(getattr(sampler, 'epoch', None)),
             worker_seed=_int_or_none(keywords.get('seed')),
-            epoch=runner.epoch,
-            iter=runner.iter,
         )
 
     def _gather(self, runner) -> None:
@@ -241,7 +247,14 @@ class RNGStateHook(Hook):
                 'the other ranks: it holds those of rank 0 only.'
             )
             ranks = [self._state(runner)]
-        checkpoint[RNG_STATE_KEY] = dict(format=_FORMAT, world_size=len(ranks), ranks=ranks)
+        meta = checkpoint.get('meta', {})
+        checkpoint[RNG_STATE_KEY] = dict(
+            format=_FORMAT,
+            epoch=meta.get('epoch'),
+            iter=meta.get('iter'),
+            world_size=len(ranks),
+            ranks=ranks,
+        )
 
 
 def _int_or_none(value: Any) -> Optional[int]:
