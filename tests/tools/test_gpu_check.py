@@ -72,7 +72,7 @@ def test_the_training_config_and_data(tmp_path, quick):
     iters_per_epoch = math.ceil(8 / 2)
     assert cfg.train_cfg.max_epochs * iters_per_epoch >= args.iters
     if quick:
-        assert cfg.model.backbone.arch['embed_dims'] == cfg.model.head.in_channels == 32
+        assert cfg.model.backbone.arch == 'deit-tiny' and cfg.model.head.in_channels == 192
     else:
         assert cfg.model.backbone.arch == 'deit-small'
 
