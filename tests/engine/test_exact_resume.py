@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mmengine.hooks import Hook
 
 import mmdeit  # noqa: F401  (registers modules and the mmdeit:: configs)
 from mmdeit.engine import RNGStateError, safe_load
@@ -103,6 +104,7 @@ def test_checkpoint_holds_plain_rng_state_read_by_the_safe_loader(reference):
     _, folder = reference
     state = safe_load(str(folder / 'reference' / 'iter_4.pth'))['rng_state']  # weights_only
     assert state['format'] == 1 and state['world_size'] == len(state['ranks']) == 1
+    assert (state['epoch'], state['iter']) == (1, 4)  # as the checkpoint's meta
     entry = state['ranks'][0]
     assert {'current', 'epoch_start', 'sampler_seed', 'sampler_epoch', 'worker_seed'} <= set(entry)
     assert entry['sampler_seed'] == 0 and entry['sampler_epoch'] == 1
@@ -132,14 +134,22 @@ def test_old_checkpoint_resumes_with_a_warning(reference, tmp_path, one_thread):
     assert _max_diff(resumed, _weights(folder / 'reference' / final)) > 0
 
 
-def test_corrupt_rng_state_is_refused_naming_the_field(reference, tmp_path, one_thread):
+@pytest.mark.parametrize(
+    'field',
+    [r'rng_state\.ranks\[0\]\.current\.numpy\.keys', r'rng_state\.iter: 3, but .* iteration 4'],
+    ids=['corrupt', 'mismatched'],
+)
+def test_bad_rng_state_is_refused_naming_the_field(reference, field, tmp_path, one_thread):
     config, folder = reference
     if folder.name.startswith('w2'):
         pytest.skip('one loader setting is enough')
     ckpt = safe_load(str(folder / 'reference' / 'iter_4.pth'))
-    ckpt['rng_state']['ranks'][0]['current']['numpy']['keys'] = torch.zeros(5, dtype=torch.int64)
+    if 'keys' in field:
+        ckpt['rng_state']['ranks'][0]['current']['numpy']['keys'] = torch.zeros(5).long()
+    else:  # the states of another checkpoint
+        ckpt['rng_state'] = safe_load(str(folder / 'reference' / 'iter_3.pth'))['rng_state']
     torch.save(ckpt, tmp_path / 'bad.pth')
-    with pytest.raises(RNGStateError, match=r'rng_state\.ranks\[0\]\.current\.numpy\.keys'):
+    with pytest.raises(RNGStateError, match=field):
         _train(config, tmp_path / 'resumed', 'bad_ckpt', '--resume', str(tmp_path / 'bad.pth'))
 
 
@@ -193,3 +203,38 @@ def test_two_gloo_processes_resume_mid_epoch_exactly(tmp_path):
     final = f'epoch_{EPOCHS}.pth'
     resumed, uninterrupted = (_weights(tmp_path / d / final) for d in ('resumed', 'reference'))
     assert _max_diff(resumed, uninterrupted) == 0.0
+
+
+def test_iter_based_loop_saves_and_restores_the_states(image_folder, tmp_path, engine):
+    """Not exact (docs/resume.md), but an IterBasedTrainLoop run saves the states and resumes
+    with them, set at its first iteration."""
+    from mmengine.runner import Runner
+
+    from .test_checkpoint_loader import _runner_cfg
+
+    hooks = [dict(type='RNGStateHook')]
+    Runner.from_cfg(_runner_cfg(image_folder, tmp_path / 'full', 3, custom_hooks=hooks)).train()
+    ckpt = tmp_path / 'full' / 'iter_2.pth'
+    state = safe_load(str(ckpt))['rng_state']
+    assert state['iter'] == 2
+    saved = state['ranks'][0]
+    assert saved['epoch_start'] is None  # not the exact-resume loop
+    cfg = _runner_cfg(
+        image_folder, tmp_path / 'resumed', 3, resume=True, load_from=str(ckpt), custom_hooks=hooks
+    )
+    resumed = Runner.from_cfg(cfg)
+    seen = []
+    resumed.register_hook(_Spy(seen), priority='LOWEST')
+    resumed.train()
+    assert resumed.iter == 3
+    assert torch.equal(seen[0], saved['current']['torch'])  # set before the first iteration
+
+
+class _Spy(Hook):
+    """Records torch's RNG state at each ``before_train_iter`` (after RNGStateHook's)."""
+
+    def __init__(self, seen: list) -> None:
+        self.seen = seen
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        self.seen.append(torch.get_rng_state())
