@@ -20,6 +20,7 @@ TOOLS = {
     'infer': 'infer.py',
     'convert': osp.join('model_converters', 'deit_to_mmdeit.py'),
     'vis_attention': osp.join('visualization', 'vis_attention.py'),
+    'digits_to_folder': osp.join('dataset_converters', 'digits_to_folder.py'),
 }
 USAGE = f'usage: python -m mmdeit {{{",".join(TOOLS)}}} [ARGS ...] (-h after TOOL for its help)'
 

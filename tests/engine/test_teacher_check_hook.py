@@ -109,8 +109,10 @@ def test_perfect_teacher_logs_100_before_training(tmp_path):
     runner = _runner(model, tmp_path, custom_hooks=[dict(type='TeacherCheckHook')])
     runner.train()
     assert runner.message_hub.get_scalar('teacher/accuracy_top1').current() == 100.0
-    # Through the model's teacher adaptation: 3 val batches, then 1 training batch.
-    assert teacher.sizes == [(16, 16)] * 4
+    # Through the model's teacher adaptation: the check's 3 val batches, 1 training batch, then
+    # the validation at the last iteration, where the model runs its teacher for PerHeadAccuracy
+    # (eval_teacher) on the same 3 batches.
+    assert teacher.sizes == [(16, 16)] * 7
 
 
 def test_max_batches_and_random_state(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from tests.journeys.conftest import run_cli, tool
 from tools import demo, digits_study
 
-QUICK = ['--student-steps', '6', '--teacher-steps', '3', '--seeds', '0', '1']
+QUICK = ['--size', '0.1', '--student-steps', '6', '--teacher-steps', '3', '--seeds', '0', '1']
 
 
 def test_demo_prints_a_line_per_run_then_the_table(tmp_path):
@@ -24,8 +24,9 @@ def test_demo_prints_a_line_per_run_then_the_table(tmp_path):
         (seed, arm) for seed in (0, 1) for arm, _ in digits_study.ARMS
     )
     assert 'mmengine - INFO' not in out  # the Runner's logs are in the work dir, not here
+    assert 'docs/digits.md' in out  # the rest of the study
     assert '| strong | 143 (10%) | 2 |' in out and 'hard − none' in out
-    assert 'python tools/demo.py --work-dir demo --student-steps 6' in out
+    assert 'python tools/demo.py --work-dir demo --size 0.1 --student-steps 6' in out
     run = tmp_path / 'demo' / 'strong' / 'size_0.1' / 'seed_1'
     assert 'Epoch(train)' in (run / 'cell.log').read_text()
     hard = json.loads((run / 'hard' / 'result.json').read_text())
