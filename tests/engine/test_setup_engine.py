@@ -20,7 +20,7 @@ from mmdeit.engine import (
     safe_load,
     setup_engine,
 )
-from tools import demo as demo_tool
+from tools import digits_study
 from tools import test as test_tool
 from tools import train as train_tool
 
@@ -189,11 +189,21 @@ def test_tools_test_and_demo_turn_the_engine_on_before_the_runner(
     with pytest.raises(_RunnerBuilt):
         test_tool.main([config, str(ckpt), '--work-dir', str(tmp_path / 'test')])
 
-    # The demo trains with its own Runner; it evaluates checkpoints through tools/test.py's
-    # main (checked above).
-    _spy_runner(monkeypatch, demo_tool, seen)
-    cfg = Config(dict(work_dir=str(tmp_path / 'demo'), val_dataloader={}, val_evaluator={}))
+    # The demo (one point of the digits study) trains each run with its own Runner.
+    def from_cfg(cfg):
+        seen.append(engine_is_set_up())
+        raise _RunnerBuilt
+
+    monkeypatch.setattr(digits_study_runner(), 'from_cfg', from_cfg)
+    args = digits_study.parse_args(['--work-dir', str(tmp_path / 'demo')])
     stock_mmengine()
     with pytest.raises(_RunnerBuilt):
-        demo_tool.train_run(cfg, 'row', {})
+        digits_study.train_one('none', 'mild', 0.1, 0, args)
     assert seen == [True, True]
+
+
+def digits_study_runner():
+    """The Runner class tools/digits_study.py builds its runs with (imported in the run)."""
+    from mmengine.runner import Runner
+
+    return Runner
