@@ -89,6 +89,7 @@ def trained(tmp_path_factory):
 
 
 def _convert(src: Path, dst: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The converter as a user runs it: a subprocess in ``cwd``."""
     return subprocess.run(
         [sys.executable, str(TOOL), str(src), str(dst), *args],
         capture_output=True,
@@ -96,6 +97,18 @@ def _convert(src: Path, dst: Path, *args: str, cwd: Path) -> subprocess.Complete
         cwd=cwd,
         timeout=300,
     )
+
+
+def _convert_here(src: Path, dst: Path, *args: str, cwd: Path, monkeypatch) -> int:
+    """The converter's ``main`` in this process, in ``cwd``: the same code as the subprocess
+    (which test_cli.py and the refusal test below run) without another 15 s import."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('deit_to_mmdeit', TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.chdir(cwd)
+    return tool.main([str(src), str(dst), *args])
 
 
 def test_runner_checkpoint_has_what_mmengine_writes(trained):
@@ -109,10 +122,11 @@ def test_runner_checkpoint_has_what_mmengine_writes(trained):
         assert torch.equal(saved['state_dict'][key], value), key
 
 
-def test_cli_converts_runner_checkpoint_to_timm(trained, tmp_path):
+def test_cli_converts_runner_checkpoint_to_timm(trained, tmp_path, monkeypatch):
     ckpt, model = trained
-    result = _convert(ckpt, Path('student_timm.pth'), '--to', 'timm', cwd=tmp_path)
-    assert result.returncode == 0, result.stderr + result.stdout
+    rc = _convert_here(ckpt, Path('student_timm.pth'), '--to', 'timm', cwd=tmp_path,
+                       monkeypatch=monkeypatch)  # fmt: skip
+    assert rc == 0
     written = torch.load(tmp_path / 'student_timm.pth', map_location='cpu', weights_only=True)
     ours = model.state_dict()
     for timm_key, key in [
@@ -131,7 +145,7 @@ def test_cli_converts_runner_checkpoint_to_timm(trained, tmp_path):
 
 
 def test_cli_converts_runner_checkpoint_to_hf(trained, tmp_path):
-    ckpt, model = trained
+    ckpt, model = trained  # as a subprocess, the way a user converts
     result = _convert(ckpt, Path('hf.pth'), '--to', 'hf', '--hf-layout', HF_LAYOUT, cwd=tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
     written = torch.load(tmp_path / 'hf.pth', map_location='cpu', weights_only=True)
@@ -144,10 +158,10 @@ def test_cli_converts_runner_checkpoint_to_hf(trained, tmp_path):
         torch.testing.assert_close(hf_model(x).logits, model(x, mode='tensor'), rtol=0, atol=1e-5)
 
 
-def test_cli_converts_runner_checkpoint_to_mmdeit(trained, tmp_path):
+def test_cli_converts_runner_checkpoint_to_mmdeit(trained, tmp_path, monkeypatch):
     ckpt, model = trained
-    result = _convert(ckpt, Path('out') / 'student.pth', cwd=tmp_path)
-    assert result.returncode == 0, result.stderr + result.stdout
+    rc = _convert_here(ckpt, Path('out') / 'student.pth', cwd=tmp_path, monkeypatch=monkeypatch)
+    assert rc == 0
     written = safe_load(str(tmp_path / 'out' / 'student.pth'))
     assert written['meta']['converted_from'] == 'mmdeit'
     ours = model.state_dict()

@@ -79,6 +79,10 @@ def _selfsup(cfg: Config) -> bool:
     return cfg.get('val_evaluator') is None
 
 
+def _selfsup_config(config: str) -> bool:
+    return _selfsup(Config.fromfile(str(CONFIGS / config)))
+
+
 def _pretrained_init(cfg: Config) -> dict:
     """The model's ``Pretrained`` init (the last of its list), or an empty dict."""
     init_cfg = cfg.model.get('init_cfg') or []
@@ -169,6 +173,31 @@ BUILD_ONLY = [c for c in shipped_configs() if c in DOWNSTREAM or _heaviest(c) or
 TRAINING = [c for c in shipped_configs() if c not in BUILD_ONLY]
 
 
+def _evaluation_path(config: str) -> tuple:
+    """What tools/test.py and tools/infer.py build and read for ``config``: the student's
+    classifier, backbone and head types and the dataset type."""
+    from mmdeit.models.classifiers import student_model_cfg
+
+    cfg = Config.fromfile(str(CONFIGS / config))
+    student = student_model_cfg(cfg.model)
+    return student['type'], student['backbone']['type'], student['head']['type'], _dataset_type(cfg)
+
+
+def _evaluated(configs: list) -> list:
+    """The first config (in order) of each evaluation path: every config trains through the
+    CLI; test.py and infer.py run once per path (a child that differs from its parent only in
+    training settings, e.g. loss mode, init or arch size, tests and infers the same way)."""
+    first = {}
+    for config in configs:
+        if _selfsup(Config.fromfile(str(CONFIGS / config))):
+            continue
+        first.setdefault(_evaluation_path(config), config)
+    return sorted(first.values())
+
+
+EVALUATED = _evaluated(TRAINING)
+
+
 def _journey(config: str, home: Path, teachers: dict, tmp_dir: Path) -> None:
     """Train, test and infer with ``config`` as the user does; raises on any failure."""
     cfg = Config.fromfile(str(CONFIGS / config))
@@ -205,6 +234,8 @@ def _journey(config: str, home: Path, teachers: dict, tmp_dir: Path) -> None:
         assert {g['weight_decay'] for g in groups} == {0.0, decay}  # none on norms, tokens
     if _pretrained_init(cfg):
         assert 'load model from' in out and 'size mismatch' not in out
+    if config not in EVALUATED:  # its test and inference path is another config's
+        return
 
     # 2. test the student, with no teacher checkpoint anywhere
     options = []
@@ -243,6 +274,12 @@ def journeys(user_home, imagenet_teacher, digits_teacher, tmp_path_factory) -> d
 def test_every_config_is_in_a_journey():
     assert sorted(TRAINING + BUILD_ONLY) == shipped_configs()
     assert len(TRAINING) >= 8 and len(BUILD_ONLY) == 7, BUILD_ONLY
+    # test.py and infer.py run on every evaluation path: ImageNet plain and distilled DeiT, the
+    # digits student and teacher, the custom-dataset student
+    assert len(EVALUATED) == 5, EVALUATED
+    assert {_evaluation_path(c) for c in EVALUATED} == {
+        _evaluation_path(c) for c in TRAINING if c in EVALUATED or not _selfsup_config(c)
+    }
 
 
 @pytest.mark.parametrize('config', TRAINING)
