@@ -47,6 +47,11 @@ def _by_cell(results: List[dict]) -> Dict[Tuple[str, float], Dict[str, Dict[int,
     return cells
 
 
+def _images(arms: Dict[str, Dict[int, dict]]) -> int:
+    """The training-set size of a cell (the same for every arm and seed)."""
+    return next(iter(next(iter(arms.values())).values()))['images']
+
+
 def _mean_std(values: List[float]) -> str:
     if not values:
         return '-'
@@ -83,7 +88,7 @@ def format_report(results: List[dict], command: str) -> str:
         '| :-- | --: | --: | --: | --: | --: | --: | --: | --: |',
     ]
     for (aug, size), arms in sorted(cells.items()):
-        images = next(iter(next(iter(arms.values())).values()))['images']
+        images = _images(arms)
         seeds = len(set().union(*(set(a) for a in arms.values())))
         row = [aug, f'{images} ({size:.0%})', str(seeds)]
         row += [_mean_std(_metric(arms, arm, TOP1)) for arm in ARMS]
@@ -147,9 +152,7 @@ def plot(results: List[dict], path: str) -> None:
     fig, axes = plt.subplots(len(augs), 2, figsize=(11, 4.2 * len(augs)), squeeze=False)
     for row, aug in enumerate(augs):
         sizes = sorted(size for a, size in cells if a == aug)
-        images = [
-            next(iter(next(iter(cells[(aug, s)].values())).values()))['images'] for s in sizes
-        ]
+        images = [_images(cells[(aug, s)]) for s in sizes]
         ax_acc, ax_gain = axes[row]
         for arm in ARMS:
             means, errs, xs = [], [], []

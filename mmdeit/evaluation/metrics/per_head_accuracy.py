@@ -1,6 +1,6 @@
 """Top-1 of each DeiT head, of their fusion, of the teacher, and how often they agree."""
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from mmengine.evaluator import BaseMetric
@@ -48,10 +48,10 @@ class PerHeadAccuracy(BaseMetric):
     next to ``Accuracy``: ``val_evaluator = [dict(type='Accuracy', topk=(1, 5)),
     dict(type='PerHeadAccuracy')]``; the keys are logged as ``per_head/cls_top1`` etc.
 
-    Args:
+    Args (mmengine's ``BaseMetric``'s):
         collect_device: Device to gather results on in distributed runs, 'cpu' or 'gpu'.
             Defaults to 'cpu'.
-        prefix: Prefix of the keys. Defaults to 'per_head'.
+        prefix: Prefix of the keys. Defaults to None, i.e. ``default_prefix`` 'per_head'.
 
     Raises:
         KeyError: (in :meth:`process`) a prediction has no ``pred_label_cls``, i.e. the
@@ -59,9 +59,6 @@ class PerHeadAccuracy(BaseMetric):
     """
 
     default_prefix = 'per_head'
-
-    def __init__(self, collect_device: str = 'cpu', prefix: Optional[str] = None):
-        super().__init__(collect_device=collect_device, prefix=prefix)
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         """Keep the true label and every head's predicted label of each sample."""
