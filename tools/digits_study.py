@@ -13,11 +13,20 @@ One line per finished run goes to the terminal; the mmengine logs of every run s
 dir (``<work-dir>/<aug>/<size>/seed_<seed>/<arm>/``), with ``result.json``. A run whose
 ``result.json`` exists is not run again, so an interrupted study continues where it stopped.
 
+The arms ``none-simmim`` and ``hard-simmim`` are the students of ``none`` and ``hard`` fine-tuned
+from a SimMIM-pretrained encoder (``configs/simmim/``, issue 17's question: does masked-image
+pretraining help where labels are scarce?). The pretraining runs once per seed, before the cells,
+on the whole 1,437-image train split with its labels unused (the images a labelled subset leaves
+out are unlabelled data), in ``<work-dir>/simmim/seed_<seed>/``; the fine-tuned arms differ from
+their from-scratch partners in the initial backbone weights only.
+
 Examples::
 
     python tools/digits_study.py                           # the declared study (hours on 2 cores)
     python tools/digits_study.py --sizes 0.1 --augs strong --seeds 0 1 2 3 4 --jobs 2
     python tools/digits_study.py --report-only --doc docs/digits.md
+    python tools/digits_study.py --arms teacher none hard none-simmim hard-simmim \
+        --doc docs/simmim.md
 """
 
 import argparse
@@ -31,14 +40,22 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
-CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'digits')
-#: (arm, config) in run order: the teacher first, the students need its checkpoint.
+CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
+#: (arm, config under configs/) in run order: the teacher first, the students need its checkpoint.
 ARMS = (
-    ('teacher', 'resnet-digits_1xb64_digits'),
-    ('none', 'deit-digits-tiny_1xb64_digits'),
-    ('hard', 'deit-digits-tiny-distilled-hard_1xb64_digits'),
-    ('soft', 'deit-digits-tiny-distilled-soft_1xb64_digits'),
+    ('teacher', 'digits/resnet-digits_1xb64_digits'),
+    ('none', 'digits/deit-digits-tiny_1xb64_digits'),
+    ('hard', 'digits/deit-digits-tiny-distilled-hard_1xb64_digits'),
+    ('soft', 'digits/deit-digits-tiny-distilled-soft_1xb64_digits'),
+    ('none-simmim', 'simmim/benchmarks/deit-digits-tiny_simmim-pre_1xb64_digits'),
+    ('hard-simmim', 'simmim/benchmarks/deit-digits-tiny-distilled-hard_simmim-pre_1xb64_digits'),
 )
+#: The arms of the distillation study (the SimMIM arms are asked for by name).
+STUDY_ARMS = ('teacher', 'none', 'hard', 'soft')
+#: The SimMIM arms and the from-scratch arm each is paired with.
+SIMMIM_ARMS = {'none-simmim': 'none', 'hard-simmim': 'hard'}
+PRETRAIN_CONFIG = 'simmim/simmim_deit-digits-tiny_1xb64_digits'
+PRETRAIN_EPOCHS = 100  # the shipped SimMIM digits config's
 SIZES = (0.1, 0.25, 1.0)
 AUGS = ('mild', 'strong')
 SEEDS = (0, 1, 2, 3, 4)
@@ -92,11 +109,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--sizes', type=float, nargs='+', default=list(SIZES), help='fractions')
     parser.add_argument('--augs', nargs='+', default=list(AUGS), choices=AUGS)
     parser.add_argument('--seeds', type=int, nargs='+', default=list(SEEDS))
-    parser.add_argument(
-        '--arms', nargs='+', default=[a for a, _ in ARMS], choices=[a for a, _ in ARMS]
-    )
+    parser.add_argument('--arms', nargs='+', default=list(STUDY_ARMS), choices=[a for a, _ in ARMS])
     parser.add_argument('--student-steps', type=int, default=STUDENT_STEPS)
     parser.add_argument('--teacher-steps', type=int, default=TEACHER_STEPS)
+    parser.add_argument(
+        '--pretrain-epochs',
+        type=int,
+        default=PRETRAIN_EPOCHS,
+        help='epochs of the SimMIM pretraining of the *-simmim arms (on all 1,437 images)',
+    )
     parser.add_argument('--jobs', type=int, default=2, help='cells run in parallel (1 thread each)')
     parser.add_argument('--report-only', action='store_true', help='tables from finished runs')
     parser.add_argument('--doc', help='write the report between the markers of this Markdown file')
@@ -104,16 +125,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     for size in args.sizes:
         if not 0.0 < size <= 1.0:
             parser.error(f'--sizes must be fractions in (0, 1], got {size}')
-    if 'teacher' not in args.arms and set(args.arms) & {'hard', 'soft'}:
-        parser.error('--arms hard/soft need the teacher arm (it trains their teacher)')
-    for name in ('student_steps', 'teacher_steps', 'jobs'):
+    if 'teacher' not in args.arms and set(args.arms) & {'hard', 'soft', 'hard-simmim'}:
+        parser.error('--arms hard/soft/hard-simmim need the teacher arm (it trains their teacher)')
+    for name in ('student_steps', 'teacher_steps', 'pretrain_epochs', 'jobs'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1')
+    order = [a for a, _ in ARMS]
+    args.arms = sorted(set(args.arms), key=order.index)  # run order: the teacher first
     return args
 
 
 def run_dir(work_dir: str, aug: str, size: float, seed: int, arm: str) -> str:
     return osp.join(work_dir, aug, f'size_{size:g}', f'seed_{seed}', arm)
+
+
+def pretrain_dir(work_dir: str, seed: int) -> str:
+    return osp.join(work_dir, 'simmim', f'seed_{seed}')
+
+
+def _schedule(cfg, epochs: int, warmup_share: float) -> None:
+    """Warm-up (``warmup_share`` of the epochs, at least one) then cosine decay, by epoch."""
+    if epochs == 1:  # only a warm-up (a smoke run)
+        cfg.param_scheduler = cfg.param_scheduler[:1]
+        cfg.param_scheduler[0].update(begin=0, end=1)
+    else:
+        warmup = min(max(1, round(epochs * warmup_share)), epochs - 1)
+        cfg.param_scheduler[0].update(begin=0, end=warmup)
+        cfg.param_scheduler[1].update(begin=warmup, end=epochs)
 
 
 def epochs_for(steps: int, size: float) -> Tuple[int, int]:
@@ -132,13 +170,7 @@ def study_config(arm: str, aug: str, size: float, seed: int, steps: int, work_di
     cfg.randomness = dict(seed=seed, deterministic=False)
     epochs, _ = epochs_for(steps, size)
     cfg.train_cfg = dict(by_epoch=True, max_epochs=epochs, val_interval=epochs)
-    if epochs == 1:  # only a warm-up (a smoke run)
-        cfg.param_scheduler = cfg.param_scheduler[:1]
-        cfg.param_scheduler[0].update(begin=0, end=1)
-    else:
-        warmup = min(max(1, round(epochs * WARMUP)), epochs - 1)
-        cfg.param_scheduler[0].update(begin=0, end=warmup)
-        cfg.param_scheduler[1].update(begin=warmup, end=epochs)
+    _schedule(cfg, epochs, WARMUP)
     cfg.default_hooks.checkpoint.update(interval=epochs, save_best=None, max_keep_ckpts=1)
     cfg.default_hooks.logger.interval = 50
     dataset = cfg.train_dataloader.dataset
@@ -149,6 +181,71 @@ def study_config(arm: str, aug: str, size: float, seed: int, steps: int, work_di
         cfg.model.train_cfg.probs = STRONG_MIX_PROBS
     cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h.get('type') != 'EMAHook']
     return cfg
+
+
+def pretrain_config(seed: int, epochs: int, work_dir: str):
+    """The SimMIM pretraining of one seed: the shipped digits config, its warm-up share kept."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(osp.join(CONFIG_DIR, PRETRAIN_CONFIG + '.py'))
+    cfg.work_dir = work_dir
+    cfg.randomness = dict(seed=seed, deterministic=False)
+    shipped_warmup = cfg.param_scheduler[0].end / cfg.train_cfg.max_epochs
+    cfg.train_cfg = dict(by_epoch=True, max_epochs=epochs)
+    _schedule(cfg, epochs, shipped_warmup)
+    cfg.default_hooks.checkpoint.update(interval=epochs, max_keep_ckpts=1)
+    cfg.default_hooks.logger.interval = 50
+    return cfg
+
+
+def pretrain_one(seed: int, args: argparse.Namespace, redirect: bool = True) -> dict:
+    """SimMIM-pretrain the seed's encoder in this process (once); its result.
+
+    Args:
+        seed: The seed of the pretraining (and of the fine-tunes that start from it).
+        args: The study's arguments.
+        redirect: Send stdout and stderr to the run's ``pretrain.log``. Defaults to True.
+    """
+    work_dir = pretrain_dir(args.work_dir, seed)
+    result = load_result(osp.join(work_dir, 'result.json'))
+    if result is not None:
+        return dict(result, reused=True)
+    import torch
+    from mmengine.runner import Runner
+
+    import mmdeit  # noqa: F401  (registers modules)
+    from mmdeit.engine import setup_engine
+
+    os.makedirs(work_dir, exist_ok=True)
+    torch.set_num_threads(1)
+    with open(osp.join(work_dir, 'pretrain.log'), 'a') as log:
+        if redirect:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+        cfg = pretrain_config(seed, args.pretrain_epochs, work_dir)
+        start = time.perf_counter()
+        setup_engine()
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+        loss = runner.message_hub.get_scalar('train/loss').current()
+    epochs = cfg.train_cfg.max_epochs
+    result = dict(
+        arm='simmim',
+        seed=seed,
+        images=len(runner.train_dataloader.dataset),
+        epochs=epochs,
+        steps=epochs * len(runner.train_dataloader),
+        final_loss=float(loss),
+        wall_s=time.perf_counter() - start,
+        checkpoint=osp.join(work_dir, f'epoch_{epochs}.pth'),
+    )
+    with open(osp.join(work_dir, 'result.json'), 'w') as f:
+        json.dump(result, f, indent=1)
+    return dict(result, reused=False)
+
+
+def _pretrain(payload):
+    return pretrain_one(*payload)
 
 
 def _last_val_hook():
@@ -167,8 +264,13 @@ def _last_val_hook():
     return LastVal()
 
 
-def train_one(arm: str, aug: str, size: float, seed: int, args, teacher_ckpt=None) -> dict:
-    """Train one run in this process; its result (also written to ``result.json``)."""
+def train_one(
+    arm: str, aug: str, size: float, seed: int, args, teacher_ckpt=None, pretrained=None
+) -> dict:
+    """Train one run in this process; its result (also written to ``result.json``).
+
+    ``pretrained`` (a *-simmim arm's SimMIM checkpoint) replaces the fine-tune config's.
+    """
     from mmengine.runner import Runner
 
     from mmdeit.engine import setup_engine
@@ -178,6 +280,11 @@ def train_one(arm: str, aug: str, size: float, seed: int, args, teacher_ckpt=Non
     cfg = study_config(arm, aug, size, seed, steps, work_dir)
     if teacher_ckpt is not None and 'teacher' in cfg.model:
         cfg.model.teacher_ckpt = teacher_ckpt
+    if arm in SIMMIM_ARMS:
+        init = cfg.model.init_cfg[-1]
+        if init.type != 'Pretrained':
+            raise ValueError(f'{arm}: the last model.init_cfg entry must be Pretrained: {init}')
+        init.checkpoint = pretrained
     start = time.perf_counter()
     setup_engine()
     runner = Runner.from_cfg(cfg)
@@ -235,11 +342,13 @@ def run_cell(
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
         teacher_ckpt = None
+        pretrained = osp.join(pretrain_dir(args.work_dir, seed), 'result.json')
         for arm in args.arms:
             path = osp.join(run_dir(args.work_dir, aug, size, seed, arm), 'result.json')
             result = load_result(path)
             if result is None:
-                result = train_one(arm, aug, size, seed, args, teacher_ckpt)
+                ckpt = load_result(pretrained)['checkpoint'] if arm in SIMMIM_ARMS else None
+                result = train_one(arm, aug, size, seed, args, teacher_ckpt, ckpt)
                 result['reused'] = False
             else:
                 result['reused'] = True
@@ -293,6 +402,15 @@ def main(argv=None, command: Optional[str] = None) -> List[dict]:
         start = time.perf_counter()
         ctx = mp.get_context('spawn')
         with ctx.Pool(args.jobs) as pool:
+            if set(args.arms) & set(SIMMIM_ARMS):  # every seed's encoder before the cells
+                payloads = [(seed, args) for seed in args.seeds]
+                for pre in pool.imap_unordered(_pretrain, payloads):
+                    done = ' (done before)' if pre['reused'] else f'  {pre["wall_s"]:.0f} s'
+                    print(
+                        f'SimMIM seed {pre["seed"]}: {pre["epochs"]} epochs on {pre["images"]} '
+                        f'images, final L1 loss {pre["final_loss"]:.3f}{done}',
+                        flush=True,
+                    )
             for cell_results in pool.imap_unordered(_run_cell, [(c, args) for c in cells]):
                 for result in cell_results:
                     results.append(result)

@@ -2,8 +2,9 @@
 
 For each augmentation and training-set size: mean ± sample std of val top-1 per arm over the
 seeds, and the paired differences hard − none and soft − none (the same seed, hence the same
-subset and teacher, in both arms) with a 95 % t-interval over the seeds. Every seed's numbers
-are listed too, so that no point is hidden behind a mean.
+subset and teacher, in both arms) with a 95 % t-interval over the seeds; with the SimMIM arms,
+also none-simmim − none and hard-simmim − hard (the same run but for the initial encoder).
+Every seed's numbers are listed too, so that no point is hidden behind a mean.
 """
 
 import glob
@@ -15,7 +16,9 @@ from typing import Dict, List, Sequence, Tuple
 
 BEGIN = '<!-- digits-study:begin (written by tools/digits_study.py --doc) -->'
 END = '<!-- digits-study:end -->'
-ARMS = ('teacher', 'none', 'hard', 'soft')
+ARMS = ('teacher', 'none', 'hard', 'soft', 'none-simmim', 'hard-simmim')
+#: (arm, the arm it is compared with): the paired gains the report and plot show.
+GAINS = (('hard', 'none'), ('soft', 'none'), ('none-simmim', 'none'), ('hard-simmim', 'hard'))
 TOP1 = 'accuracy/top1'
 
 
@@ -60,10 +63,12 @@ def _mean_std(values: List[float]) -> str:
     return f'{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}'
 
 
-def _gain(arms: Dict[str, Dict[int, dict]], arm: str) -> Tuple[str, List[float]]:
-    """The paired difference arm − none over the seeds both have, as text and values."""
-    seeds = sorted(set(arms.get(arm, {})) & set(arms.get('none', {})))
-    diffs = [arms[arm][s]['metrics'][TOP1] - arms['none'][s]['metrics'][TOP1] for s in seeds]
+def _gain(
+    arms: Dict[str, Dict[int, dict]], arm: str, base: str = 'none'
+) -> Tuple[str, List[float]]:
+    """The paired difference arm − base over the seeds both have, as text and values."""
+    seeds = sorted(set(arms.get(arm, {})) & set(arms.get(base, {})))
+    diffs = [arms[arm][s]['metrics'][TOP1] - arms[base][s]['metrics'][TOP1] for s in seeds]
     if not diffs:
         return '-', []
     mean, low, high = t_interval(diffs)
@@ -79,20 +84,24 @@ def _metric(arms, arm, key) -> List[float]:
 def format_report(results: List[dict], command: str) -> str:
     """The Markdown report: summary table, per-head table, every seed, how it was run."""
     cells = _by_cell(results)
+    present = {r['arm'] for r in results}
+    arm_cols = [arm for arm in ARMS if arm in present]
+    gains = [(arm, base) for arm, base in GAINS if arm in present and base in present]
+    header = ['aug', 'train images', 'seeds', *arm_cols, *(f'{a} − {b}' for a, b in gains)]
     lines = [
         'Val top-1 (%) on the 360 val images after the last epoch; mean ± sample std over the '
-        'seeds; gain = paired difference to no distillation (same seed, subset and teacher) '
-        'with its 95 % t-interval.',
+        'seeds; gain = paired difference (same seed, subset and teacher; a *-simmim arm differs '
+        'from its partner in the initial encoder only) with its 95 % t-interval.',
         '',
-        '| aug | train images | seeds | teacher | none | hard | soft | hard − none | soft − none |',
-        '| :-- | --: | --: | --: | --: | --: | --: | --: | --: |',
+        '| ' + ' | '.join(header) + ' |',
+        '| :-- | ' + ' | '.join(['--:'] * (len(header) - 1)) + ' |',
     ]
     for (aug, size), arms in sorted(cells.items()):
         images = _images(arms)
         seeds = len(set().union(*(set(a) for a in arms.values())))
         row = [aug, f'{images} ({size:.0%})', str(seeds)]
-        row += [_mean_std(_metric(arms, arm, TOP1)) for arm in ARMS]
-        row += [_gain(arms, 'hard')[0], _gain(arms, 'soft')[0]]
+        row += [_mean_std(_metric(arms, arm, TOP1)) for arm in arm_cols]
+        row += [_gain(arms, arm, base)[0] for arm, base in gains]
         lines.append('| ' + ' | '.join(row) + ' |')
     lines += [
         '',
@@ -167,10 +176,10 @@ def plot(results: List[dict], path: str) -> None:
         ax_acc.set(xscale='log', xlabel='training images', ylabel='val top-1 (%)')
         ax_acc.set_title(f'{aug} augmentation: mean ± std over seeds')
         ax_acc.legend(fontsize='small')
-        for arm in ('hard', 'soft'):
+        for arm, base in GAINS:
             xs, means, lows, highs = [], [], [], []
             for x, size in zip(images, sizes):
-                _, diffs = _gain(cells[(aug, size)], arm)
+                _, diffs = _gain(cells[(aug, size)], arm, base)
                 if len(diffs) >= 2:
                     mean, low, high = t_interval(diffs)
                     xs.append(x)
@@ -179,11 +188,11 @@ def plot(results: List[dict], path: str) -> None:
                     highs.append(high - mean)
             if xs:
                 ax_gain.errorbar(
-                    xs, means, yerr=[lows, highs], marker='o', capsize=3, label=f'{arm} − none'
+                    xs, means, yerr=[lows, highs], marker='o', capsize=3, label=f'{arm} − {base}'
                 )
         ax_gain.axhline(0, color='grey', linewidth=0.8)
         ax_gain.set(xscale='log', xlabel='training images', ylabel='paired gain (points)')
-        ax_gain.set_title(f'{aug}: distillation gain, 95 % CI')
+        ax_gain.set_title(f'{aug}: paired gains, 95 % CI')
         ax_gain.legend(fontsize='small')
     fig.tight_layout()
     fig.savefig(path, dpi=100)
