@@ -40,6 +40,45 @@ def test_every_arm_trains_on_the_same_subset_for_the_same_steps(size):
         assert cfg.randomness.seed == 3
 
 
+def test_simmim_arms_differ_from_their_partners_in_the_initial_encoder_only(tmp_path):
+    cfgs = _cfgs(aug='strong', size=0.25)
+    for arm, base in digits_study.SIMMIM_ARMS.items():
+        fine, scratch = cfgs[arm].to_dict(), cfgs[base].to_dict()
+        init, scratch_init = fine['model'].pop('init_cfg'), scratch['model'].pop('init_cfg')
+        assert init[:-1] == scratch_init and init[-1]['type'] == 'Pretrained'
+        for cfg in (fine, scratch):  # the config files' own names and folders
+            cfg.pop('work_dir')
+            cfg.pop('filename', None)
+        assert fine == scratch
+    pre = digits_study.pretrain_config(seed=2, epochs=20, work_dir=str(tmp_path))
+    assert pre.model.type == 'DeiTSimMIM' and pre.randomness.seed == 2
+    assert 'subset' not in pre.train_dataloader.dataset  # every train image, labels unused
+    assert pre.train_cfg.max_epochs == 20 == pre.param_scheduler[1].end
+    assert pre.param_scheduler[0].end == pre.param_scheduler[1].begin == 2  # the shipped 10 %
+
+
+def test_simmim_arms_start_from_their_seeds_pretraining(tmp_path):
+    """A smoke study: one pretraining epoch, then the fine-tune loads that checkpoint."""
+    argv = ['--work-dir', str(tmp_path), '--sizes', '0.1', '--augs', 'mild', '--seeds', '0']
+    argv += ['--arms', 'none-simmim', 'none', '--student-steps', '1', '--pretrain-epochs', '1']
+    args = digits_study.parse_args(argv + ['--jobs', '1'])
+    assert args.arms == ['none', 'none-simmim']  # run order, whatever the order given
+    pre = digits_study.pretrain_one(0, args, redirect=False)
+    assert pre['checkpoint'] == str(tmp_path / 'simmim' / 'seed_0' / 'epoch_1.pth')
+    assert not pre['reused'] and digits_study.pretrain_one(0, args, redirect=False)['reused']
+    results = digits_study.run_cell(('mild', 0.1, 0), args, redirect=False)
+    assert [r['arm'] for r in results] == ['none', 'none-simmim']
+    import torch
+
+    pretrained = torch.load(pre['checkpoint'], map_location='cpu', weights_only=False)
+    tuned = torch.load(results[1]['checkpoint'], map_location='cpu', weights_only=False)
+    scratch = torch.load(results[0]['checkpoint'], map_location='cpu', weights_only=False)
+    key = 'backbone.pos_embed'  # one training step moves it by at most lr x a few
+    start = pretrained['state_dict'][key]
+    assert (tuned['state_dict'][key] - start).abs().max() < 0.05
+    assert (scratch['state_dict'][key] - start).abs().max() > 0.05
+
+
 def test_the_strong_augmentation_is_applied_to_teacher_and_students_alike():
     mild, strong = _cfgs('mild'), _cfgs('strong')
     for arm in strong:
@@ -90,6 +129,14 @@ def test_report_pairs_the_seeds_and_lists_every_point(tmp_path):
     assert '92.00 ± 1.58' in row and '97.00 ± 0.00' in row
     assert 'hard 91.00 / 89.00 / 95.00 / 93.50 / 96.50' in text  # every seed, in order
     assert 'python tools/x.py' in text
+    assert 'none-simmim' not in text  # the columns of the arms that ran, no more
+    pre = [_result('none-simmim', s, v + 2.0 * s) for s, v in enumerate(none)]
+    text = digits_study_report.format_report(results + pre, command='python tools/x.py')
+    header = next(line for line in text.splitlines() if line.startswith('| aug | train images'))
+    assert header.endswith('| hard − none | none-simmim − none |')
+    row = next(line for line in text.splitlines() if line.startswith('| strong | 143'))
+    mean, low, high = digits_study_report.t_interval([2.0 * s for s in range(5)])
+    assert row.endswith(f'| {mean:+.2f} [{low:+.2f}, {high:+.2f}] |')
     png = tmp_path / 'study.png'
     digits_study_report.plot(results, str(png))
     assert png.stat().st_size > 0
@@ -116,6 +163,8 @@ def test_doc_section_is_replaced_between_its_markers(tmp_path):
         (['--sizes', '0'], 'fractions in'),
         (['--sizes', '1.5'], 'fractions in'),
         (['--arms', 'none', 'hard'], 'need the teacher arm'),
+        (['--arms', 'none', 'hard-simmim'], 'need the teacher arm'),
+        (['--pretrain-epochs', '0'], '--pretrain-epochs must be >= 1'),
         (['--jobs', '0'], '--jobs must be >= 1'),
         (['--student-steps', '0'], '--student-steps must be >= 1'),
     ],
