@@ -17,6 +17,8 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
   computed at all (``mmdeit/models/utils/drop_path.py``), with mmcv's random draw. On the CPU
   only: on CUDA finding them would sync the host in every layer, so there (and under
   ``torch.compile``) the mask-multiply form runs, with the same draw.
+* **Attention as two GEMMs in bf16 on the CPU** (``mmdeit/models/utils/gemm_attention.py``):
+  there PyTorch's flash kernel is slower than bf16 GEMMs with the scores in memory.
 * **``num_queries``**: a layer can compute only its first ``num_queries`` output tokens (keys
   and values still come from every token). The backbone uses it in its last layer when only
   the cls/dist tokens are read.
@@ -35,6 +37,7 @@ from mmcv.cnn.bricks.drop import DropPath
 
 from ..utils import onednn_linear as onednn
 from ..utils.drop_path import multiply_dropped, skip_dropped_samples, skips_dropped_samples
+from ..utils.gemm_attention import gemm_attention, gemm_attention_applies
 from .transformer_layer import FFN, MultiheadAttention, TransformerEncoderLayer
 
 
@@ -114,6 +117,12 @@ class FastMultiheadAttention(MultiheadAttention):
         q = q.reshape(B, num_queries, h, d).transpose(1, 2)  # (B, h, n, d), a view
         k, v = self._split_heads(onednn.linear_rows(x, self.qkv, slice(C, 3 * C)), 2)
         return q, k, v  # (B, h, n, d), 2 x (B, h, N, d)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The parent's attention; two bf16 GEMMs instead of SDPA where those are faster."""
+        if gemm_attention_applies(q, self.attn_drop if self.training else 0.0):
+            return gemm_attention(q, k, v, self.scale)  # (B, n, C)
+        return super()._attend(q, k, v)
 
     def branch(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
         """The residual branch without stochastic depth: (B, N, C) -> (B, n, C)."""

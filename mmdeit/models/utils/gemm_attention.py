@@ -1,0 +1,53 @@
+"""Attention as two batched GEMMs and a softmax, for bf16 on the CPU.
+
+``softmax(q k^T / sqrt(d)) v`` written out: ``bmm``, ``softmax``, ``bmm``. On the CPUs of
+``docs/benchmarks.md`` (AVX-512 BF16) PyTorch's CPU flash-attention kernel is no faster in bf16
+than in fp32 (about 60 GFLOP/s on one core for DeiT-S's 198 tokens), while bf16 GEMMs run at
+about 200: once the linear layers are in bf16, attention takes a fifth of the forward. With
+the whole (B*h, n, N) score matrix in memory (0.4 MB per sample and layer for DeiT-S in bf16)
+the two products run as oneDNN bf16 GEMMs and the whole attention takes about 60 % of the
+flash kernel's time. In fp32 the flash kernel is the faster one and stays.
+
+The products are the ones SDPA computes in bf16 (bf16 inputs, fp32 accumulation); the softmax
+is computed in fp32 inside the kernel and rounded to bf16 for the second GEMM, as flash does;
+``q / sqrt(d)`` is rounded to bf16 first (exact for power-of-4 head sizes: 16, 64, 256).
+"""
+
+import torch
+
+#: Device types where the GEMM form replaces SDPA for bf16.
+GEMM_DEVICE_TYPES = frozenset({'cpu'})
+
+
+def gemm_attention_applies(q: torch.Tensor, dropout_p: float = 0.0) -> bool:
+    """Whether :func:`gemm_attention` is the faster form: bf16 on the CPU, no attention
+    dropout, not while ``torch.compile`` traces (it picks its own kernels)."""
+    return (
+        q.dtype == torch.bfloat16
+        and q.device.type in GEMM_DEVICE_TYPES
+        and dropout_p == 0.0
+        and not torch.compiler.is_compiling()
+    )
+
+
+def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """``softmax(q k^T * scale) v``, heads merged: q (B, h, n, d), k/v (B, h, N, d) -> (B, n, h*d).
+
+    Args:
+        q: Queries (B, h, n, d), any strides.
+        k: Keys (B, h, N, d), any strides.
+        v: Values (B, h, N, d), any strides.
+        scale: The factor of the scores, ``d ** -0.5`` in ViT.
+    """
+    B, h, n, d = q.shape
+    N = k.shape[2]
+    with torch.autocast(q.device.type, enabled=False):  # the inputs' dtype throughout
+        if torch.is_grad_enabled() and q.requires_grad:  # out= has no autograd
+            q = (q * scale).contiguous().view(B * h, n, d)
+        else:  # scaled and made contiguous in one pass
+            q = torch.mul(q, scale, out=q.new_empty(B, h, n, d)).view(B * h, n, d)
+        k = k.contiguous().view(B * h, N, d)
+        v = v.contiguous().view(B * h, N, d)
+        attn = torch.bmm(q, k.transpose(1, 2)).softmax(dim=-1)  # (B*h, n, N)
+        out = torch.bmm(attn, v).view(B, h, n, d)
+    return out.transpose(1, 2).reshape(B, n, h * d)  # (B, n, C), a copy
