@@ -137,6 +137,8 @@ def test_profile_categories():
         'aten::addmm_': 'matmul',
         'sm90_xmma_gemm_bf16bf16_bf16f32': 'matmul',
         'aten::_scaled_dot_product_flash_attention_for_cpu': 'attention',
+        'aten::bmm': 'attention',
+        'aten::_softmax_backward_data': 'attention',
         'aten::convolution_backward': 'conv',
         'aten::gelu_backward': 'gelu',
         'aten::native_layer_norm': 'layer_norm',
@@ -147,13 +149,17 @@ def test_profile_categories():
         assert benchmark.op_category(name) == category, name
 
 
-@pytest.mark.parametrize('dtype', ['bf16', 'bf16-model'])
-def test_bf16_runs_with_one_attention_kernel(dtype):
-    """``--dtype bf16`` (autocast) and ``bf16-model`` (the models cast) with ``--sdpa flash``."""
-    argv = [*ARGV[:-2], '--teacher', 'none', '--no-ablation', '--dtype', dtype, '--sdpa', 'flash']
-    report = benchmark.main(argv)
-    assert report['machine']['dtype'] == dtype and report['machine']['sdpa'] == 'flash'
-    for section in ('inference', 'train'):
-        assert report[section]['mm_peak_gflops'] > 0
-        for r in report[section]['results'].values():
-            assert math.isfinite(r['best_s']) and r['flops_per_image'] > 0
+def test_bf16_runs_with_one_attention_kernel(tmp_path):
+    """``--dtype bf16`` (autocast) and ``bf16-model`` (the models cast) with ``--sdpa flash``,
+    one command: a report per dtype."""
+    argv = [*ARGV[:-2], '--teacher', 'none', '--no-ablation', '--sdpa', 'flash']
+    argv += ['--dtype', 'bf16', 'bf16-model', '--out', str(tmp_path / 'r.json')]
+    reports = benchmark.main(argv)
+    assert list(reports) == ['bf16', 'bf16-model']
+    assert json.loads((tmp_path / 'r.json').read_text()).keys() == reports.keys()
+    for dtype, report in reports.items():
+        assert report['machine']['dtype'] == dtype and report['machine']['sdpa'] == 'flash'
+        for section in ('inference', 'train'):
+            assert report[section]['mm_peak_gflops'] > 0
+            for r in report[section]['results'].values():
+                assert math.isfinite(r['best_s']) and r['flops_per_image'] > 0

@@ -10,9 +10,9 @@ profile of mmdeit's calls and its peak memory in a step (a fresh process each). 
 (fast_path=False)``, the same backbone with its speed measures off, runs as one more library
 (the ablation). FLOPs are what torch's ``FlopCounterMode`` counts in one untimed call of each
 library (a multiply and an add are 2 FLOPs). ``--dtype bf16`` runs everything under bf16
-autocast, ``bf16-model`` with the models and inputs cast to bf16; ``--sdpa`` allows one
-attention kernel only. The tool reports numbers and judges none; see ``docs/benchmarks.md``.
-Example::
+autocast, ``bf16-model`` with the models and inputs cast to bf16 (several values: one run
+each, in turn); ``--sdpa`` allows one attention kernel only. The tool reports numbers and
+judges none; see ``docs/benchmarks.md``. Example::
 
     python tools/analysis/benchmark.py --arch deit-small --out work_dirs/benchmark.json
 """
@@ -55,7 +55,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--threads', type=int, default=torch.get_num_threads())
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     dtypes = ['fp32', 'bf16', 'bf16-model']  # bf16-model: models and inputs cast to bf16
-    p.add_argument('--dtype', default='fp32', choices=dtypes, help='bf16: fp32 under autocast')
+    p.add_argument(
+        '--dtype',
+        nargs='+',
+        default=['fp32'],
+        choices=dtypes,
+        help='bf16: fp32 under autocast; several: one run each, one report per dtype',
+    )
     p.add_argument('--sdpa', default='auto', choices=list(dm.SDPA_BACKENDS), help='attention')
     p.add_argument('--drop-path-rate', type=float, default=0.1, help='stochastic depth')
     p.add_argument('--teacher', default='regnety_016', help="a timm model name, or 'none'")
@@ -268,7 +274,8 @@ def bench_memory(args) -> List[dict]:
 
 
 CATEGORIES = (
-    ('attention', ('scaled_dot_product', 'flash', 'fmha')),
+    # bmm and softmax: mmdeit's bf16 attention as GEMMs (the loss's log_softmax counts too)
+    ('attention', ('scaled_dot_product', 'flash', 'fmha', 'bmm', 'softmax')),
     ('conv', ('conv',)),
     ('matmul', ('mm', 'matmul', 'linear', 'gemm', 'cutlass', 'xmma', 'nvjet')),
     ('gelu', ('gelu',)),
@@ -347,7 +354,10 @@ def print_report(report: dict) -> None:
 
 
 def main(argv=None) -> dict:
-    """Run every measurement; print the table, write ``--out``, return the report."""
+    """Run every measurement; print the table, write ``--out``, return the report.
+
+    With several ``--dtype`` values the report is ``{dtype: report}``, one run per dtype.
+    """
     from mmengine.logging import MMLogger
 
     args = parse_args(argv)
@@ -355,13 +365,16 @@ def main(argv=None) -> dict:
     level = mm_logger.level
     torch.set_num_threads(args.threads)
     mm_logger.setLevel(logging.WARNING)  # no per-parameter init_weights messages
+    reports = {}
     try:
         with dm.sdpa_context(args.sdpa):
-            report = run(args)
+            for dtype in args.dtype:  # one after the other, each printed when done
+                reports[dtype] = run(argparse.Namespace(**{**vars(args), 'dtype': dtype}))
+                print_report(reports[dtype])
     finally:
         torch.set_num_threads(threads)
         mm_logger.setLevel(level)
-    print_report(report)
+    report = reports[args.dtype[0]] if len(args.dtype) == 1 else reports
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, 'w') as f:
