@@ -17,8 +17,9 @@ The arms ``none-simmim`` and ``hard-simmim`` are the students of ``none`` and ``
 from a SimMIM-pretrained encoder (``configs/simmim/``, issue 17's question: does masked-image
 pretraining help where labels are scarce?). The pretraining runs once per seed, before the cells,
 on the whole 1,437-image train split with its labels unused (the images a labelled subset leaves
-out are unlabelled data), in ``<work-dir>/simmim/seed_<seed>/``; the fine-tuned arms differ from
-their from-scratch partners in the initial backbone weights only.
+out are unlabelled data), in ``<work-dir>/simmim/seed_<seed>/`` (by
+``tools/digits_study_pretrain.py``); the fine-tuned arms differ from their from-scratch partners
+in the initial backbone weights only.
 
 Examples::
 
@@ -54,7 +55,6 @@ ARMS = (
 STUDY_ARMS = ('teacher', 'none', 'hard', 'soft')
 #: The SimMIM arms and the from-scratch arm each is paired with.
 SIMMIM_ARMS = {'none-simmim': 'none', 'hard-simmim': 'hard'}
-PRETRAIN_CONFIG = 'simmim/simmim_deit-digits-tiny_1xb64_digits'
 PRETRAIN_EPOCHS = 100  # the shipped SimMIM digits config's
 SIZES = (0.1, 0.25, 1.0)
 AUGS = ('mild', 'strong')
@@ -139,11 +139,7 @@ def run_dir(work_dir: str, aug: str, size: float, seed: int, arm: str) -> str:
     return osp.join(work_dir, aug, f'size_{size:g}', f'seed_{seed}', arm)
 
 
-def pretrain_dir(work_dir: str, seed: int) -> str:
-    return osp.join(work_dir, 'simmim', f'seed_{seed}')
-
-
-def _schedule(cfg, epochs: int, warmup_share: float) -> None:
+def schedule(cfg, epochs: int, warmup_share: float) -> None:
     """Warm-up (``warmup_share`` of the epochs, at least one) then cosine decay, by epoch."""
     if epochs == 1:  # only a warm-up (a smoke run)
         cfg.param_scheduler = cfg.param_scheduler[:1]
@@ -170,7 +166,7 @@ def study_config(arm: str, aug: str, size: float, seed: int, steps: int, work_di
     cfg.randomness = dict(seed=seed, deterministic=False)
     epochs, _ = epochs_for(steps, size)
     cfg.train_cfg = dict(by_epoch=True, max_epochs=epochs, val_interval=epochs)
-    _schedule(cfg, epochs, WARMUP)
+    schedule(cfg, epochs, WARMUP)
     cfg.default_hooks.checkpoint.update(interval=epochs, save_best=None, max_keep_ckpts=1)
     cfg.default_hooks.logger.interval = 50
     dataset = cfg.train_dataloader.dataset
@@ -181,71 +177,6 @@ def study_config(arm: str, aug: str, size: float, seed: int, steps: int, work_di
         cfg.model.train_cfg.probs = STRONG_MIX_PROBS
     cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h.get('type') != 'EMAHook']
     return cfg
-
-
-def pretrain_config(seed: int, epochs: int, work_dir: str):
-    """The SimMIM pretraining of one seed: the shipped digits config, its warm-up share kept."""
-    from mmengine.config import Config
-
-    cfg = Config.fromfile(osp.join(CONFIG_DIR, PRETRAIN_CONFIG + '.py'))
-    cfg.work_dir = work_dir
-    cfg.randomness = dict(seed=seed, deterministic=False)
-    shipped_warmup = cfg.param_scheduler[0].end / cfg.train_cfg.max_epochs
-    cfg.train_cfg = dict(by_epoch=True, max_epochs=epochs)
-    _schedule(cfg, epochs, shipped_warmup)
-    cfg.default_hooks.checkpoint.update(interval=epochs, max_keep_ckpts=1)
-    cfg.default_hooks.logger.interval = 50
-    return cfg
-
-
-def pretrain_one(seed: int, args: argparse.Namespace, redirect: bool = True) -> dict:
-    """SimMIM-pretrain the seed's encoder in this process (once); its result.
-
-    Args:
-        seed: The seed of the pretraining (and of the fine-tunes that start from it).
-        args: The study's arguments.
-        redirect: Send stdout and stderr to the run's ``pretrain.log``. Defaults to True.
-    """
-    work_dir = pretrain_dir(args.work_dir, seed)
-    result = load_result(osp.join(work_dir, 'result.json'))
-    if result is not None:
-        return dict(result, reused=True)
-    import torch
-    from mmengine.runner import Runner
-
-    import mmdeit  # noqa: F401  (registers modules)
-    from mmdeit.engine import setup_engine
-
-    os.makedirs(work_dir, exist_ok=True)
-    torch.set_num_threads(1)
-    with open(osp.join(work_dir, 'pretrain.log'), 'a') as log:
-        if redirect:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-        cfg = pretrain_config(seed, args.pretrain_epochs, work_dir)
-        start = time.perf_counter()
-        setup_engine()
-        runner = Runner.from_cfg(cfg)
-        runner.train()
-        loss = runner.message_hub.get_scalar('train/loss').current()
-    epochs = cfg.train_cfg.max_epochs
-    result = dict(
-        arm='simmim',
-        seed=seed,
-        images=len(runner.train_dataloader.dataset),
-        epochs=epochs,
-        steps=epochs * len(runner.train_dataloader),
-        final_loss=float(loss),
-        wall_s=time.perf_counter() - start,
-        checkpoint=osp.join(work_dir, f'epoch_{epochs}.pth'),
-    )
-    with open(osp.join(work_dir, 'result.json'), 'w') as f:
-        json.dump(result, f, indent=1)
-    return dict(result, reused=False)
-
-
-def _pretrain(payload):
-    return pretrain_one(*payload)
 
 
 def _last_val_hook():
@@ -342,6 +273,8 @@ def run_cell(
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
         teacher_ckpt = None
+        from tools.digits_study_pretrain import pretrain_dir
+
         pretrained = osp.join(pretrain_dir(args.work_dir, seed), 'result.json')
         for arm in args.arms:
             path = osp.join(run_dir(args.work_dir, aug, size, seed, arm), 'result.json')
@@ -403,8 +336,10 @@ def main(argv=None, command: Optional[str] = None) -> List[dict]:
         ctx = mp.get_context('spawn')
         with ctx.Pool(args.jobs) as pool:
             if set(args.arms) & set(SIMMIM_ARMS):  # every seed's encoder before the cells
+                from tools.digits_study_pretrain import pretrain_payload
+
                 payloads = [(seed, args) for seed in args.seeds]
-                for pre in pool.imap_unordered(_pretrain, payloads):
+                for pre in pool.imap_unordered(pretrain_payload, payloads):
                     done = ' (done before)' if pre['reused'] else f'  {pre["wall_s"]:.0f} s'
                     print(
                         f'SimMIM seed {pre["seed"]}: {pre["epochs"]} epochs on {pre["images"]} '

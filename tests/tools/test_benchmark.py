@@ -11,7 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmdeit.models.backbones import FastTransformerEncoderLayer
-from tools.analysis import benchmark, deit_models
+from tools.analysis import benchmark, deit_models, op_profile
 
 TINY = json.dumps(dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64))
 ARGV = [
@@ -146,7 +146,7 @@ def test_profile_categories():
         'aten::add_': 'other',
     }
     for name, category in cases.items():
-        assert benchmark.op_category(name) == category, name
+        assert op_profile.op_category(name) == category, name
 
 
 def test_bf16_runs_with_one_attention_kernel(tmp_path):

@@ -10,7 +10,7 @@ from mmengine.registry import DefaultScope
 from scipy import stats
 
 from mmdeit.datasets import DigitsDataset
-from tools import digits_study, digits_study_report
+from tools import digits_study, digits_study_pretrain, digits_study_report
 
 
 def _cfgs(aug='mild', size=0.1, seed=3, steps=690):
@@ -50,7 +50,7 @@ def test_simmim_arms_differ_from_their_partners_in_the_initial_encoder_only(tmp_
             cfg.pop('work_dir')
             cfg.pop('filename', None)
         assert fine == scratch
-    pre = digits_study.pretrain_config(seed=2, epochs=20, work_dir=str(tmp_path))
+    pre = digits_study_pretrain.pretrain_config(seed=2, epochs=20, work_dir=str(tmp_path))
     assert pre.model.type == 'DeiTSimMIM' and pre.randomness.seed == 2
     assert 'subset' not in pre.train_dataloader.dataset  # every train image, labels unused
     assert pre.train_cfg.max_epochs == 20 == pre.param_scheduler[1].end
@@ -63,9 +63,10 @@ def test_simmim_arms_start_from_their_seeds_pretraining(tmp_path):
     argv += ['--arms', 'none-simmim', 'none', '--student-steps', '1', '--pretrain-epochs', '1']
     args = digits_study.parse_args(argv + ['--jobs', '1'])
     assert args.arms == ['none', 'none-simmim']  # run order, whatever the order given
-    pre = digits_study.pretrain_one(0, args, redirect=False)
+    pre = digits_study_pretrain.pretrain_one(0, args, redirect=False)
     assert pre['checkpoint'] == str(tmp_path / 'simmim' / 'seed_0' / 'epoch_1.pth')
-    assert not pre['reused'] and digits_study.pretrain_one(0, args, redirect=False)['reused']
+    again = digits_study_pretrain.pretrain_one(0, args, redirect=False)
+    assert not pre['reused'] and again['reused'] and again['checkpoint'] == pre['checkpoint']
     results = digits_study.run_cell(('mild', 0.1, 0), args, redirect=False)
     assert [r['arm'] for r in results] == ['none', 'none-simmim']
     import torch

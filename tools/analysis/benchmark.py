@@ -35,8 +35,10 @@ from torch.utils import benchmark as torch_benchmark
 
 try:  # imported as tools.analysis.benchmark
     from . import deit_models as dm
+    from .op_profile import profile_summary
 except ImportError:  # run as a script: this folder is on sys.path
     import deit_models as dm
+    from op_profile import profile_summary
 
 Fn = dm.Fn
 
@@ -273,41 +275,6 @@ def bench_memory(args) -> List[dict]:
         return pool.map(memory_child, specs, chunksize=1)
 
 
-CATEGORIES = (
-    # bmm and softmax: mmdeit's bf16 attention as GEMMs (the loss's log_softmax counts too)
-    ('attention', ('scaled_dot_product', 'flash', 'fmha', 'bmm', 'softmax')),
-    ('conv', ('conv',)),
-    ('matmul', ('mm', 'matmul', 'linear', 'gemm', 'cutlass', 'xmma', 'nvjet')),
-    ('gelu', ('gelu',)),
-    ('layer_norm', ('layer_norm',)),
-    ('copy', ('copy_', 'clone')),
-)
-
-
-def op_category(name: str) -> str:
-    """The first category of ``CATEGORIES`` whose key the op's name contains, else 'other'."""
-    low = name.split('::')[-1].lower()
-    return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), 'other')
-
-
-def profile_summary(args, fn: Fn, top: int = 12) -> dict:
-    """Self time of the top ops of one call of ``fn``, and each op category's share (%)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = args.device == 'cuda'
-    fn()
-    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
-        timed(args, fn)
-    attr = 'self_device_time_total' if cuda else 'self_cpu_time_total'
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)
-    total = sum(getattr(e, attr) for e in events)
-    shares: Dict[str, float] = {}
-    for e in events:
-        shares[op_category(e.key)] = shares.get(op_category(e.key), 0) + getattr(e, attr) / total
-    ops = [dict(op=e.key, self_ms=getattr(e, attr) / 1e3, calls=e.count) for e in events[:top]]
-    return dict(total_ms=total / 1e3, percent={k: 100 * v for k, v in shares.items()}, top_ops=ops)
-
-
 def machine_info(args) -> dict:
     info = dict(
         cpu=platform.processor() or platform.machine(),
@@ -398,9 +365,11 @@ def run(args: argparse.Namespace) -> dict:
     if args.teacher.lower() != 'none':
         report['distillation'] = bench_distill(args)
     if args.profile:
-        report['profile_inference'] = profile_summary(args, dm.predict_fn(args, models['mmdeit']))
+        report['profile_inference'] = profile_summary(
+            dm.predict_fn(args, models['mmdeit']), args.device
+        )
         step = dm.train_step(args, models['mmdeit'], args.train_batch)
-        report['profile_train'] = profile_summary(args, step)
+        report['profile_train'] = profile_summary(step, args.device)
     if args.memory_archs:
         report['memory'] = bench_memory(args)
     report['machine']['loadavg_end'] = list(os.getloadavg())
