@@ -21,7 +21,7 @@ def test_demo_prints_a_line_per_run_then_the_table(tmp_path):
         r'^\[\s*(\d+)/8\] +strong +0.1 \( *143 img\) seed (\d) +(\w+): top-1', out, re.M
     )
     assert sorted((int(seed), arm) for _, seed, arm in lines) == sorted(
-        (seed, arm) for seed in (0, 1) for arm, _ in digits_study.ARMS
+        (seed, arm) for seed in (0, 1) for arm in digits_study.STUDY_ARMS
     )
     assert 'mmengine - INFO' not in out  # the Runner's logs are in the work dir, not here
     assert 'docs/digits.md' in out  # the rest of the study

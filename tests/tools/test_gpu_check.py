@@ -47,10 +47,10 @@ def test_the_benchmark_commands_parse(tmp_path, quick):
     args = gpu_check.parse_args(['--device', 'cpu'] + ['--quick'] * quick)
     bf16, fp32 = gpu_check.bench_commands(args, tmp_path)
     parsed = benchmark.parse_args(bf16[2:])  # after the interpreter and the script
-    assert parsed.dtype == 'bf16' and parsed.sdpa == 'flash' and parsed.profile
+    assert parsed.dtype == ['bf16'] and parsed.sdpa == 'flash' and parsed.profile
     assert parsed.out == str(tmp_path / 'benchmark_bf16.json')
     assert bool(parsed.memory_archs) is not quick
-    assert benchmark.parse_args(fp32[2:]).dtype == 'fp32'
+    assert benchmark.parse_args(fp32[2:]).dtype == ['fp32']
     cuda = gpu_check.bench_commands(gpu_check.parse_args([]), tmp_path)[0]
     assert cuda[cuda.index('--device') + 1] == 'cuda' and 'deit-small' in cuda
 
