@@ -202,10 +202,6 @@ def train_one(
 
     ``pretrained`` (a *-simmim arm's SimMIM checkpoint) replaces the fine-tune config's.
     """
-    from mmengine.runner import Runner
-
-    from mmdeit.engine import setup_engine
-
     steps = args.teacher_steps if arm == 'teacher' else args.student_steps
     work_dir = run_dir(args.work_dir, aug, size, seed, arm)
     cfg = study_config(arm, aug, size, seed, steps, work_dir)
@@ -216,28 +212,50 @@ def train_one(
         if init.type != 'Pretrained':
             raise ValueError(f'{arm}: the last model.init_cfg entry must be Pretrained: {init}')
         init.checkpoint = pretrained
+    last = _last_val_hook()
+    fields = train_runner(cfg, hooks=[last])
+    result = dict(arm=arm, aug=aug, size=size, seed=seed, metrics=last.metrics, **fields)
+    save_result(work_dir, result)
+    return result
+
+
+def train_runner(cfg, hooks=()) -> dict:
+    """Train ``cfg`` with mmengine's Runner in this process (mmdeit's engine set up, ``hooks``
+    added at the lowest priority); the fields every run's ``result.json`` has."""
+    from mmengine.runner import Runner
+
+    from mmdeit.engine import setup_engine
+
     start = time.perf_counter()
     setup_engine()
     runner = Runner.from_cfg(cfg)
-    last = _last_val_hook()
-    runner.register_hook(last, priority='LOWEST')
+    for hook in hooks:
+        runner.register_hook(hook, priority='LOWEST')
     runner.train()
     epochs = cfg.train_cfg.max_epochs
-    result = dict(
-        arm=arm,
-        aug=aug,
-        size=size,
-        seed=seed,
+    return dict(
         images=len(runner.train_dataloader.dataset),
         epochs=epochs,
         steps=epochs * len(runner.train_dataloader),
-        metrics=last.metrics,
         wall_s=time.perf_counter() - start,
-        checkpoint=osp.join(work_dir, f'epoch_{epochs}.pth'),
+        checkpoint=osp.join(cfg.work_dir, f'epoch_{epochs}.pth'),
+        final_loss=float(runner.message_hub.get_scalar('train/loss').current()),
     )
+
+
+def save_result(work_dir: str, result: dict) -> None:
     with open(osp.join(work_dir, 'result.json'), 'w') as f:
         json.dump(result, f, indent=1)
-    return result
+
+
+def worker_output(log_path: str, redirect: bool):
+    """The opened log file; with ``redirect``, this process's stdout and stderr (file
+    descriptors 1 and 2, so the Runner's terminal output too) go into it."""
+    log = open(log_path, 'a')
+    if redirect:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    return log
 
 
 def load_result(path: str) -> Optional[dict]:
@@ -268,10 +286,7 @@ def run_cell(
     os.makedirs(cell_dir, exist_ok=True)
     torch.set_num_threads(1)
     results = []
-    with open(osp.join(cell_dir, 'cell.log'), 'a') as log:
-        if redirect:  # the Runner's terminal output goes to the log file
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
+    with worker_output(osp.join(cell_dir, 'cell.log'), redirect):
         teacher_ckpt = None
         from tools.digits_study_pretrain import pretrain_dir
 

@@ -8,10 +8,8 @@ pretrained again.
 """
 
 import argparse
-import json
 import os
 import os.path as osp
-import time
 
 from tools import digits_study as study
 
@@ -50,36 +48,15 @@ def pretrain_one(seed: int, args: argparse.Namespace, redirect: bool = True) -> 
     if result is not None:
         return dict(result, reused=True)
     import torch
-    from mmengine.runner import Runner
 
     import mmdeit  # noqa: F401  (registers modules)
-    from mmdeit.engine import setup_engine
 
     os.makedirs(work_dir, exist_ok=True)
     torch.set_num_threads(1)
-    with open(osp.join(work_dir, 'pretrain.log'), 'a') as log:
-        if redirect:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-        cfg = pretrain_config(seed, args.pretrain_epochs, work_dir)
-        start = time.perf_counter()
-        setup_engine()
-        runner = Runner.from_cfg(cfg)
-        runner.train()
-        loss = runner.message_hub.get_scalar('train/loss').current()
-    epochs = cfg.train_cfg.max_epochs
-    result = dict(
-        arm='simmim',
-        seed=seed,
-        images=len(runner.train_dataloader.dataset),
-        epochs=epochs,
-        steps=epochs * len(runner.train_dataloader),
-        final_loss=float(loss),
-        wall_s=time.perf_counter() - start,
-        checkpoint=osp.join(work_dir, f'epoch_{epochs}.pth'),
-    )
-    with open(osp.join(work_dir, 'result.json'), 'w') as f:
-        json.dump(result, f, indent=1)
+    with study.worker_output(osp.join(work_dir, 'pretrain.log'), redirect):
+        fields = study.train_runner(pretrain_config(seed, args.pretrain_epochs, work_dir))
+    result = dict(arm='simmim', seed=seed, **fields)
+    study.save_result(work_dir, result)
     return dict(result, reused=False)
 
 

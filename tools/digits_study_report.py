@@ -14,11 +14,13 @@ import platform
 import statistics
 from typing import Dict, List, Sequence, Tuple
 
+from tools import digits_study as study
+
 BEGIN = '<!-- digits-study:begin (written by tools/digits_study.py --doc) -->'
 END = '<!-- digits-study:end -->'
-ARMS = ('teacher', 'none', 'hard', 'soft', 'none-simmim', 'hard-simmim')
+ARMS = tuple(arm for arm, _ in study.ARMS)
 #: (arm, the arm it is compared with): the paired gains the report and plot show.
-GAINS = (('hard', 'none'), ('soft', 'none'), ('none-simmim', 'none'), ('hard-simmim', 'hard'))
+GAINS = (('hard', 'none'), ('soft', 'none'), *study.SIMMIM_ARMS.items())
 TOP1 = 'accuracy/top1'
 
 

@@ -52,34 +52,21 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def config(args: argparse.Namespace, out: Path, data_root: Path) -> Path:
     """The recipe on the generated data for ``--iters`` iterations; no validation or checkpoint."""
-    images = 2 * args.batch
-    epochs = -(-args.iters * args.batch // images)  # ceil: at least --iters iterations
-    loader = dict(
-        batch_size=args.batch,
-        num_workers=args.workers,
-        persistent_workers=args.workers > 0,
-        dataset=dict(data_root=str(data_root)),
+    return gpu_check.recipe_config(
+        out / 'amp_speed_config.py',
+        data_root,
+        batch=args.batch,
+        iters=args.iters,
+        images=2 * args.batch,  # as main() generates
+        workers=args.workers,
+        arch=args.arch,
+        validate=False,
     )
-    lines = [
-        f'_base_ = [{str(gpu_check.RECIPE)!r}]',
-        f'train_dataloader = {loader!r}',
-        f'val_dataloader = {dict(loader, batch_size=2)!r}',  # built, never run
-        f'test_dataloader = {dict(loader, batch_size=2)!r}',
-        f'train_cfg = dict(max_epochs={epochs}, val_interval={epochs + 1})',
-        'default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=-1))',
-        'randomness = dict(seed=0)',
-    ]
-    if args.arch == 'deit-tiny':
-        lines.append("model = dict(backbone=dict(arch='deit-tiny'), head=dict(in_channels=192))")
-    path = out / 'amp_speed_config.py'
-    path.write_text('\n'.join(lines) + '\n')
-    return path
 
 
 def iteration_times(work_dir: Path, skip: int) -> dict:
     """Medians of ``time`` and ``data_time`` after ``skip`` iterations, from ``scalars.json``."""
-    found = sorted(work_dir.glob('*/vis_data/scalars.json'))
-    rows = [json.loads(x) for x in found[-1].read_text().splitlines() if x.strip()] if found else []
+    rows = gpu_check.scalar_rows(work_dir) or []
     train = [r for r in rows if 'loss' in r and 'time' in r][skip:]
     if not train:
         return dict(iterations=0)

@@ -111,30 +111,52 @@ def write_imagenet(root: Path, num_train: int, num_val: int, size=(256, 256)) ->
     return root
 
 
-def train_config(args, out: Path, data_root: Path) -> Path:
-    """A config inheriting the DeiT-S recipe: the generated data, ``--iters`` iterations."""
-    epochs = max(1, -(-args.iters * args.batch // args.images))  # ceil: at least --iters
-    workers = 2 if args.quick else 8
+def recipe_config(
+    path: Path,
+    data_root: Path,
+    *,
+    batch: int,
+    iters: int,
+    images: int,
+    workers: int,
+    arch: str = 'deit-small',
+    validate: bool = True,
+) -> Path:
+    """Write at ``path`` a config inheriting the DeiT-S recipe on the generated data: at least
+    ``iters`` iterations of ``batch``, validated after the last epoch if ``validate``."""
+    epochs = max(1, -(-iters * batch // images))  # ceil: at least iters
     loader = dict(
-        batch_size=args.batch,
+        batch_size=batch,
         num_workers=workers,
-        persistent_workers=True,
+        persistent_workers=workers > 0,
         dataset=dict(data_root=str(data_root)),
     )
     lines = [
         f'_base_ = [{str(RECIPE)!r}]',
         f'train_dataloader = {loader!r}',
-        f'val_dataloader = {dict(loader, batch_size=min(args.batch, 32))!r}',
-        f'test_dataloader = {dict(loader, batch_size=min(args.batch, 32))!r}',
-        f'train_cfg = dict(max_epochs={epochs}, val_interval={epochs})',
+        f'val_dataloader = {dict(loader, batch_size=min(batch, 32))!r}',
+        f'test_dataloader = {dict(loader, batch_size=min(batch, 32))!r}',
+        f'train_cfg = dict(max_epochs={epochs}, val_interval={epochs if validate else epochs + 1})',
         'default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=-1))',
         'randomness = dict(seed=0)',
     ]
-    if args.quick:  # DeiT-Ti (the recipe's 224 px pipeline): seconds per iteration on a CPU
+    if arch == 'deit-tiny':  # the recipe's 224 px pipeline: seconds per iteration on a CPU
         lines.append("model = dict(backbone=dict(arch='deit-tiny'), head=dict(in_channels=192))")
-    path = out / 'deit-small_gpu_check.py'
     path.write_text('\n'.join(lines) + '\n')
     return path
+
+
+def train_config(args, out: Path, data_root: Path) -> Path:
+    """The recipe on the generated data for ``--iters`` iterations (DeiT-Ti with ``--quick``)."""
+    return recipe_config(
+        out / 'deit-small_gpu_check.py',
+        data_root,
+        batch=args.batch,
+        iters=args.iters,
+        images=args.images,
+        workers=2 if args.quick else 8,
+        arch='deit-tiny' if args.quick else 'deit-small',
+    )
 
 
 def train_command(args, out: Path) -> List[str]:
@@ -149,12 +171,20 @@ def train_command(args, out: Path) -> List[str]:
     return cmd + ['--work-dir', str(out / 'train')]
 
 
+def scalar_rows(work_dir: Path) -> Optional[List[dict]]:
+    """The logged rows of a ``tools/train.py`` work dir (its newest ``*/vis_data/scalars.json``);
+    None if it has none."""
+    found = sorted(Path(work_dir).glob('*/vis_data/scalars.json'))
+    if not found:
+        return None
+    return [json.loads(line) for line in found[-1].read_text().splitlines() if line.strip()]
+
+
 def train_summary(work_dir: Path) -> dict:
     """Loss and seconds per iteration from the run's ``scalars.json``."""
-    found = sorted(work_dir.glob('*/vis_data/scalars.json'))
-    if not found:
+    rows = scalar_rows(work_dir)
+    if rows is None:
         return dict(iterations=0)
-    rows = [json.loads(line) for line in found[-1].read_text().splitlines() if line.strip()]
     train = [r for r in rows if 'loss' in r]
     times = [r['time'] for r in train[1:] if 'time' in r]  # the first iteration compiles, warms
     return dict(

@@ -12,11 +12,15 @@ between seeds within a group can be set against the difference between groups. E
 """
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
+
+try:  # imported as tools.analysis.loss_curves
+    from . import gpu_check
+except ImportError:  # run as a script: this folder is on sys.path
+    import gpu_check
 
 TOP1 = 'accuracy/top1'
 
@@ -46,10 +50,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def read_run(work_dir: Path) -> dict:
     """``iters`` and ``loss`` of the training log lines, ``val`` (the last validation's top-1)."""
-    found = sorted(work_dir.glob('*/vis_data/scalars.json'))
-    if not found:
+    rows = gpu_check.scalar_rows(work_dir)
+    if rows is None:
         raise FileNotFoundError(f'{work_dir}: no */vis_data/scalars.json (not a train work dir?)')
-    rows = [json.loads(x) for x in found[-1].read_text().splitlines() if x.strip()]
     train = [r for r in rows if 'loss' in r]
     vals = [r[TOP1] for r in rows if TOP1 in r]
     return dict(
