@@ -1,4 +1,5 @@
 from .data_root_check import check_data_roots
 from .digits import DigitsDataset
+from .transforms import TrainPipeline
 
-__all__ = ['check_data_roots', 'DigitsDataset']
+__all__ = ['check_data_roots', 'DigitsDataset', 'TrainPipeline']

@@ -1,0 +1,3 @@
+from .train_pipeline import TrainPipeline, dct_scale
+
+__all__ = ['TrainPipeline', 'dct_scale']
