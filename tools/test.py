@@ -11,7 +11,12 @@ from mmengine.runner import Runner
 
 import mmdeit  # noqa: F401  (registers modules)
 from mmdeit.datasets import check_data_roots
-from mmdeit.engine import setup_cpu_distributed, setup_engine
+from mmdeit.engine import (
+    destroy_process_group_on_success,
+    setup_cpu_distributed,
+    setup_engine,
+)
+from mmdeit.evaluation import check_evaluators
 from mmdeit.models.classifiers import student_model_cfg
 
 
@@ -49,17 +54,20 @@ def main(argv=None):
     # The student alone is evaluated: no teacher is built, its checkpoint is not needed.
     cfg.model = student_model_cfg(cfg.model)
     try:
+        check_evaluators(cfg, fields=('test_evaluator',))
         check_data_roots(cfg)
-    except FileNotFoundError as err:
+    except (ValueError, FileNotFoundError) as err:
         sys.exit(f'mmdeit: cannot test {args.config}: {err}')
-    setup_cpu_distributed(cfg)  # torchrun without GPUs: gloo, DDP without device ids
-    setup_engine()  # safe checkpoint loading (resume on torch >= 2.6), atomic checkpoint writes
-    runner = Runner.from_cfg(cfg)
-    if args.out:
-        if not args.out.endswith(('.pkl', '.pickle')):
-            sys.exit('mmdeit: --out must end with .pkl or .pickle')
-        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-    metrics = runner.test()
+    if args.out and not args.out.endswith(('.pkl', '.pickle')):
+        sys.exit('mmdeit: --out must end with .pkl or .pickle')
+    # A rank that exits with the process group alive can abort (SIGABRT) after a finished run.
+    with destroy_process_group_on_success():
+        setup_cpu_distributed(cfg)  # torchrun without GPUs: gloo, DDP without device ids
+        setup_engine()  # safe checkpoint loading (resume on torch >= 2.6), atomic writes
+        runner = Runner.from_cfg(cfg)
+        if args.out:
+            runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+        metrics = runner.test()
     return metrics
 
 

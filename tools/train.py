@@ -11,7 +11,12 @@ from mmengine.runner import Runner
 
 import mmdeit  # noqa: F401  (registers modules)
 from mmdeit.datasets import check_data_roots
-from mmdeit.engine import setup_cpu_distributed, setup_engine
+from mmdeit.engine import (
+    destroy_process_group_on_success,
+    setup_cpu_distributed,
+    setup_engine,
+)
+from mmdeit.evaluation import check_evaluators
 
 AMP_HELP = (
     "mixed precision training. On a GPU: fp16 autocast with dynamic loss scaling (mmengine's "
@@ -98,13 +103,16 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = merge_args(Config.fromfile(args.config), args)
     try:
+        check_evaluators(cfg)
         check_data_roots(cfg)
-    except FileNotFoundError as err:
+    except (ValueError, FileNotFoundError) as err:
         sys.exit(f'mmdeit: cannot train {args.config}: {err}')
-    setup_cpu_distributed(cfg)  # torchrun without GPUs: gloo, DDP without device ids
-    setup_engine()  # safe checkpoint loading (resume on torch >= 2.6), atomic checkpoint writes
-    runner = Runner.from_cfg(cfg)
-    runner.train()
+    # A rank that exits with the process group alive can abort (SIGABRT) after a finished run.
+    with destroy_process_group_on_success():
+        setup_cpu_distributed(cfg)  # torchrun without GPUs: gloo, DDP without device ids
+        setup_engine()  # safe checkpoint loading (resume on torch >= 2.6), atomic writes
+        runner = Runner.from_cfg(cfg)
+        runner.train()
 
 
 if __name__ == '__main__':

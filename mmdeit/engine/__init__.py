@@ -12,9 +12,16 @@ from .checkpoint_loader import (
     safe_load_checkpoint,
 )
 from .cpu_distributed import setup_cpu_distributed
+from .distributed_exit import destroy_process_group, destroy_process_group_on_success
 from .engine_setup import engine_is_set_up, setup_engine
 from .exact_resume_loop import ExactResumeEpochBasedTrainLoop
-from .hooks import AtomicCheckpointHook, NanGuardHook, RNGStateHook, TeacherCheckHook
+from .hooks import (
+    AtomicCheckpointHook,
+    DestroyProcessGroupHook,
+    NanGuardHook,
+    RNGStateHook,
+    TeacherCheckHook,
+)
 from .optim_wrappers import CPUAmpOptimWrapper
 from .rng_state import RNGStateError, capture_rng_state, check_rng_state, restore_rng_state
 
@@ -22,6 +29,7 @@ __all__ = [
     'AtomicCheckpointHook',
     'AtomicLocalBackend',
     'CPUAmpOptimWrapper',
+    'DestroyProcessGroupHook',
     'ExactResumeEpochBasedTrainLoop',
     'NanGuardHook',
     'RNGStateError',
@@ -31,6 +39,8 @@ __all__ = [
     'atomic_write',
     'capture_rng_state',
     'check_rng_state',
+    'destroy_process_group',
+    'destroy_process_group_on_success',
     'engine_is_set_up',
     'load_checkpoint_file',
     'register_atomic_local_backend',

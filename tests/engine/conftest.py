@@ -1,9 +1,11 @@
 """Engine test fixtures: mmengine as mmdeit's tools set it up, or as mmengine ships it."""
 
+import socket
 from collections import OrderedDict
 from typing import Callable
 
 import pytest
+import torch.distributed as torch_dist
 from mmengine.fileio import LocalBackend
 from mmengine.fileio import io as fileio_io
 from mmengine.fileio.backends import registry_utils
@@ -40,3 +42,18 @@ def stock_mmengine(monkeypatch) -> Callable[[], None]:
 
     restore()
     return restore
+
+
+@pytest.fixture
+def torchrun_env(monkeypatch):
+    """The environment torchrun gives a single process; the process group is destroyed after."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    for key, value in dict(
+        RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port)
+    ).items():
+        monkeypatch.setenv(key, value)
+    yield
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

@@ -1,7 +1,5 @@
 """setup_cpu_distributed: torchrun's launcher 'pytorch' on a machine without CUDA."""
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as torch_dist
@@ -10,21 +8,6 @@ from mmengine.config import Config
 from mmdeit.engine import setup_cpu_distributed
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason='only without CUDA')
-
-
-@pytest.fixture
-def torchrun_env(monkeypatch):
-    """The environment torchrun gives a single process; the process group is destroyed after."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    for key, value in dict(
-        RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port)
-    ).items():
-        monkeypatch.setenv(key, value)
-    yield
-    if torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
 
 
 def test_nccl_without_gpu_becomes_gloo_and_ddp_gets_no_device_ids(torchrun_env):

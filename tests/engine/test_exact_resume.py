@@ -2,10 +2,6 @@
 the digits DeiT with random crop/rotation, Mixup/CutMix and drop path, resumed at an epoch
 boundary and mid-epoch, with 0 and 2 data loader workers, and over 2 gloo processes."""
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,33 +10,12 @@ from mmengine.hooks import Hook
 
 import mmdeit  # noqa: F401  (registers modules and the mmdeit:: configs)
 from mmdeit.engine import RNGStateError, safe_load
+from tools.analysis.dist_exit_loop import ABORT, EPOCHS, digits_config, dist_train
 from tools.train import main as train_main
 
-REPO = Path(__file__).resolve().parents[2]
-BASE = 'mmdeit::digits/deit-digits-tiny_1xb64_digits.py'
-EPOCHS, ITERS = 3, 3  # 48 train images, batch 16 (2 x 8 over two ranks)
+ITERS = 3  # 48 train images, batch 16 (2 x 8 over two ranks)
 WARNING = 'holds no random state'
-
-
-def _config(folder: Path, num_workers: int, batch_size: int = 16, **extra: str) -> str:
-    """The digits DeiT, small: epoch checkpoints (and the best), plus one every iteration."""
-    lines = [
-        f'_base_ = {BASE!r}',
-        f'train_dataloader = dict(batch_size={batch_size}, num_workers={num_workers}, '
-        'persistent_workers=False, dataset=dict(indices=48))',
-        'val_dataloader = dict(batch_size=40, num_workers=0, dataset=dict(indices=40))',
-        'test_dataloader = val_dataloader',
-        f'train_cfg = dict(max_epochs={EPOCHS})',
-        'default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, '
-        'max_keep_ckpts=-1))',
-        "custom_hooks = [dict(type='NanGuardHook'), dict(type='AtomicCheckpointHook', "
-        'by_epoch=False, interval=1, max_keep_ckpts=-1, save_last=False)]',
-        *(f'{key} = {value}' for key, value in extra.items()),
-    ]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f'digits_w{num_workers}.py'
-    path.write_text('\n'.join(lines) + '\n')
-    return str(path)
+_config = digits_config
 
 
 @pytest.fixture(scope='module')
@@ -153,35 +128,11 @@ def test_bad_rng_state_is_refused_naming_the_field(reference, field, tmp_path, o
         _train(config, tmp_path / 'resumed', 'bad_ckpt', '--resume', str(tmp_path / 'bad.pth'))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _dist_train(tmp_path: Path, config: str, work_dir: str, *options: str) -> None:
     """``tools/dist_train.sh CONFIG 2`` from the user's folder, as a user runs it."""
-    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTEST_CURRENT_TEST')}
-    env.update(
-        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get('PATH', '')]),
-        PORT=str(_free_port()),
-        OMP_NUM_THREADS='1',
-        PYTHONUNBUFFERED='1',
-    )
-    command = ['bash', str(REPO / 'tools' / 'dist_train.sh'), config, '2', '--work-dir', work_dir]
-    command += [*options, '--cfg-options', 'env_cfg.dist_cfg.backend=gloo']
-    proc = subprocess.run(
-        command,
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=540,
-    )
-    (tmp_path / f'{work_dir}.out').write_text(proc.stdout)
+    proc = dist_train(tmp_path, config, work_dir, *options)
     assert proc.returncode == 0, proc.stdout[-5000:]
+    assert ABORT not in proc.stdout, proc.stdout[-5000:]  # no rank aborted at exit
 
 
 @pytest.mark.journey  # the user's CLI, from the user's folder

@@ -1,0 +1,78 @@
+"""A finished distributed run destroys its process group (a live gloo group can abort the
+process at exit with SIGABRT); a failed one leaves it alone. Through tools/train.py,
+tools/test.py and DestroyProcessGroupHook, in a one-process gloo group as torchrun starts it."""
+
+import pytest
+import torch
+import torch.distributed as torch_dist
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from mmdeit.engine import (
+    DestroyProcessGroupHook,
+    destroy_process_group,
+    destroy_process_group_on_success,
+    setup_cpu_distributed,
+)
+from tools import test as test_tool
+from tools.analysis.dist_exit_loop import digits_config
+from tools.train import main as train_main
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason='gloo on CPUs')
+
+ONE_EPOCH = ['train_cfg.max_epochs=1', 'train_dataloader.dataset.indices=16']
+SMALL_VAL = ['val_dataloader.dataset.indices=8', 'test_dataloader.dataset.indices=8']
+
+
+def _init_group() -> None:
+    torch_dist.init_process_group('gloo')
+    assert torch_dist.is_initialized()
+
+
+def test_without_a_group_there_is_nothing_to_destroy():
+    assert not torch_dist.is_initialized()
+    assert destroy_process_group() is False
+    with destroy_process_group_on_success():
+        pass
+    assert not torch_dist.is_initialized()
+
+
+def test_the_group_is_destroyed_after_success_only(torchrun_env):
+    _init_group()
+    with pytest.raises(RuntimeError, match='a rank failed'):
+        with destroy_process_group_on_success():
+            raise RuntimeError('a rank failed')
+    assert torch_dist.is_initialized()  # destroying it could hang on a peer in a collective
+    with destroy_process_group_on_success():
+        pass
+    assert not torch_dist.is_initialized()
+
+
+def test_train_and_test_tools_exit_without_a_process_group(torchrun_env, tmp_path):
+    config = digits_config(tmp_path, batch_size=8)
+    options = ['--cfg-options', *ONE_EPOCH, *SMALL_VAL, 'experiment_name=exit_train']
+    train_main([config, '--launcher', 'pytorch', '--work-dir', str(tmp_path / 'run'), *options])
+    assert not torch_dist.is_initialized()
+
+    checkpoint = str(tmp_path / 'run' / 'epoch_1.pth')
+    options = ['--cfg-options', *SMALL_VAL, 'experiment_name=exit_test']
+    test_tool.main(
+        [config, checkpoint, '--launcher', 'pytorch', '--work-dir', str(tmp_path), *options]
+    )
+    assert not torch_dist.is_initialized()
+
+
+def test_hook_destroys_the_group_after_the_run(torchrun_env, tmp_path):
+    """For a run another tool owns (mmdet's or mmseg's tools/train.py)."""
+    cfg = Config.fromfile(digits_config(tmp_path, batch_size=8))
+    cfg.train_cfg.max_epochs = 1
+    cfg.train_dataloader.dataset.indices = 16
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    cfg.custom_hooks = [dict(type='DestroyProcessGroupHook')]
+    cfg.update(launcher='pytorch', work_dir=str(tmp_path / 'hook'), experiment_name='exit_hook')
+    setup_cpu_distributed(cfg)
+    runner = Runner.from_cfg(cfg)
+    assert any(isinstance(hook, DestroyProcessGroupHook) for hook in runner.hooks)
+    assert runner.hooks[-1].__class__ is DestroyProcessGroupHook  # after every other after_run
+    runner.train()
+    assert not torch_dist.is_initialized()
