@@ -23,9 +23,3 @@ model = dict(
         ),
     ],
 )
-
-# The paper's per-head top-1 (cls, dist, fused), the teacher's, and their agreement, logged as
-# per_head/* next to accuracy/top1 (the teacher's only during training: tools/test.py builds the
-# student alone).
-val_evaluator = [dict(type='Accuracy', topk=(1, 5)), dict(type='PerHeadAccuracy')]
-test_evaluator = val_evaluator

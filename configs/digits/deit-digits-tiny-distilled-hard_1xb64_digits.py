@@ -14,7 +14,3 @@ model = dict(
     teacher='{{ fileDirname }}/resnet-digits_1xb64_digits.py',
     teacher_ckpt='work_dirs/resnet-digits_1xb64_digits/epoch_30.pth',
 )
-
-# top-1 of each head (cls, dist, fused) and, with a teacher, its top-1 and agreement: per_head/*
-val_evaluator = [dict(type='Accuracy', topk=(1,)), dict(type='PerHeadAccuracy')]
-test_evaluator = val_evaluator

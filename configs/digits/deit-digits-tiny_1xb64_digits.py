@@ -8,7 +8,3 @@ _base_ = [
 ]
 
 model = dict(head=dict(inference_mode='cls', loss=dict(mode='none')))
-
-# top-1 of each head (cls, dist, fused) and, with a teacher, its top-1 and agreement: per_head/*
-val_evaluator = [dict(type='Accuracy', topk=(1,)), dict(type='PerHeadAccuracy')]
-test_evaluator = val_evaluator

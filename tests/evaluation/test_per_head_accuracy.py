@@ -131,7 +131,7 @@ def test_validation_runs_the_teacher_and_the_metric_reports_it():
         predictions = model.predict(inputs, samples)
     teacher = inputs.flatten(1)[:, :4].argmax(1)
     assert torch.equal(torch.cat([p.teacher_pred_label for p in predictions]), teacher)
-    metrics = [dict(type='Accuracy', topk=(1,)), dict(type='PerHeadAccuracy')]
+    metrics = [dict(type='mmpretrain.Accuracy', topk=(1,)), dict(type='PerHeadAccuracy')]
     with DefaultScope.overwrite_default_scope('mmdeit'):
         evaluator = Evaluator(metrics)
     evaluator.process(predictions)
@@ -168,10 +168,15 @@ def _shipped_deit_head_configs():
 
 
 def test_every_shipped_deit_head_config_reports_per_head_accuracy():
+    """Through mmdeit's Accuracy (type='Accuracy' in the mmdeit scope) or PerHeadAccuracy."""
     configs = _shipped_deit_head_configs()
     assert len(configs) >= 6  # the distilled ImageNet recipes, digits students, custom
     for name, cfg in configs:
+        assert cfg.default_scope == 'mmdeit', name
         for key in ('val_evaluator', 'test_evaluator'):
             evaluators = cfg[key] if isinstance(cfg[key], list) else [cfg[key]]
-            types = [e['type'] for e in evaluators]
-            assert 'PerHeadAccuracy' in types and 'Accuracy' in types, (name, key, types)
+            with DefaultScope.overwrite_default_scope('mmdeit'):
+                metrics = [METRICS.build(e) for e in evaluators]
+            assert any(
+                isinstance(m, PerHeadAccuracy) or getattr(m, 'per_head', False) for m in metrics
+            ), (name, key, evaluators)

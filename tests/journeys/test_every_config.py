@@ -71,8 +71,17 @@ def _needs_teacher(cfg: Config) -> bool:
 
 
 def _per_head(cfg: Config) -> bool:
+    """Whether validation reports per_head/*: a DeiTClsHead with mmdeit's Accuracy (or with
+    PerHeadAccuracy)."""
     evaluators = cfg.val_evaluator if isinstance(cfg.val_evaluator, list) else [cfg.val_evaluator]
-    return any(e.get('type') == 'PerHeadAccuracy' for e in evaluators)
+    if cfg.model.get('head', {}).get('type') != 'DeiTClsHead':
+        return False
+    deit_accuracy = ('Accuracy', 'DeiTAccuracy', 'mmdeit.Accuracy', 'mmdeit.DeiTAccuracy')
+    return any(
+        e.get('type') == 'PerHeadAccuracy'
+        or (e.get('type') in deit_accuracy and e.get('per_head', True))
+        for e in evaluators
+    )
 
 
 def _selfsup(cfg: Config) -> bool:

@@ -39,6 +39,10 @@ val_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False),
     persistent_workers=False,
 )
+# mmdeit's Accuracy (default_scope 'mmdeit'): mmpretrain's top-k plus, with a DeiTClsHead, the
+# paper's per-head top-1 (cls, dist, fused), the teacher's and their agreement as per_head/*
+# (the teacher's only in training: tools/test.py builds the student alone). A child config
+# overrides it as in mmpretrain: val_evaluator = dict(type='Accuracy', topk=(1,)).
 val_evaluator = dict(type='Accuracy', topk=(1,))
 
 test_dataloader = val_dataloader

@@ -1,6 +1,6 @@
 """Top-1 of each DeiT head, of their fusion, of the teacher, and how often they agree."""
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from mmengine.evaluator import BaseMetric
@@ -23,6 +23,53 @@ def _label(value) -> int:
             raise ValueError(f'expected one label per sample, got a tensor of shape {value.shape}')
         return int(value.item())
     return int(value)
+
+
+def head_labels(sample: dict) -> Optional[dict]:
+    """The true label and each head's predicted label of one prediction, as ints.
+
+    Returns:
+        ``{'gt_label', 'pred_label', 'pred_label_cls', ...}`` (the fields present), or None if
+        the prediction has no per-head labels (its head is not a ``DeiTClsHead``).
+    """
+    if 'pred_label_cls' not in sample:
+        return None
+    labels = {'gt_label': _label(sample['gt_label']), 'pred_label': None}
+    if 'pred_label' in sample:
+        labels['pred_label'] = _label(sample['pred_label'])
+    for field in _HEAD_FIELDS:
+        if field in sample:
+            labels[field] = _label(sample[field])
+    return labels
+
+
+def per_head_metrics(results: List[dict]) -> Dict[str, float]:
+    """Top-1 of each head present, and the agreements with the teacher, in percent.
+
+    Args:
+        results: :func:`head_labels` of every sample.
+
+    Returns:
+        The keys of :class:`PerHeadAccuracy` (without its prefix); empty for no results.
+    """
+    if not results:
+        return {}
+    metrics = {}
+    fused_present = all('pred_label_fused' in r for r in results)
+    for field, key in _HEAD_FIELDS.items():
+        if not all(field in r for r in results):
+            continue
+        if not fused_present and field in ('pred_label_dist', 'teacher_pred_label'):
+            continue  # the dist head and the teacher predict the teacher's classes
+        correct = sum(r[field] == r['gt_label'] for r in results)
+        metrics[key] = 100.0 * correct / len(results)
+    if all('teacher_pred_label' in r for r in results):
+        if fused_present and all(r['pred_label'] is not None for r in results):
+            same = sum(r['pred_label'] == r['teacher_pred_label'] for r in results)
+            metrics['teacher_agreement'] = 100.0 * same / len(results)
+        same = sum(r['pred_label_dist'] == r['teacher_pred_label'] for r in results)
+        metrics['dist_teacher_agreement'] = 100.0 * same / len(results)
+    return metrics
 
 
 @METRICS.register_module()
@@ -63,38 +110,16 @@ class PerHeadAccuracy(BaseMetric):
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         """Keep the true label and every head's predicted label of each sample."""
         for sample in data_samples:
-            if 'pred_label_cls' not in sample:
+            labels = head_labels(sample)
+            if labels is None:
                 raise KeyError(
                     'PerHeadAccuracy needs the per-head labels of a DeiTClsHead '
                     '(pred_label_cls, ...); the prediction has only '
                     f'{sorted(k for k in sample if k.startswith("pred"))}: use it with a model '
                     'whose head is mmdeit.DeiTClsHead'
                 )
-            result = {'gt_label': _label(sample['gt_label']), 'pred_label': None}
-            if 'pred_label' in sample:
-                result['pred_label'] = _label(sample['pred_label'])
-            for field in _HEAD_FIELDS:
-                if field in sample:
-                    result[field] = _label(sample[field])
-            self.results.append(result)
+            self.results.append(labels)
 
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
         """Top-1 of each head present, and the agreements with the teacher, in percent."""
-        if not results:
-            return {}
-        metrics = {}
-        fused_present = all('pred_label_fused' in r for r in results)
-        for field, key in _HEAD_FIELDS.items():
-            if not all(field in r for r in results):
-                continue
-            if not fused_present and field in ('pred_label_dist', 'teacher_pred_label'):
-                continue  # the dist head and the teacher predict the teacher's classes
-            correct = sum(r[field] == r['gt_label'] for r in results)
-            metrics[key] = 100.0 * correct / len(results)
-        if all('teacher_pred_label' in r for r in results):
-            if fused_present and all(r['pred_label'] is not None for r in results):
-                same = sum(r['pred_label'] == r['teacher_pred_label'] for r in results)
-                metrics['teacher_agreement'] = 100.0 * same / len(results)
-            same = sum(r['pred_label_dist'] == r['teacher_pred_label'] for r in results)
-            metrics['dist_teacher_agreement'] = 100.0 * same / len(results)
-        return metrics
+        return per_head_metrics(results)
