@@ -13,6 +13,10 @@ custom_imports = dict(imports=['mmdeit'], allow_failed_imports=False)
 # for every checkpoint the run reads, so an mmdeit training checkpoint (mmengine's logged
 # statistics inside) loads as `checkpoint` below on torch >= 2.6 (weights_only).
 default_hooks = dict(checkpoint=dict(type='mmdeit.AtomicCheckpointHook'))
+# A clean exit from a distributed run: destroys the process group once training (or testing)
+# has succeeded, so no rank aborts at exit with gloo's threads alive (SIGABRT after a finished
+# run); mmdeit's own tools do it themselves.
+custom_hooks = [dict(type='mmdeit.DestroyProcessGroupHook')]
 
 # A distilled DeiT-S classifier checkpoint with its 'backbone.' keys (two extra tokens):
 # trained by mmdeit, or the official one converted by
