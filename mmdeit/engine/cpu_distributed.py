@@ -1,25 +1,33 @@
-"""Distributed training on CPUs (gloo) with mmengine's ``pytorch`` launcher (torchrun)."""
+"""Distributed training on CPUs (gloo) with mmengine's ``pytorch`` (torchrun) and ``slurm``
+launchers."""
 
 import datetime
 import logging
+import os
 
 import torch
 import torch.distributed as torch_dist
 from mmengine.config import Config
 from mmengine.logging import print_log
 
+from .slurm_environment import slurm_environment
+
 __all__ = ['setup_cpu_distributed']
 
 
 def setup_cpu_distributed(cfg: Config) -> bool:
-    """Make a torchrun-launched run (``launcher='pytorch'``) work on a machine without CUDA.
+    """Make a torchrun (``launcher='pytorch'``) or Slurm (``'slurm'``) run work without CUDA.
 
-    mmengine 0.10's pytorch launcher calls ``torch.cuda.set_device(LOCAL_RANK)`` before it
-    initialises the process group, and wraps the model in ``DistributedDataParallel`` with
-    ``device_ids=[LOCAL_RANK]``; both fail without a GPU. Without CUDA this function therefore
-    initialises the process group itself with the gloo backend (mmengine's ``Runner`` then
-    keeps it) and sets ``model_wrapper_cfg`` to ``MMDistributedDataParallel`` without device
-    ids. With CUDA, another launcher, or a process group already initialised, it does nothing.
+    mmengine 0.10's pytorch and slurm launchers call ``torch.cuda.set_device(LOCAL_RANK)``
+    before they initialise the process group, and wrap the model in
+    ``DistributedDataParallel`` with ``device_ids=[LOCAL_RANK]``; both fail without a GPU.
+    Without CUDA this function therefore initialises the process group itself with the gloo
+    backend (mmengine's ``Runner`` then keeps it) and sets ``model_wrapper_cfg`` to
+    ``MMDistributedDataParallel`` without device ids. Under Slurm it first sets ``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` from the task's
+    Slurm variables as mmengine does (:func:`~mmdeit.engine.slurm_environment.slurm_environment`:
+    a missing variable is an error naming it). With CUDA, another launcher, or a process group
+    already initialised, it does nothing.
 
     Call it after the command-line options are merged and before ``Runner.from_cfg(cfg)``.
 
@@ -32,12 +40,15 @@ def setup_cpu_distributed(cfg: Config) -> bool:
     Returns:
         True if it initialised the process group, else False.
     """
-    if cfg.get('launcher', 'none') != 'pytorch' or torch.cuda.is_available():
+    launcher = cfg.get('launcher', 'none')
+    if launcher not in ('pytorch', 'slurm') or torch.cuda.is_available():
         return False
     if not torch_dist.is_available():
-        raise RuntimeError('launcher pytorch needs torch.distributed, which this torch lacks')
+        raise RuntimeError(f'launcher {launcher} needs torch.distributed, which this torch lacks')
     if torch_dist.is_initialized():
         return False
+    if launcher == 'slurm':
+        os.environ.update(slurm_environment())
     env_cfg = cfg.setdefault('env_cfg', {})
     dist_cfg = dict(env_cfg.get('dist_cfg') or {})
     backend = dist_cfg.pop('backend', 'gloo')
@@ -52,7 +63,7 @@ def setup_cpu_distributed(cfg: Config) -> bool:
     timeout = dist_cfg.pop('timeout', None)
     if timeout is not None:
         dist_cfg['timeout'] = datetime.timedelta(seconds=timeout)
-    # RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT come from torchrun's environment.
+    # RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT: torchrun's environment, or Slurm's above.
     torch_dist.init_process_group(backend='gloo', **dist_cfg)
     env_cfg.setdefault('dist_cfg', {})
     env_cfg['dist_cfg']['backend'] = 'gloo'

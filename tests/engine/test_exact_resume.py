@@ -1,6 +1,7 @@
 """Resuming repeats the uninterrupted run bit for bit (RNGStateHook + the exact-resume loop):
 the digits DeiT with random crop/rotation, Mixup/CutMix and drop path, resumed at an epoch
-boundary and mid-epoch, with 0 and 2 data loader workers, and over 2 gloo processes."""
+boundary and mid-epoch, with 0 and 2 data loader workers. Over 2 gloo processes (a Slurm run
+resumed mid-epoch by two torchrun "machines"): tests/tools/test_multi_node.py."""
 
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from mmengine.hooks import Hook
 
 import mmdeit  # noqa: F401  (registers modules and the mmdeit:: configs)
 from mmdeit.engine import RNGStateError, safe_load
-from tools.analysis.dist_exit_loop import ABORT, EPOCHS, digits_config, dist_train
+from tools.analysis.dist_exit_loop import EPOCHS, digits_config
 from tools.train import main as train_main
 
 ITERS = 3  # 48 train images, batch 16 (2 x 8 over two ranks)
@@ -126,34 +127,6 @@ def test_bad_rng_state_is_refused_naming_the_field(reference, field, tmp_path, o
     torch.save(ckpt, tmp_path / 'bad.pth')
     with pytest.raises(RNGStateError, match=field):
         _train(config, tmp_path / 'resumed', 'bad_ckpt', '--resume', str(tmp_path / 'bad.pth'))
-
-
-def _dist_train(tmp_path: Path, config: str, work_dir: str, *options: str) -> None:
-    """``tools/dist_train.sh CONFIG 2`` from the user's folder, as a user runs it."""
-    proc = dist_train(tmp_path, config, work_dir, *options)
-    assert proc.returncode == 0, proc.stdout[-5000:]
-    assert ABORT not in proc.stdout, proc.stdout[-5000:]  # no rank aborted at exit
-
-
-@pytest.mark.journey  # the user's CLI, from the user's folder
-@pytest.mark.skipif(torch.cuda.is_available(), reason='gloo on CPUs')
-def test_two_gloo_processes_resume_mid_epoch_exactly(tmp_path):
-    # Each rank its own seed (diff_rank_seed), so each rank has its own random states.
-    config = _config(tmp_path, 0, batch_size=8, randomness='dict(seed=0, diff_rank_seed=True)')
-    _dist_train(tmp_path, config, 'reference')
-    source = tmp_path / 'reference' / 'iter_4.pth'
-    # Every checkpoint (iteration, epoch end, best after validation) holds both ranks' states.
-    (best,) = (tmp_path / 'reference').glob('best_*.pth')
-    for path in (source, tmp_path / 'reference' / 'epoch_1.pth', best):
-        ranks = safe_load(str(path))['rng_state']['ranks']
-        assert len(ranks) == 2, path.name
-        assert not torch.equal(ranks[0]['current']['torch'], ranks[1]['current']['torch'])
-    _dist_train(tmp_path, config, 'resumed', '--resume', str(source))
-    output = (tmp_path / 'resumed.out').read_text()
-    assert 'reading its first 1 of 3 batches again' in output and WARNING not in output
-    final = f'epoch_{EPOCHS}.pth'
-    resumed, uninterrupted = (_weights(tmp_path / d / final) for d in ('resumed', 'reference'))
-    assert _max_diff(resumed, uninterrupted) == 0.0
 
 
 def test_iter_based_loop_saves_and_restores_the_states(image_folder, tmp_path, engine):

@@ -10,6 +10,11 @@ that a live gloo process group causes; see :mod:`mmdeit.engine.distributed_exit`
     python tools/analysis/dist_exit_loop.py --runs 10
     python tools/analysis/dist_exit_loop.py --runs 10 --repo /path/to/other/checkout
 
+``--journey multi-node`` runs instead the commands of ``docs/distributed.md``
+(:mod:`multi_node_journeys`): Slurm training (2 tasks, a local ``srun`` stand-in), then a
+resume from the middle of epoch 2 by two ``NNODES=2`` torchrun launches and the Slurm test;
+clean when every launch exits 0, no rank aborts and the resumed weights are the Slurm run's.
+
 One line per run on stdout; each launch's full output goes to ``<work-dir>/run_<i>/*.out``.
 Exits 1 if any run was not clean.
 """
@@ -70,6 +75,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def user_env(**extra: str) -> Dict[str, str]:
+    """A user's shell environment for the launchers: this interpreter's ``bin`` first on
+    ``PATH``, nothing putting the checkout on the import path, one thread, unbuffered output;
+    ``extra`` on top."""
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTEST_CURRENT_TEST')}
+    env.update(
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get('PATH', '')]),
+        OMP_NUM_THREADS='1',
+        PYTHONUNBUFFERED='1',
+    )
+    env.update(extra)
+    return env
+
+
 def dist_train(
     folder: Path, config: str, work_dir: str, *options: str, repo: Path = REPO, nproc: int = 2
 ) -> subprocess.CompletedProcess:
@@ -77,13 +96,7 @@ def dist_train(
 
     The output (stdout and stderr) is written to ``folder/<work_dir>.out`` and returned.
     """
-    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTEST_CURRENT_TEST')}
-    env.update(
-        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get('PATH', '')]),
-        PORT=str(free_port()),
-        OMP_NUM_THREADS='1',
-        PYTHONUNBUFFERED='1',
-    )
+    env = user_env(PORT=str(free_port()))
     command = ['bash', str(repo / 'tools' / 'dist_train.sh'), config, str(nproc)]
     command += ['--work-dir', work_dir, *options]
     command += ['--cfg-options', 'env_cfg.dist_cfg.backend=gloo']
@@ -131,6 +144,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--runs', type=int, default=10, help='runs in a row (default 10)')
     parser.add_argument('--repo', type=Path, default=REPO, help='checkout whose tools run')
     parser.add_argument('--work-dir', type=Path, help='keep the runs here (default: a temp dir)')
+    parser.add_argument(
+        '--journey',
+        choices=['one-node', 'multi-node'],
+        default='one-node',
+        help='one-node: tools/dist_train.sh CONFIG 2 (default); multi-node: the Slurm and '
+        'NNODES=2 commands of docs/distributed.md',
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error(f'--runs must be at least 1, got {args.runs}')
@@ -142,10 +162,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     root = args.work_dir or Path(tempfile.mkdtemp(prefix='dist_exit_loop_'))
+    run = one_run
+    if args.journey == 'multi-node':
+        try:  # imported as tools.analysis.dist_exit_loop
+            from .multi_node_journeys import one_run as run
+        except ImportError:  # run as a script: this folder is on sys.path
+            from multi_node_journeys import one_run as run
     clean = 0
     for i in range(args.runs):
         start = time.perf_counter()
-        problems = one_run(root / f'run_{i}', repo=args.repo.resolve())
+        problems = run(root / f'run_{i}', repo=args.repo.resolve())
         clean += not problems
         status = 'clean' if not problems else '; '.join(problems)
         print(f'run {i + 1}/{args.runs}: {status} ({time.perf_counter() - start:.0f} s)')
