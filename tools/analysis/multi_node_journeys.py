@@ -141,7 +141,7 @@ def one_run(folder: Path, repo: Path = REPO) -> List[str]:
     train = dict(CONFIG=config, WORK_DIR='slurm')
     procs = {'slurm_train': slurm(folder, 'slurm_train.sh', 'slurm_train.out',
                                   slurm_variables(folder, **train), repo)}  # fmt: skip
-    problems = _check(procs, folder, nodes)
+    problems = _check(procs, folder, *nodes)
     if problems:
         return problems
     resume = dict(CONFIG=config, CHECKPOINT=str(folder / 'slurm' / RESUME_FROM))
@@ -151,7 +151,7 @@ def one_run(folder: Path, repo: Path = REPO) -> List[str]:
         'slurm_test': slurm(folder, 'slurm_test.sh', 'slurm_test.out',
                             slurm_variables(folder, **test), repo),
     }  # fmt: skip
-    problems = _check(procs, folder, nodes)
+    problems = _check(procs, folder, *nodes)
     if not problems:
         resumed = final_weights(nodes[0] / 'work_dirs' / Path(config).stem)
         reference = final_weights(folder / 'slurm')
