@@ -6,6 +6,7 @@ The tools are the repository's ``tools/`` scripts, carried in the package under 
     python -m mmdeit train my_config.py --work-dir work_dirs/mine
     python -m mmdeit test my_config.py work_dirs/mine/epoch_1.pth
     python -m mmdeit infer cat.jpg my_config.py work_dirs/mine/epoch_1.pth
+    python -m mmdeit export my_config.py work_dirs/mine/epoch_1.pth model.onnx
 """
 
 import os.path as osp
@@ -21,6 +22,7 @@ TOOLS = {
     'convert': osp.join('model_converters', 'deit_to_mmdeit.py'),
     'vis_attention': osp.join('visualization', 'vis_attention.py'),
     'digits_to_folder': osp.join('dataset_converters', 'digits_to_folder.py'),
+    'export': osp.join('deployment', 'export_onnx.py'),
 }
 USAGE = f'usage: python -m mmdeit {{{",".join(TOOLS)}}} [ARGS ...] (-h after TOOL for its help)'
 

@@ -1,6 +1,7 @@
 """``init_model`` / ``inference_model``: a trained checkpoint to predictions in two calls."""
 
 import copy
+import inspect
 import os.path as osp
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
@@ -52,6 +53,7 @@ def init_model(
     config: Union[str, Path, Config],
     checkpoint: Optional[str] = None,
     device: Union[str, torch.device] = 'cpu',
+    compile: Union[bool, dict] = False,
     **overrides,
 ) -> nn.Module:
     """Build a classifier from a config for inference, optionally loading a checkpoint.
@@ -64,6 +66,11 @@ def init_model(
         config: Config file path or :class:`Config`.
         checkpoint: Checkpoint path; None keeps the initialisation. Defaults to None.
         device: Device to put the model on. Defaults to 'cpu'.
+        compile: Compile the backbone with ``torch.compile`` for inference, in place (the
+            state-dict keys and the model's methods, ``test_step`` included, stay): True for
+            ``torch.compile``'s defaults, or a dict of its arguments, e.g.
+            ``dict(mode='max-autotune')``. The first forward at each input shape compiles.
+            Defaults to False.
         **overrides: Config entries to override, as ``--cfg-options`` keys, e.g.
             ``**{'model.head.inference_mode': 'cls'}``.
 
@@ -78,6 +85,7 @@ def init_model(
         config = Config.fromfile(str(config))
     elif not isinstance(config, Config):
         raise TypeError(f'config must be a path or a Config, got {type(config).__name__}')
+    compile_kwargs = _compile_kwargs(compile)
     cfg = copy.deepcopy(config)
     if overrides:
         cfg.merge_from_dict(overrides)
@@ -95,7 +103,28 @@ def init_model(
         MMLogger.get_current_instance().warning('init_model: no checkpoint, random weights')
     model.cfg = cfg
     model.dataset_meta = {'classes': classes} if classes else {}
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if compile_kwargs is not None:
+        model.backbone.compile(**compile_kwargs)
+    return model
+
+
+def _compile_kwargs(compile: Union[bool, dict]) -> Optional[dict]:
+    """``torch.compile``'s arguments for ``init_model(compile=...)``; None: no compiling."""
+    if isinstance(compile, bool):
+        return {} if compile else None
+    if not isinstance(compile, dict):
+        raise TypeError(
+            f'compile must be True, False or a dict of torch.compile arguments, got '
+            f'{type(compile).__name__} {compile!r}'
+        )
+    allowed = [p for p in inspect.signature(torch.compile).parameters if p != 'model']
+    unknown = sorted(set(compile) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f'compile has keys {unknown} that torch.compile does not take; it takes {allowed}'
+        )
+    return dict(compile)
 
 
 def _check_array(img: np.ndarray, in_channels: int) -> None:
