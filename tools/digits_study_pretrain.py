@@ -11,13 +11,9 @@ import argparse
 import os
 import os.path as osp
 
-from tools import digits_study as study
+from tools import digits_study_common as study
 
 PRETRAIN_CONFIG = 'simmim/simmim_deit-digits-tiny_1xb64_digits'
-
-
-def pretrain_dir(work_dir: str, seed: int) -> str:
-    return osp.join(work_dir, 'simmim', f'seed_{seed}')
 
 
 def pretrain_config(seed: int, epochs: int, work_dir: str):
@@ -43,7 +39,7 @@ def pretrain_one(seed: int, args: argparse.Namespace, redirect: bool = True) -> 
         args: The study's arguments.
         redirect: Send stdout and stderr to the run's ``pretrain.log``. Defaults to True.
     """
-    work_dir = pretrain_dir(args.work_dir, seed)
+    work_dir = study.pretrain_dir(args.work_dir, seed)
     result = study.load_result(osp.join(work_dir, 'result.json'))
     if result is not None:
         return dict(result, reused=True)

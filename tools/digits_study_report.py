@@ -14,7 +14,7 @@ import platform
 import statistics
 from typing import Dict, List, Sequence, Tuple
 
-from tools import digits_study as study
+from tools import digits_study_common as study
 
 BEGIN = '<!-- digits-study:begin (written by tools/digits_study.py --doc) -->'
 END = '<!-- digits-study:end -->'

@@ -1,7 +1,9 @@
 """The digits study: its configs (same subset and steps for every arm), statistics and report."""
 
+import ast
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +12,9 @@ from mmengine.registry import DefaultScope
 from scipy import stats
 
 from mmdeit.datasets import DigitsDataset
-from tools import digits_study, digits_study_pretrain, digits_study_report
+from tools import digits_study, digits_study_common, digits_study_pretrain, digits_study_report
+
+TOOLS = Path(__file__).resolve().parents[2] / 'tools'
 
 
 def _cfgs(aug='mild', size=0.1, seed=3, steps=690):
@@ -174,3 +178,32 @@ def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
         digits_study.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def _study_imports(module: str) -> set:
+    """The ``tools.digits_study*`` modules that ``tools/<module>.py`` imports, at any depth."""
+    tree = ast.parse((TOOLS / f'{module}.py').read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names |= {f'{node.module}.{alias.name}' for alias in node.names}
+    return {n.split('.')[1] for n in names if n.startswith('tools.digits_study')}
+
+
+def test_the_study_modules_import_one_way_only():
+    """No import cycle: the shared module imports none of the others, and they not the study."""
+    modules = [p.stem for p in TOOLS.glob('digits_study*.py')]
+    assert sorted(modules) == sorted(
+        ['digits_study', 'digits_study_common', 'digits_study_pretrain', 'digits_study_report']
+    )
+    graph = {m: _study_imports(m) - {m} for m in modules}
+    assert graph['digits_study_common'] == set()
+    assert graph['digits_study_pretrain'] == graph['digits_study_report'] == {'digits_study_common'}
+    assert graph['digits_study'] == {
+        'digits_study_common', 'digits_study_pretrain', 'digits_study_report'
+    }  # fmt: skip
+    for name in ('STUDENT_STEPS', 'TEACHER_STEPS', 'AUGS', 'ARMS', 'STRONG_PIPELINE'):
+        assert getattr(digits_study, name) is getattr(digits_study_common, name)
