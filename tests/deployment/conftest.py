@@ -8,6 +8,15 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 DEIT_CONFIGS = sorted(p.name for p in (REPO / 'configs' / 'deit').glob('*.py'))
+#: One shipped config per arch (tiny, small, base), with and without the distillation token, at
+#: 224 and 384: every layer the export meets. The other shipped configs differ from these in
+#: training settings only (the exported graph is the same function of other sizes).
+EXPORTED_CONFIGS = [
+    'deit-tiny_8xb128_in1k.py',
+    'deit-tiny-distilled_8xb128_in1k.py',
+    'deit-small-distilled_8xb128_in1k.py',
+    'deit-base-distilled_8xb32_in1k-384px.py',
+]
 TINY_DISTILLED = 'deit-tiny-distilled_8xb128_in1k.py'
 TINY = 'deit-tiny_8xb128_in1k.py'
 

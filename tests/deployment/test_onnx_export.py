@@ -1,9 +1,9 @@
 """``export_onnx`` / ``python -m mmdeit export``: ONNX Runtime gives PyTorch's numbers.
 
-Every shipped DeiT config at its own input size (224 or 384), random weights saved as a
-checkpoint, exported at batch 1 and run at another batch size; PyTorch's side is the model a
-user runs (``init_model``: the fast path, the config's head). The CLI journey from a user's
-folder is ``tests/journeys/test_onnx_export.py``.
+A shipped DeiT config of each arch (tiny, small, base; plain and distilled; 224 and 384) at its
+own input size, random weights saved as a checkpoint, exported at batch 1 and run at another
+batch size; PyTorch's side is the model a user runs (``init_model``: the fast path, the config's
+head). The CLI journey from a user's folder is ``tests/journeys/test_onnx_export.py``.
 """
 
 import json
@@ -16,7 +16,15 @@ import torch
 from mmdeit.__main__ import main as mmdeit_main
 from mmdeit.deployment import METADATA_KEYS, export_onnx
 
-from .conftest import DEIT_CONFIGS, TINY, TINY_DISTILLED, config_path, random_student, run_onnx
+from .conftest import (
+    DEIT_CONFIGS,
+    EXPORTED_CONFIGS,
+    TINY,
+    TINY_DISTILLED,
+    config_path,
+    random_student,
+    run_onnx,
+)
 
 TEACHER_10 = 'model.head.teacher_num_classes=10'  # a teacher of other classes than the student
 
@@ -33,8 +41,17 @@ def _metadata(path) -> dict:
     return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
 
 
-@pytest.mark.parametrize('name', DEIT_CONFIGS)
-def test_onnxruntime_equals_pytorch_on_every_shipped_config(name, tmp_path):
+def test_the_exported_configs_cover_every_shipped_arch():
+    """tiny, small and base; plain and distilled; 224 and 384 among the configs exported below."""
+    assert set(EXPORTED_CONFIGS) <= set(DEIT_CONFIGS)
+    for part in ('tiny', 'small', 'base', 'distilled', '384px'):
+        assert any(part in name for name in EXPORTED_CONFIGS), part
+    archs = {name.split('_')[0].split('-')[1] for name in DEIT_CONFIGS}
+    assert archs == {'tiny', 'small', 'base'}, archs
+
+
+@pytest.mark.parametrize('name', EXPORTED_CONFIGS)
+def test_onnxruntime_equals_pytorch_on_every_shipped_arch(name, tmp_path):
     """Default export (the config's head: fused for the distilled ones; softmax) of random
     weights at the config's own input size, against the model ``init_model`` gives."""
     config = config_path(name)
