@@ -37,12 +37,13 @@ def test_report_has_every_section(report):
     assert report['machine']['threads'] >= 1 and report['machine']['dtype'] == 'fp32'
     libs = {'mmdeit', *PEERS, deit_models.REFERENCE}
     for section in ('inference', 'train'):
-        assert report[section]['mm_peak_gflops'] > 0
+        assert report[section]['mm_peak_gflops'] > 0 and report[section]['mm_shapes_gflops'] > 0
         assert set(report[section]['results']) == libs
         for r in report[section]['results'].values():
             rounds = report['args']['rounds' if section == 'inference' else 'train_rounds']
             assert len(r['times_s']) == rounds and r['best_s'] <= r['median_s']
-            for key in ('best_s', 'img_per_s', 'gflops_per_s', 'roofline_fraction'):
+            keys = ('best_s', 'img_per_s', 'gflops_per_s', 'roofline_fraction')
+            for key in (*keys, 'shapes_roofline_fraction'):
                 assert math.isfinite(r[key]) and r[key] > 0, (section, key)
             assert r['over_mmdeit_best'] > 0 and r['over_mmdeit_paired'] > 0
     distill = report['distillation']['results']
@@ -82,6 +83,27 @@ def test_mmdeit_executes_no_more_flops_than_its_peers(report):
         # its linears are counted, the oneDNN ones of inference included: it skips few rows
         linear = {name: _linear_flops(r['flops_by_op']) for name, r in res.items()}
         assert linear['mmdeit'] > 0.5 * linear['timm'], section
+
+
+def test_gemm_shapes_are_the_encoders_linears(report):
+    """qkv, proj, fc1, fc2 at the batch's tokens; their FLOPs over the layers are the reference's
+    linears in the encoder (the head's linear is the rest)."""
+    args = benchmark.parse_args(ARGV)
+    model = deit_models.build_models(args, ablation=True)[deit_models.REFERENCE]
+    batch = args.infer_batch
+    m = batch * ((32 // 8) ** 2 + 2)  # 16 patches, cls and dist tokens
+    assert deit_models.gemm_shapes(model, batch) == [
+        (m, 32, 96),
+        (m, 32, 32),
+        (m, 32, 64),
+        (m, 64, 32),
+    ]
+    encoder = 2 * sum(m * k * n for m, k, n in deit_models.gemm_shapes(model, batch)) * 2  # layers
+    by_op = report['inference']['results'][deit_models.REFERENCE]['flops_by_op']
+    head = 2 * batch * 2 * 32 * 10  # two heads: (B, 32) x (32, 10) each
+    patch_embed = 2 * batch * 16 * (3 * 8 * 8) * 32  # the patch projection (a conv)
+    linear = sum(n for op, n in by_op.items() if 'scaled_dot' not in op)
+    assert linear == encoder + head + patch_embed, by_op
 
 
 def test_the_ablation_runs_mmdeit_with_its_fast_path_off(report):

@@ -9,7 +9,7 @@ import contextlib
 import json
 import math
 from argparse import Namespace
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -104,6 +104,23 @@ def build_models(args: Namespace, ablation: bool = True) -> Dict[str, nn.Module]
     for name in set(models) - {'mmdeit', 'timm'}:
         models[name].load_state_dict(state, strict=True)
     return models
+
+
+def gemm_shapes(model: nn.Module, batch: int) -> List[Tuple[int, int, int]]:
+    """The ``(m, k, n)`` of the encoder's four linears at ``batch``: qkv, proj, fc1, fc2.
+
+    ``m`` is the tokens of the batch (patches plus the cls/dist tokens); a layer's forward runs
+    each once (its backward each twice, at other shapes of the same FLOPs).
+    """
+    backbone = model.backbone
+    s = backbone.arch_settings
+    h, w = backbone.patch_resolution
+    m, c, f = (
+        batch * (h * w + backbone.num_extra_tokens),
+        s['embed_dims'],
+        s['feedforward_channels'],
+    )
+    return [(m, c, 3 * c), (m, c, c), (m, c, f), (m, f, c)]
 
 
 def flop_formulas() -> dict:
