@@ -39,7 +39,7 @@ import os.path as osp
 import shlex
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 if not __package__:  # run as a script: the checkout's tools/ package is importable
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -47,23 +47,22 @@ from tools import digits_study_report as report  # noqa: E402
 from tools.digits_study_common import (  # noqa: E402
     ARMS,
     AUGS,
-    CONFIG_DIR,
     PRETRAIN_EPOCHS,
     SEEDS,
     SIMMIM_ARMS,
     SIZES,
-    STRONG_MIX_PROBS,
-    STRONG_PIPELINE,
+    STRONG_MIX_PROBS,  # noqa: F401  (re-exported: the tests and tools/demo.py read it here)
+    STRONG_PIPELINE,  # noqa: F401
     STUDENT_STEPS,
     STUDY_ARMS,
     TEACHER_STEPS,
-    WARMUP,
-    epochs_for,
+    epochs_for,  # noqa: F401
+    last_val_hook,
     load_result,
     pretrain_dir,
+    run_config,
     run_dir,
     save_result,
-    schedule,
     train_runner,
     worker_output,
 )
@@ -104,40 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def study_config(arm: str, aug: str, size: float, seed: int, steps: int, work_dir: str):
     """The config of one run: the shipped digits config on the subset, with the study's schedule."""
-    from mmengine.config import Config
-
-    cfg = Config.fromfile(osp.join(CONFIG_DIR, dict(ARMS)[arm] + '.py'))
-    cfg.work_dir = work_dir
-    cfg.randomness = dict(seed=seed, deterministic=False)
-    epochs, _ = epochs_for(steps, size)
-    cfg.train_cfg = dict(by_epoch=True, max_epochs=epochs, val_interval=epochs)
-    schedule(cfg, epochs, WARMUP)
-    cfg.default_hooks.checkpoint.update(interval=epochs, save_best=None, max_keep_ckpts=1)
-    cfg.default_hooks.logger.interval = 50
-    dataset = cfg.train_dataloader.dataset
-    if size < 1.0:
-        dataset.update(subset=size, subset_seed=seed)
-    if aug == 'strong':
-        dataset.pipeline = STRONG_PIPELINE
-        cfg.model.train_cfg.probs = STRONG_MIX_PROBS
-    cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h.get('type') != 'EMAHook']
-    return cfg
-
-
-def _last_val_hook():
-    """A Runner hook that keeps the metrics of the run's last validation in ``.metrics``."""
-    from mmengine.hooks import Hook
-
-    class LastVal(Hook):
-        priority = 'LOWEST'
-
-        def __init__(self):
-            self.metrics: Dict[str, float] = {}
-
-        def after_val_epoch(self, runner, metrics: Optional[dict] = None) -> None:
-            self.metrics = {k: float(v) for k, v in (metrics or {}).items()}
-
-    return LastVal()
+    return run_config(dict(ARMS)[arm], aug, seed, steps, work_dir, size=size)
 
 
 def train_one(
@@ -157,7 +123,7 @@ def train_one(
         if init.type != 'Pretrained':
             raise ValueError(f'{arm}: the last model.init_cfg entry must be Pretrained: {init}')
         init.checkpoint = pretrained
-    last = _last_val_hook()
+    last = last_val_hook()
     fields = train_runner(cfg, hooks=[last])
     result = dict(arm=arm, aug=aug, size=size, seed=seed, metrics=last.metrics, **fields)
     save_result(work_dir, result)

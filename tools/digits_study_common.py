@@ -11,7 +11,7 @@ import math
 import os
 import os.path as osp
 import time
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
 #: (arm, config under configs/) in run order: the teacher first, the students need its checkpoint.
@@ -43,35 +43,42 @@ TRAIN_IMAGES = 1437  # the digits train split (DigitsDataset defaults)
 #: random resized crop with DeiT's scale range, RandAugment rand-m9-mstd0.5-inc1, random
 #: erasing 0.25; Mixup/CutMix on every batch instead of half of them.
 _PAD = [78, 78, 78]  # the digits' mean grey, as uint8
-STRONG_PIPELINE = [
-    dict(type='Resize', scale=(16, 16), interpolation='bicubic', backend='pillow'),
-    dict(
-        type='RandomResizedCrop',
-        scale=16,
-        crop_ratio_range=(0.08, 1.0),
-        backend='pillow',
-        interpolation='bicubic',
-    ),
-    dict(
-        type='RandAugment',
-        policies='timm_increasing',
-        num_policies=2,
-        total_level=10,
-        magnitude_level=9,
-        magnitude_std=0.5,
-        hparams=dict(pad_val=_PAD, interpolation='bicubic'),
-    ),
-    dict(
-        type='RandomErasing',
-        erase_prob=0.25,
-        mode='rand',
-        min_area_ratio=0.02,
-        max_area_ratio=1 / 3,
-        fill_color=[77.85] * 3,
-        fill_std=[95.85] * 3,
-    ),
-    dict(type='PackInputs'),
-]
+
+
+def strong_pipeline(img_size: int = 16) -> list:
+    """The strong augmentation for digits of ``img_size`` pixels (16: the digits' configs)."""
+    return [
+        dict(type='Resize', scale=(img_size, img_size), interpolation='bicubic', backend='pillow'),
+        dict(
+            type='RandomResizedCrop',
+            scale=img_size,
+            crop_ratio_range=(0.08, 1.0),
+            backend='pillow',
+            interpolation='bicubic',
+        ),
+        dict(
+            type='RandAugment',
+            policies='timm_increasing',
+            num_policies=2,
+            total_level=10,
+            magnitude_level=9,
+            magnitude_std=0.5,
+            hparams=dict(pad_val=_PAD, interpolation='bicubic'),
+        ),
+        dict(
+            type='RandomErasing',
+            erase_prob=0.25,
+            mode='rand',
+            min_area_ratio=0.02,
+            max_area_ratio=1 / 3,
+            fill_color=[77.85] * 3,
+            fill_std=[95.85] * 3,
+        ),
+        dict(type='PackInputs'),
+    ]
+
+
+STRONG_PIPELINE = strong_pipeline(16)
 STRONG_MIX_PROBS = [0.5, 0.5]
 
 
@@ -96,6 +103,63 @@ def epochs_for(steps: int, size: float) -> Tuple[int, int]:
     images = TRAIN_IMAGES if size == 1.0 else int(size * TRAIN_IMAGES)  # as train_test_split
     iters = math.ceil(images / BATCH)
     return max(1, round(steps / iters)), images
+
+
+def run_config(
+    config: str,
+    aug: str,
+    seed: int,
+    steps: int,
+    work_dir: str,
+    size: float = 1.0,
+    img_size: int = 16,
+):
+    """One study run's config: a shipped config with the studies' schedule and augmentation.
+
+    Args:
+        config: The config's path under ``configs/``, without ``.py``.
+        aug: 'mild' (the config's own pipeline) or 'strong' (:func:`strong_pipeline` and
+            Mixup/CutMix on every batch).
+        seed: The training seed (and the subset's seed).
+        steps: Optimisation steps: whole epochs giving about that many (:func:`epochs_for`).
+        work_dir: The run's folder.
+        size: The fraction of the train split. Defaults to 1.0 (all of it).
+        img_size: The input size of the strong pipeline. Defaults to 16 (the digits').
+    """
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(osp.join(CONFIG_DIR, config + '.py'))
+    cfg.work_dir = work_dir
+    cfg.randomness = dict(seed=seed, deterministic=False)
+    epochs, _ = epochs_for(steps, size)
+    cfg.train_cfg = dict(by_epoch=True, max_epochs=epochs, val_interval=epochs)
+    schedule(cfg, epochs, WARMUP)
+    cfg.default_hooks.checkpoint.update(interval=epochs, save_best=None, max_keep_ckpts=1)
+    cfg.default_hooks.logger.interval = 50
+    dataset = cfg.train_dataloader.dataset
+    if size < 1.0:
+        dataset.update(subset=size, subset_seed=seed)
+    if aug == 'strong':
+        dataset.pipeline = strong_pipeline(img_size)
+        cfg.model.train_cfg.probs = STRONG_MIX_PROBS
+    cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h.get('type') != 'EMAHook']
+    return cfg
+
+
+def last_val_hook():
+    """A Runner hook that keeps the metrics of the run's last validation in ``.metrics``."""
+    from mmengine.hooks import Hook
+
+    class LastVal(Hook):
+        priority = 'LOWEST'
+
+        def __init__(self):
+            self.metrics: Dict[str, float] = {}
+
+        def after_val_epoch(self, runner, metrics: Optional[dict] = None) -> None:
+            self.metrics = {k: float(v) for k, v in (metrics or {}).items()}
+
+    return LastVal()
 
 
 def pretrain_dir(work_dir: str, seed: int) -> str:
