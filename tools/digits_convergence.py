@@ -132,8 +132,10 @@ def train_one(args, aug: str, seed: int, arm: str, steps: int, teacher_ckpt=None
 def run_cell(cell: Tuple[str, int], args: argparse.Namespace, redirect: bool = True) -> List[dict]:
     """The teacher of one (aug, seed), then its students by budget and arm; their results.
 
-    Finished runs are read back, not run again. With ``redirect`` this process's stdout and
-    stderr go to the cell's ``cell.log`` (as in the study's worker processes).
+    Finished runs are read back, not run again. Each run, once finished, prints its line to the
+    terminal and (with ``args.results``) is appended to the results file. With ``redirect``
+    this process's stdout and stderr go to the cell's ``cell.log`` (as in the study's worker
+    processes); the run lines still reach the terminal.
     """
     import torch
 
@@ -145,6 +147,7 @@ def run_cell(cell: Tuple[str, int], args: argparse.Namespace, redirect: bool = T
     torch.set_num_threads(1)
     runs = [('teacher', args.teacher_steps)] + [(a, s) for s in args.steps for a in args.arms]
     results = []
+    terminal = os.fdopen(os.dup(1), 'w')  # before the redirection
     with worker_output(osp.join(cell_dir, 'cell.log'), redirect):
         teacher_ckpt = None
         for arm, steps in runs:
@@ -158,12 +161,18 @@ def run_cell(cell: Tuple[str, int], args: argparse.Namespace, redirect: bool = T
                 result['reused'] = True
             if arm == 'teacher':
                 teacher_ckpt = result['checkpoint']
+            if args.results:
+                keep(args.results, result)
+            terminal.write(f'{time.strftime("%H:%M:%S")} {describe(result)}\n')
+            terminal.flush()
             results.append(result)
+    terminal.close()
     return results
 
 
-def _run_cell(payload):
-    return run_cell(*payload)
+def _run_cell_done(payload) -> Tuple[str, int]:
+    run_cell(*payload)
+    return payload[0]
 
 
 def describe(result: dict) -> str:
@@ -179,7 +188,8 @@ def describe(result: dict) -> str:
 
 
 def keep(path: str, result: dict) -> None:
-    """Append ``result`` to the JSON-lines file ``path`` unless that run is in it already."""
+    """Append ``result`` to the JSON-lines file ``path`` unless that run is in it already (one
+    write of one line: the two workers' lines do not mix)."""
     known = {report.key(r) for r in report.read_results(path)}
     if report.key(result) not in known:
         record = {k: v for k, v in result.items() if k not in ('checkpoint', 'reused')}
@@ -198,15 +208,11 @@ def main(argv=None) -> List[dict]:
             f'{args.jobs} at a time; logs in {args.work_dir}/{args.task}/<aug>/seed_<seed>/',
             flush=True,
         )
-        start, done = time.perf_counter(), 0
-        with mp.get_context('spawn').Pool(args.jobs) as pool:
-            for cell_results in pool.imap_unordered(_run_cell, [(c, args) for c in cells]):
-                for result in cell_results:
-                    done += 1
-                    if args.results:
-                        keep(args.results, result)
-                    minutes = (time.perf_counter() - start) / 60
-                    print(f'[{done:>3}] {describe(result)}  ({minutes:.0f} min)', flush=True)
+        start = time.perf_counter()
+        with mp.get_context('spawn').Pool(args.jobs) as pool:  # the workers print a line a run
+            for aug, seed in pool.imap_unordered(_run_cell_done, [(c, args) for c in cells]):
+                minutes = (time.perf_counter() - start) / 60
+                print(f'cell {aug} seed {seed} done ({minutes:.0f} min)', flush=True)
     results = report.collect(osp.join(args.work_dir, args.task), args.results)
     results = [r for r in results if r['task'] == args.task]
     command = shlex.join(

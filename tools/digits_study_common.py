@@ -42,13 +42,22 @@ TRAIN_IMAGES = 1437  # the digits train split (DigitsDataset defaults)
 #: The DeiT-like strong augmentation (the ImageNet recipe's, without flips, for 16x16 digits):
 #: random resized crop with DeiT's scale range, RandAugment rand-m9-mstd0.5-inc1, random
 #: erasing 0.25; Mixup/CutMix on every batch instead of half of them.
-_PAD = [78, 78, 78]  # the digits' mean grey, as uint8
+DIGITS_MEAN, DIGITS_STD = 77.85, 95.85  # the digits' pixel mean and std (0..255)
 
 
-def strong_pipeline(img_size: int = 16) -> list:
-    """The strong augmentation for digits of ``img_size`` pixels (16: the digits' configs)."""
-    return [
-        dict(type='Resize', scale=(img_size, img_size), interpolation='bicubic', backend='pillow'),
+def strong_pipeline(
+    img_size: int = 16, mean: float = DIGITS_MEAN, std: float = DIGITS_STD, resize: bool = True
+) -> list:
+    """The strong augmentation for grey images of ``img_size`` pixels.
+
+    Args:
+        img_size: The input size. Defaults to 16 (the digits' configs).
+        mean: The pixel mean: RandAugment's fill (rounded) and random erasing's mean. Defaults
+            to the digits'.
+        std: The pixel std of random erasing's noise. Defaults to the digits'.
+        resize: Resize to ``img_size`` first (the 8x8 digits' upsampling). Defaults to True.
+    """
+    pipeline = [
         dict(
             type='RandomResizedCrop',
             scale=img_size,
@@ -63,7 +72,7 @@ def strong_pipeline(img_size: int = 16) -> list:
             total_level=10,
             magnitude_level=9,
             magnitude_std=0.5,
-            hparams=dict(pad_val=_PAD, interpolation='bicubic'),
+            hparams=dict(pad_val=[round(mean)] * 3, interpolation='bicubic'),
         ),
         dict(
             type='RandomErasing',
@@ -71,11 +80,17 @@ def strong_pipeline(img_size: int = 16) -> list:
             mode='rand',
             min_area_ratio=0.02,
             max_area_ratio=1 / 3,
-            fill_color=[77.85] * 3,
-            fill_std=[95.85] * 3,
+            fill_color=[mean] * 3,
+            fill_std=[std] * 3,
         ),
         dict(type='PackInputs'),
     ]
+    if resize:
+        size = (img_size, img_size)
+        pipeline.insert(
+            0, dict(type='Resize', scale=size, interpolation='bicubic', backend='pillow')
+        )
+    return pipeline
 
 
 STRONG_PIPELINE = strong_pipeline(16)
@@ -118,8 +133,8 @@ def run_config(
 
     Args:
         config: The config's path under ``configs/``, without ``.py``.
-        aug: 'mild' (the config's own pipeline) or 'strong' (:func:`strong_pipeline` and
-            Mixup/CutMix on every batch).
+        aug: 'mild' (the config's own pipeline) or 'strong' (:func:`strong_pipeline` with the
+            config's pixel mean and std, and Mixup/CutMix on every batch).
         seed: The training seed (and the subset's seed).
         steps: Optimisation steps: whole epochs giving about that many (:func:`epochs_for`).
         work_dir: The run's folder.
@@ -139,8 +154,10 @@ def run_config(
     dataset = cfg.train_dataloader.dataset
     if size < 1.0:
         dataset.update(subset=size, subset_seed=seed)
-    if aug == 'strong':
-        dataset.pipeline = strong_pipeline(img_size)
+    if aug == 'strong':  # the fill and noise of the config's own pixel statistics
+        pre = cfg.model.get('data_preprocessor') or cfg.data_preprocessor
+        resize = dataset.pipeline[0]['type'] == 'Resize'  # the digits' 8 -> 16 upsampling
+        dataset.pipeline = strong_pipeline(img_size, pre.mean[0], pre.std[0], resize)
         cfg.model.train_cfg.probs = STRONG_MIX_PROBS
     cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h.get('type') != 'EMAHook']
     return cfg

@@ -139,7 +139,7 @@ def _user_body(
             t = teachers['imagenet']  # my own teacher, with a checkpoint I have here
             model += [f'teacher=dict(_delete_=True, **{t["teacher"]!r})',
                       f'teacher_ckpt={t["teacher_ckpt"]!r}']  # fmt: skip
-    elif dataset_type == 'DigitsDataset':  # ships with scikit-learn; one batch of it
+    elif dataset_type in ('DigitsDataset', 'ClutteredDigitsDataset'):  # from scikit-learn's
         for loader in loaders:
             indices = 64 if loader == 'train_dataloader' else 120
             body += NO_WORKERS.format(loader=loader, extra=f', dataset=dict(indices={indices})')
@@ -290,8 +290,8 @@ def test_every_config_is_in_a_journey():
     assert sorted(TRAINING + BUILD_ONLY) == shipped_configs()
     assert len(TRAINING) >= 8 and len(BUILD_ONLY) == 7, BUILD_ONLY
     # test.py and infer.py run on every evaluation path: ImageNet plain and distilled DeiT, the
-    # digits student and teacher, the custom-dataset student
-    assert len(EVALUATED) == 5, EVALUATED
+    # digits and cluttered digits students and teachers, the custom-dataset student
+    assert len(EVALUATED) == 7, EVALUATED
     assert {_evaluation_path(c) for c in EVALUATED} == {
         _evaluation_path(c) for c in TRAINING if not _selfsup_config(c)
     }
