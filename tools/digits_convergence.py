@@ -221,6 +221,7 @@ def main(argv=None) -> List[dict]:
     text = report.format_report(results, command=command)
     print('\n' + text)
     if results:
+        os.makedirs(args.work_dir, exist_ok=True)  # a report from the results file alone
         report.plot(results, osp.join(args.work_dir, f'{args.task}_convergence.png'))
     if args.doc:
         report.write_section(args.doc, args.task, text)
