@@ -26,7 +26,7 @@ from typing import List
 
 if not __package__:  # run as a script (make demo): the checkout's tools/ package is importable
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from tools import digits_study  # noqa: E402
+from tools import digits_convergence_report, digits_study  # noqa: E402
 
 #: The demo's point of the study: where distillation's effect was clearest (docs/digits.md):
 #: strong augmentation, all 1,437 training images, the study's schedule; 4 seeds, two at a time.
@@ -34,6 +34,10 @@ from tools import digits_study  # noqa: E402
 SIZE = 1.0
 AUG = 'strong'
 SEEDS = (0, 1, 2, 3)
+#: The convergence study's committed runs (``tools/digits_convergence.py``, issue 27): the demo
+#: prints their summary after its own table, since its point is far from converged.
+CONVERGENCE = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'docs',
+                       'digits_convergence.jsonl')  # fmt: skip
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,7 +75,19 @@ def main(argv=None) -> List[dict]:
         flush=True,
     )
     command = shlex.join(['python', 'tools/demo.py', *(sys.argv[1:] if argv is None else argv)])
-    return digits_study.main(study_argv(args), command=command)
+    results = digits_study.main(study_argv(args), command=command)
+    runs = [r for r in digits_convergence_report.read_results(CONVERGENCE) if r['task'] == 'digits']
+    if runs:
+        seeds = len({r['seed'] for r in runs})
+        print(
+            f'\nThis point is far from converged. The convergence study ({len(runs)} runs, '
+            f'{seeds} seed(s) so far; committed in docs/digits_convergence.jsonl, not run by the '
+            'demo; protocol and intervals in docs/digits.md): val top-1 by student steps, '
+            'means over the seeds, teacher trained once for 2,760 steps.\n'
+            + digits_convergence_report.summary(runs),
+            flush=True,
+        )
+    return results
 
 
 if __name__ == '__main__':

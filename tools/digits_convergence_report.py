@@ -244,3 +244,34 @@ def write_section(path: str, task: str, text: str) -> None:
         doc = doc.rstrip('\n') + '\n\n' + block + '\n'
     with open(path, 'w') as f:
         f.write(doc)
+
+
+def summary(results: List[dict]) -> str:
+    """A few lines for the terminal: hard − none per augmentation and budget, and the best
+    distilled cell against the best no-teacher student (empty without results)."""
+    table = _table(results)
+    best = best_baseline(results)
+    if best is None:
+        return ''
+    lines = []
+    for aug in ('mild', 'strong'):
+        budgets = sorted({b for (a, arm, b) in table if a == aug and arm == 'none'})
+        for budget in budgets:
+            none = table[(aug, 'none', budget)]
+            hard = table.get((aug, 'hard', budget), {})
+            lines.append(
+                f'  {aug:>6} {budget:>5} steps: none {statistics.fmean(none.values()):6.2f}'
+                + (f'  hard {statistics.fmean(hard.values()):6.2f}' if hard else '')
+                + f'  hard − none {paired(hard, none)[0]}'
+            )
+    base = table[(best[0], 'none', best[1])]
+    distilled = [k for k in table if k[1] in ('hard', 'soft')]
+    if distilled:
+        top = max(distilled, key=lambda k: statistics.fmean(table[k].values()))
+        lines.append(
+            f'  best no-teacher student B: {best[0]}, {best[1]} steps '
+            f'({statistics.fmean(base.values()):.2f}); best distilled: {top[1]}, {top[0]}, '
+            f'{top[2]} steps ({statistics.fmean(table[top].values()):.2f}), − B '
+            f'{paired(table[top], base)[0]}'
+        )
+    return '\n'.join(lines)

@@ -27,6 +27,10 @@ def test_demo_prints_a_line_per_run_then_the_table(tmp_path):
     assert 'docs/digits.md' in out  # the rest of the study
     assert '| strong | 143 (10%) | 2 |' in out and 'hard − none' in out
     assert 'python tools/demo.py --work-dir demo --size 0.1 --student-steps 6' in out
+    # then the committed convergence runs (issue 27), said to be those, not the demo's
+    assert 'This point is far from converged' in out and 'not run by the' in out
+    assert re.search(r'strong +690 steps: none +[\d.]+ +hard +[\d.]+ +hard − none', out)
+    assert 'best no-teacher student B: ' in out
     run = tmp_path / 'demo' / 'strong' / 'size_0.1' / 'seed_1'
     assert 'Epoch(train)' in (run / 'cell.log').read_text()
     hard = json.loads((run / 'hard' / 'result.json').read_text())

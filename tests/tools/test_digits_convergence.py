@@ -118,6 +118,10 @@ def test_report_finds_the_best_baseline_and_pairs_by_seed(tmp_path):
     assert f'{mean:+.2f} [{low:+.2f}, {high:+.2f}] (n=3)' in curve_row
     assert '- strong, hard, 1380 steps: 0: 92.00 / 1: 90.00 / 2: 97.00' in text
     assert '| mild | 2760 | 3 | 99.00 ± 0.00 | 1.000 |' in text  # the teachers
+    lines = report.summary(results).splitlines()
+    assert lines[-1].startswith('  best no-teacher student B: mild, 1380 steps (92.00)')
+    assert 'best distilled: hard, strong, 1380 steps (93.00)' in lines[-1]
+    assert any(line.startswith('  strong  1380 steps: none  86.00  hard  93.00') for line in lines)
     report.plot(results, str(tmp_path / 'curve.png'))
     assert (tmp_path / 'curve.png').stat().st_size > 0
 
