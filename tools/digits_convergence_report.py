@@ -14,6 +14,7 @@ import os.path as osp
 import statistics
 from typing import Dict, List, Optional, Tuple
 
+from tools import digits_study_report
 from tools.digits_study_report import machine, t_interval
 
 TOP1 = 'accuracy/top1'
@@ -234,16 +235,7 @@ def plot(results: List[dict], path: str) -> None:
 
 def write_section(path: str, task: str, text: str) -> None:
     """Put ``text`` between the task's markers in ``path`` (appended if they are absent)."""
-    with open(path) as f:
-        doc = f.read()
-    head, tail = begin(task), end(task)
-    block = f'{head}\n{text}\n{tail}'
-    if head in doc and tail in doc:
-        doc = doc[: doc.index(head)] + block + doc[doc.index(tail) + len(tail) :]
-    else:
-        doc = doc.rstrip('\n') + '\n\n' + block + '\n'
-    with open(path, 'w') as f:
-        f.write(doc)
+    digits_study_report.write_section(path, text, begin(task), end(task))
 
 
 def summary(results: List[dict]) -> str:

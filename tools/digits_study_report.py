@@ -201,13 +201,20 @@ def plot(results: List[dict], path: str) -> None:
     plt.close(fig)
 
 
-def write_section(path: str, text: str) -> None:
-    """Put ``text`` between :data:`BEGIN` and :data:`END` in ``path`` (appended if absent)."""
+def write_section(path: str, text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put ``text`` between the markers ``begin`` and ``end`` in ``path`` (appended if absent).
+
+    Args:
+        path: The Markdown file.
+        text: The section's text.
+        begin: The opening marker. Defaults to the study's :data:`BEGIN`.
+        end: The closing marker. Defaults to the study's :data:`END`.
+    """
     with open(path) as f:
         doc = f.read()
-    block = f'{BEGIN}\n{text}\n{END}'
-    if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + block + doc[doc.index(END) + len(END) :]
+    block = f'{begin}\n{text}\n{end}'
+    if begin in doc and end in doc:
+        doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end) :]
     else:
         doc = doc.rstrip('\n') + '\n\n' + block + '\n'
     with open(path, 'w') as f:
