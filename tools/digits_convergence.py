@@ -129,6 +129,18 @@ def train_one(args, aug: str, seed: int, arm: str, steps: int, teacher_ckpt=None
     return result
 
 
+_TERMINAL_FD: Optional[int] = None
+
+
+def _terminal_fd() -> int:
+    """This process's standard output as it was before the first cell redirected it (a worker
+    runs several cells; the redirection of one stays until the next)."""
+    global _TERMINAL_FD
+    if _TERMINAL_FD is None:
+        _TERMINAL_FD = os.dup(1)
+    return _TERMINAL_FD
+
+
 def run_cell(cell: Tuple[str, int], args: argparse.Namespace, redirect: bool = True) -> List[dict]:
     """The teacher of one (aug, seed), then its students by budget and arm; their results.
 
@@ -147,7 +159,7 @@ def run_cell(cell: Tuple[str, int], args: argparse.Namespace, redirect: bool = T
     torch.set_num_threads(1)
     runs = [('teacher', args.teacher_steps)] + [(a, s) for s in args.steps for a in args.arms]
     results = []
-    terminal = os.fdopen(os.dup(1), 'w')  # before the redirection
+    terminal = os.fdopen(os.dup(_terminal_fd()), 'w')
     with worker_output(osp.join(cell_dir, 'cell.log'), redirect):
         teacher_ckpt = None
         for arm, steps in runs:

@@ -1,6 +1,7 @@
 """The convergence study (issue 27): its runs, folders, configs per task, report and CLI."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -164,22 +165,34 @@ def test_a_cell_trains_its_teacher_once_and_reuses_it(tmp_path):
     assert len(report.read_results(str(results_file))) == 3
 
 
-def test_report_only_from_the_results_file_as_a_user_runs_it(tmp_path):
-    """From a folder outside the checkout: the committed runs regenerate the doc's section."""
-    runs = tmp_path / 'runs.jsonl'
-    for seed, (none, hard) in enumerate([(80.0, 85.0), (82.0, 83.0)]):
-        conv.keep(str(runs), _result('none', seed, none))
-        conv.keep(str(runs), _result('hard', seed, hard))
-    doc = tmp_path / 'doc.md'
+def test_a_study_as_a_user_runs_it_prints_a_line_per_run(tmp_path):
+    """From a folder outside the checkout, one worker running two cells: a line per run on the
+    terminal for both (the first cell's log redirection must not swallow the second's lines),
+    the runs kept in the results file, the doc's section written."""
+    runs, doc = tmp_path / 'runs.jsonl', tmp_path / 'doc.md'
     doc.write_text('# my doc\n')
-    cmd = [sys.executable, str(ROOT / 'tools' / 'digits_convergence.py'), '--report-only']
-    cmd += ['--results', str(runs), '--doc', str(doc), '--work-dir', str(tmp_path / 'none')]
-    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, str(ROOT / 'tools' / 'digits_convergence.py'), '--work-dir', 'work']
+    cmd += ['--steps', '1', '--seeds', '0', '1', '--augs', 'mild', '--arms', 'none', '--jobs', '1']
+    cmd += ['--results', str(runs), '--doc', str(doc)]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    text = doc.read_text()
-    assert report.begin('digits') in text and report.end('digits') in text
-    assert (tmp_path / 'none' / 'digits_convergence.png').stat().st_size > 0
-    assert '| mild | 690 | 81.00 ± 1.41 (n=2) | 84.00 ± 1.41 (n=2) | +3.00 [' in text
+    lines = re.findall(
+        r'^\d\d:\d\d:\d\d digits +mild seed (\d) +none +1 steps: top-1', out.stdout, re.M
+    )
+    assert sorted(lines) == ['0', '1'], out.stdout[-3000:]
+    assert 'mmengine - INFO' not in out.stdout  # the Runner's logs are in the cells' logs
+    assert (
+        'Epoch(train)'
+        in (tmp_path / 'work' / 'digits' / 'mild' / 'seed_1' / 'cell.log').read_text()
+    )
+    assert len(report.read_results(str(runs))) == 2
+    assert report.begin('digits') in doc.read_text() and '| mild | 1 | ' in doc.read_text()
+    # another machine, only the committed results file: the same report
+    doc.write_text('# my doc\n')
+    conv.main(['--report-only', '--results', str(runs), '--work-dir', str(tmp_path / 'new')]
+              + ['--doc', str(doc)])  # fmt: skip
+    assert '| mild | 1 | ' in doc.read_text()
+    assert (tmp_path / 'new' / 'digits_convergence.png').stat().st_size > 0
 
 
 def test_the_study_modules_import_one_way_only():
