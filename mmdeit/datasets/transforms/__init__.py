@@ -1,3 +1,4 @@
-from .train_pipeline import TrainPipeline, dct_scale
+from .fast_route import dct_scale
+from .train_pipeline import TrainPipeline
 
 __all__ = ['TrainPipeline', 'dct_scale']

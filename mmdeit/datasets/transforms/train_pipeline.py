@@ -1,63 +1,50 @@
 """The training pipeline as one transform, with a fast route behind one switch."""
 
-import io
 import logging
 from typing import List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
-from mmcv.transforms import BaseTransform
+from mmcv.transforms import BaseTransform, RandomFlip
 from mmengine import fileio
+from mmpretrain.datasets.transforms import RandAugment
 from PIL import Image
 
 from mmdeit.registry import TRANSFORMS
 
+from .fast_randaugment import fast_randaugment
+from .fast_route import decode_crop_resize, flip
+
 logger = logging.getLogger(__name__)
-_EXIF_ORIENTATION = 0x0112
-#: DCT scale denominators libjpeg decodes at (PIL's ``Image.draft``), largest first.
-_DCT_SCALES = (8, 4, 2, 1)
-MARGIN = 1
-
-
-class _Shape:
-    """Stands in for an image array where only ``.shape`` is read (the crop box draw)."""
-
-    def __init__(self, height: int, width: int) -> None:
-        self.shape = (height, width, 3)
-
-
-def dct_scale(crop_w: int, crop_h: int, out_w: int, out_h: int) -> int:
-    """The largest DCT scale denominator (8, 4, 2 or 1) that keeps the crop at least as large
-    as the output in both sides, so the resize after it still only shrinks."""
-    for k in _DCT_SCALES:
-        if crop_w // k >= MARGIN * out_w and crop_h // k >= MARGIN * out_h:
-            return k
-    return 1
 
 
 @TRANSFORMS.register_module()
 class TrainPipeline(BaseTransform):
-    """A list of transforms run in order, with a fused fast route for its first two.
+    """A list of transforms run in order, with a fast route behind one switch.
 
     With ``fast_pipeline=False`` this is ``Compose(transforms)``: the reference. With
-    ``fast_pipeline=True`` a ``LoadImageFromFile`` followed by ``RandomResizedCrop`` (pillow
-    backend) becomes one step: the crop box is drawn by the same ``RandomResizedCrop`` object
-    (the same numpy draws) from the image's size read from its header, the JPEG is decoded at
-    the smallest DCT scale (1, 1/2, 1/4, 1/8; PIL's ``Image.draft``) at which the crop still
-    covers the output size, and the crop is resized straight out of the decoded PIL image (no
-    full-size numpy copy in between). Every later transform (flip, RandAugment, erasing,
-    packing) is the reference object itself, so their draws and pixels are the reference's.
+    ``fast_pipeline=True`` (see ``fast_route.py`` and ``fast_randaugment.py``):
 
-    Pixels: at scale 1 (the crop is smaller than twice the output, e.g. most 500x375 photos)
-    the result is the reference's bit for bit; at a reduced scale libjpeg's scaled IDCT
-    replaces the first part of the shrink, which changes pixels slightly (see
-    ``docs/benchmarks.md`` for the measured bound). Images that are not plain RGB or grey
-    JPEG/PNG/... files (CMYK, alpha, palette, 16-bit, an EXIF rotation, a file PIL cannot
-    read) take the reference route for the first two steps, with the same draws.
+    - ``LoadImageFromFile`` + ``RandomResizedCrop`` (pillow backend) become one step: the crop
+      box is drawn by the same ``RandomResizedCrop`` (from the JPEG header's size), the JPEG
+      is decoded by OpenCV (the reference's decoder) at the smallest DCT scale (1, 1/2, 1/4,
+      1/8) at which the crop still covers the output, and the crop is resized by torch's
+      antialiased uint8 kernel instead of PIL's;
+    - ``RandomFlip`` flips with ``cv2.flip`` (a contiguous copy, not a strided view);
+    - ``RandAugment``'s point operations are lookup tables computed by the reference's own
+      arithmetic (the same pixels); its other operations are the reference objects;
+    - every other transform (random erasing, ...) is the reference object itself.
+
+    Every draw is made by the reference objects' own methods in their order, so the numpy RNG
+    stream, the crop boxes, flips and RandAugment draws are the reference's. Pixels: the
+    resize differs from PIL's by at most 1 grey level where the JPEG is decoded at full scale
+    (most 500x375 photos); at a reduced scale libjpeg's scaled IDCT does the first part of
+    the shrink and the box is rounded to the reduced pixels (``docs/benchmarks.md`` has the
+    measured bound). Files other than JPEGs without an EXIF rotation are decoded at full
+    scale, after which the box is drawn, as the reference does.
 
     Args:
         transforms: Transform configs (or built transforms), in order.
-        fast_pipeline: Take the fused route. Defaults to False (the reference).
+        fast_pipeline: Take the fast route. Defaults to False (the reference).
 
     Raises:
         ValueError: with ``fast_pipeline=True``, naming the field, when the first two
@@ -98,60 +85,36 @@ class TrainPipeline(BaseTransform):
             raise ValueError('TrainPipeline.fast_pipeline=True: ' + '; '.join(problems))
 
     def transform(self, results: dict) -> Optional[dict]:
-        rest = self.transforms
-        if self.fast_pipeline:
-            results = self._load_and_crop(results)
-            rest = self.transforms[2:]
-        for t in rest:
+        if not self.fast_pipeline:
+            for t in self.transforms:
+                if results is None:
+                    return None
+                results = t(results)
+            return results
+        results = self._load_and_crop(results)
+        for t in self.transforms[2:]:
             if results is None:
                 return None
-            results = t(results)
+            if type(t) is RandomFlip and not any(k.startswith('gt_') for k in results):
+                results = flip(t, results)
+            elif type(t) is RandAugment:
+                results = fast_randaugment(t, results)
+            else:
+                results = t(results)
         return results
-
-    def _open(self, path: str) -> Optional[Image.Image]:
-        """The image as PIL opened it (header only), or None where the fused route does not
-        give the reference's pixels: not RGB or grey, an EXIF rotation, unreadable."""
-        load = self.transforms[0]
-        try:
-            data = fileio.get(path, backend_args=load.backend_args)
-            img = Image.open(io.BytesIO(data))
-            if img.mode not in ('RGB', 'L'):
-                return None
-            if img.format == 'JPEG' and img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
-                return None
-            return img
-        except Exception:  # the reference route reads it, or raises its error
-            return None
 
     def _load_and_crop(self, results: dict) -> Optional[dict]:
         load, crop = self.transforms[:2]
-        img = self._open(results['img_path'])
-        if img is None:
-            return self._reference_load_and_crop(results)
-        width, height = img.size
-        top, left, crop_h, crop_w = crop.rand_crop_params(_Shape(height, width))
-        out_h, out_w = crop.scale
-        k = dct_scale(crop_w, crop_h, out_w, out_h) if img.format == 'JPEG' else 1
         try:
-            if k > 1:
-                img.draft(img.mode, (width // k, height // k))
-            img.load()
-        except Exception:  # truncated or corrupt data: the reference decoder decides
-            return self._reference_load_and_crop(results, (top, left, crop_h, crop_w))
-        box = (left, top, left + crop_w, top + crop_h)
-        interp = Image.Resampling[crop.interpolation.upper()]
-        if img.size == (width, height):  # exact: crop, then resize the crop alone
-            out = img.crop(box).resize((out_w, out_h), interp)
-        else:  # decoded at 1/k: the same box in the reduced image's coordinates
-            # reduced pixel i is the original pixels [k * i, k * (i + 1)); the last one, when
-            # the side is not a multiple of k, is partly padding: the scale is exactly 1/k.
-            k = round(width / img.size[0])
-            out = img.resize((out_w, out_h), interp, box=tuple(x / k for x in box))
-        arr = np.asarray(out)
-        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR if arr.ndim == 3 else cv2.COLOR_GRAY2BGR)
-        results['img'] = arr
-        results['ori_shape'] = (height, width)
-        results['img_shape'] = arr.shape
+            data = fileio.get(results['img_path'], backend_args=load.backend_args)
+        except Exception:  # the reference reads it, or raises its error
+            return self._reference_load_and_crop(results)
+        img, ori_shape, box = decode_crop_resize(data, crop)
+        if img is None:
+            return self._reference_load_and_crop(results, box)
+        results['img'] = img
+        results['ori_shape'] = ori_shape
+        results['img_shape'] = img.shape  # as mmpretrain's RandomResizedCrop sets it
         return results
 
     def _reference_load_and_crop(

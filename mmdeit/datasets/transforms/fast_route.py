@@ -1,0 +1,128 @@
+"""The fast route's own steps: decode, crop and resize in one; a flip without a strided copy.
+
+These are what ``TrainPipeline(fast_pipeline=True)`` runs in place of the reference's
+``LoadImageFromFile`` + ``RandomResizedCrop`` and ``RandomFlip``. The draws are the reference
+objects' own (their methods, in their order), so the numpy RNG stream is the reference's.
+
+- Decode: OpenCV, the reference's own decoder (``cv2.imdecode``, ``IMREAD_COLOR``); for a
+  JPEG whose crop is at least twice the output on both sides, at the smallest DCT scale (1/2,
+  1/4, 1/8: libjpeg's scaled IDCT, ``IMREAD_REDUCED_COLOR_k``) that keeps the crop at least as
+  large as the output. The crop box is drawn from the size in the JPEG header, before decoding.
+- Resize: torch's antialiased uint8 kernel (``F.interpolate(..., antialias=True)``, the same
+  filters as PIL's, a few times faster); it differs from PIL's by at most 1 grey level.
+- Flip: ``cv2.flip`` (a contiguous copy) where the reference's ``np.flip`` view made every
+  later operation copy a negatively strided array first. Same pixels.
+"""
+
+import io
+from typing import Optional, Tuple
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+_EXIF_ORIENTATION = 0x0112
+#: DCT scale denominators libjpeg decodes at, largest first, and OpenCV's flags for them.
+_DCT_SCALES = (8, 4, 2, 1)
+_IMREAD = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+#: interpolations torch's antialiased kernel has; others resize with PIL (the reference's).
+_TORCH_MODES = ('bilinear', 'bicubic')
+_FLIP_CODES = {'horizontal': 1, 'vertical': 0, 'diagonal': -1}
+
+
+class _Shape:
+    """Stands in for an image array where only ``.shape`` is read (the crop box draw)."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.shape = (height, width, 3)
+
+
+def dct_scale(crop_w: int, crop_h: int, out_w: int, out_h: int) -> int:
+    """The largest DCT scale denominator (8, 4, 2 or 1) that keeps the crop at least as large
+    as the output in both sides, so the resize after it still only shrinks."""
+    for k in _DCT_SCALES:
+        if crop_w // k >= out_w and crop_h // k >= out_h:
+            return k
+    return 1
+
+
+def jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """``(width, height)`` from the header of a JPEG that decodes as stored (no EXIF
+    rotation), else None (not a JPEG, rotated, unreadable header)."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.format != 'JPEG' or img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            return None
+        return img.size
+    except Exception:  # the reference decoder reads it, or raises its error
+        return None
+
+
+def resize(img: np.ndarray, out_h: int, out_w: int, interpolation: str) -> np.ndarray:
+    """Resize an (H, W, C) uint8 image to (out_h, out_w, C), antialiased as PIL does.
+
+    Bilinear and bicubic take torch's uint8 kernel (at most 1 grey level from PIL's); other
+    interpolations take PIL's own.
+    """
+    if interpolation not in _TORCH_MODES:
+        resample = Image.Resampling[interpolation.upper()]
+        return np.asarray(Image.fromarray(img).resize((out_w, out_h), resample))
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]  # (1, C, H, W)
+    y = F.interpolate(x, size=(out_h, out_w), mode=interpolation, antialias=True)
+    return y[0].permute(1, 2, 0).numpy()  # (out_h, out_w, C)
+
+
+def decode_crop_resize(data: bytes, crop) -> Tuple[Optional[np.ndarray], tuple, Optional[tuple]]:
+    """Decode ``data`` and crop and resize it as ``crop`` (a ``RandomResizedCrop``) would.
+
+    Args:
+        data: The file's bytes.
+        crop: The reference ``RandomResizedCrop``; its ``rand_crop_params`` draws the box,
+            its ``scale`` and ``interpolation`` give the output.
+
+    Returns:
+        ``(image (out_h, out_w, 3) uint8 BGR, (height, width) of the file, box)``; the image
+        is None where OpenCV cannot decode the data as the header said (the caller falls back
+        to the reference, which raises its error, with the box if it was drawn, else None).
+    """
+    out_h, out_w = crop.scale
+    buf = np.frombuffer(data, np.uint8)
+    size = jpeg_size(data)
+    if size is None:  # decode first, draw from the decoded shape: the reference's order
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        if img is None:
+            return None, (), None
+        top, left, crop_h, crop_w = box = crop.rand_crop_params(img)
+        patch = img[top : top + crop_h, left : left + crop_w]
+        return resize(patch, out_h, out_w, crop.interpolation), img.shape[:2], box
+    width, height = size
+    top, left, crop_h, crop_w = box = crop.rand_crop_params(_Shape(height, width))
+    k = dct_scale(crop_w, crop_h, out_w, out_h)
+    img = cv2.imdecode(buf, _IMREAD[k])
+    if img is not None and k > 1 and img.shape[:2] != (-(-height // k), -(-width // k)):
+        k, img = 1, cv2.imdecode(buf, cv2.IMREAD_COLOR)  # not the scaled size libjpeg gives
+    if img is None or (k == 1 and img.shape[:2] != (height, width)):
+        return None, (height, width), box
+    # reduced pixel i covers the file's pixels [k * i, k * (i + 1)): the box, rounded to them
+    y0, x0 = round(top / k), round(left / k)
+    y1, x1 = max(y0 + 1, round((top + crop_h) / k)), max(x0 + 1, round((left + crop_w) / k))
+    patch = img[y0:y1, x0:x1]
+    return resize(patch, out_h, out_w, crop.interpolation), (height, width), box
+
+
+def flip(random_flip, results: dict) -> dict:
+    """``random_flip(results)`` (mmcv's ``RandomFlip``) for an image-only ``results``: its own
+    draw, ``cv2.flip`` for the pixels."""
+    direction = random_flip._choose_direction()
+    results['flip'] = direction is not None
+    results['flip_direction'] = direction
+    if direction is not None:
+        results['img'] = cv2.flip(results['img'], _FLIP_CODES[direction])
+    return results
