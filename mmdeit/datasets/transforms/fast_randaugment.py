@@ -24,18 +24,22 @@ _VALUES = np.arange(256, dtype=np.uint8)
 
 
 def _apply(img: np.ndarray, tables) -> np.ndarray:
-    """``img`` (H, W, C) uint8 through one table per channel (a (256,) table: all channels)."""
+    """``img`` (H, W, C) uint8 through one (256,) table for all channels, or a list of one
+    per channel (None: the channel as it is)."""
     if isinstance(tables, np.ndarray):
         return cv2.LUT(img, tables)
-    out = np.empty_like(img)
-    for c, table in enumerate(tables):
-        out[..., c] = img[..., c] if table is None else cv2.LUT(img[..., c], table)
-    return out
+    per_channel = [_VALUES if t is None else t for t in tables]
+    return cv2.LUT(img, np.stack(per_channel, axis=-1)[:, None, :])  # (256, 1, C)
 
 
 def _histograms(img: np.ndarray) -> list:
-    # np.histogram(x, 256, (0, 255)) of uint8 values puts value v in bin v: a bincount.
-    return [np.bincount(img[..., c].ravel(), minlength=256) for c in range(img.shape[-1])]
+    """Per channel, the count of every value 0..255 (int64): ``np.histogram(x, 256, (0, 255))``
+    of uint8 values, which puts value v in bin v. OpenCV counts in float32, exact below 2**24
+    pixels per value; larger images take numpy."""
+    if img.shape[0] * img.shape[1] >= 1 << 24:
+        return [np.bincount(img[..., c].ravel(), minlength=256) for c in range(img.shape[-1])]
+    return [cv2.calcHist([img], [c], None, [256], [0, 256])[:, 0].astype(np.int64)
+            for c in range(img.shape[-1])]  # fmt: skip
 
 
 def _magnitude(op) -> float:

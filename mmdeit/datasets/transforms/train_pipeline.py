@@ -27,8 +27,8 @@ class TrainPipeline(BaseTransform):
     - ``LoadImageFromFile`` + ``RandomResizedCrop`` (pillow backend) become one step: the crop
       box is drawn by the same ``RandomResizedCrop`` (from the JPEG header's size), the JPEG
       is decoded by OpenCV (the reference's decoder) at the smallest DCT scale (1, 1/2, 1/4,
-      1/8) at which the crop still covers the output, and the crop is resized by torch's
-      antialiased uint8 kernel instead of PIL's;
+      1/8) at which the crop still covers the output, and at full scale the crop is resized
+      by torch's antialiased uint8 kernel instead of PIL's;
     - ``RandomFlip`` flips with ``cv2.flip`` (a contiguous copy, not a strided view);
     - ``RandAugment``'s point operations are lookup tables computed by the reference's own
       arithmetic (the same pixels); its other operations are the reference objects;
@@ -36,7 +36,7 @@ class TrainPipeline(BaseTransform):
 
     Every draw is made by the reference objects' own methods in their order, so the numpy RNG
     stream, the crop boxes, flips and RandAugment draws are the reference's. Pixels: the
-    resize differs from PIL's by at most 1 grey level where the JPEG is decoded at full scale
+    resize differs from PIL's by at most 2 grey levels where the JPEG is decoded at full scale
     (most 500x375 photos); at a reduced scale libjpeg's scaled IDCT does the first part of
     the shrink and the box is rounded to the reduced pixels (``docs/benchmarks.md`` has the
     measured bound). Files other than JPEGs without an EXIF rotation are decoded at full

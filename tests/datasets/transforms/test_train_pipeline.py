@@ -1,10 +1,12 @@
 """TrainPipeline: the fast route against the reference, on the shipped DeiT 224 recipe.
 
 Same seed, same draws: the numpy RNG state after every image is the same on both routes, and so
-are the crop boxes (recorded), the flips and the output's shape. Pixels: bit for bit where the
-JPEG is decoded at full scale; where it is decoded at a reduced DCT scale, the crop-and-resize
-step is within ``CROP_PSNR_DB`` of the reference (the bound docs/benchmarks.md states), and the
-whole pipeline's per-channel mean/std over many draws within ``STAT_TOL`` grey levels.
+are the crop boxes (recorded), the flips and the output's shape. Pixels: the decode-crop-resize
+step is within ``RESIZE_TOL`` grey levels of the reference where the JPEG is decoded at full
+scale (torch's resize against PIL's) and within ``CROP_PSNR_DB`` where it is decoded at a
+reduced DCT scale (the bounds docs/benchmarks.md states); every later step is exact (its own
+tests: test_fast_randaugment.py, test_fast_route.py); the whole pipeline's per-channel mean/std
+over many draws is within ``STAT_TOL`` grey levels.
 """
 
 import io
@@ -21,6 +23,7 @@ from tests.journeys.conftest import CONFIGS
 from tools.analysis.imagenet_jpegs import photo_like
 
 CROP_PSNR_DB = 40.0  # the fused decode+crop at a reduced DCT scale, against the reference
+RESIZE_TOL = 2  # the fused decode+crop at full scale: torch's antialiased resize against PIL's
 STAT_TOL = 1.0  # per-channel mean and std over the draws, grey levels (0..255)
 #: (width, height): ImageNet's usual 500x375, and large photos that decode at 1/2..1/8 scale
 SIZES = ((500, 375), (375, 500), (1200, 900), (2000, 1500), (3000, 2200))
@@ -77,10 +80,10 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float('inf') if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
-def test_same_draws_exact_pixels_at_full_scale(augment, photos):
+def test_same_draws_and_shapes(augment, photos):
     ref, fast = _pipelines(augment)
     ref_boxes, fast_boxes = _record_boxes(ref), _record_boxes(fast)
-    exact = reduced = 0
+    full = reduced = 0
     for seed in range(40):
         path = photos[seed % len(photos)]
         a, state_a = _run(ref, path, seed)
@@ -89,13 +92,13 @@ def test_same_draws_exact_pixels_at_full_scale(augment, photos):
         assert ref_boxes[-1] == fast_boxes[-1] and a['flip'] == b['flip']
         assert a['img'].shape == b['img'].shape == (224, 224, 3) and b['img'].dtype == np.uint8
         assert a['ori_shape'] == b['ori_shape'] and a['img_shape'] == b['img_shape']
+        assert b['img'].flags['C_CONTIGUOUS']
         _, _, h, w = fast_boxes[-1]
         if dct_scale(w, h, 224, 224) == 1:
-            np.testing.assert_array_equal(a['img'], b['img'])
-            exact += 1
+            full += 1
         else:
             reduced += 1
-    assert exact >= 10 and reduced >= 10, (exact, reduced)
+    assert full >= 10 and reduced >= 10, (full, reduced)
 
 
 def test_reduced_scale_crop_within_bound(augment, photos):
@@ -108,10 +111,24 @@ def test_reduced_scale_crop_within_bound(augment, photos):
         b, _ = _run(fast, path, seed)
         _, _, h, w = boxes[-1]
         psnrs.setdefault(dct_scale(w, h, 224, 224), []).append(_psnr(a['img'], b['img']))
-    assert {2, 4, 8} <= set(psnrs), sorted(psnrs)
-    assert min(psnrs[1]) == float('inf')
+    assert {1, 2, 4, 8} <= set(psnrs), sorted(psnrs)
     for k in (2, 4, 8):
         assert min(psnrs[k]) >= CROP_PSNR_DB, (k, min(psnrs[k]))
+
+
+def test_full_scale_crop_within_resize_tol(augment, photos):
+    ref, fast = _pipelines(augment[:2])  # load + crop: the only step whose pixels differ
+    boxes, checked = _record_boxes(fast), 0
+    for seed in range(40):
+        path = photos[seed % 2]  # 500x375, 375x500: mostly decoded at full scale
+        a, _ = _run(ref, path, seed)
+        b, _ = _run(fast, path, seed)
+        _, _, h, w = boxes[-1]
+        if dct_scale(w, h, 224, 224) == 1:
+            diff = np.abs(a['img'].astype(int) - b['img'])
+            assert diff.max() <= RESIZE_TOL, (seed, diff.max())
+            checked += 1
+    assert checked >= 30
 
 
 def test_output_statistics_match(augment, photos):
@@ -168,7 +185,11 @@ def _odd_images(folder) -> dict:
 
 
 def test_odd_images_never_raise_and_match(augment, tmp_path):
+    """Every odd file through the whole pipeline, both routes: the same draws; the fast
+    route's decode-crop-resize step (full scale for all but the huge photo) within
+    ``RESIZE_TOL`` of the reference's."""
     ref, fast = _pipelines(augment)
+    crop_ref, crop_fast = _pipelines(augment[:2])
     files = _odd_images(tmp_path)
     draws = 0
     for name, path in files.items():
@@ -182,8 +203,10 @@ def test_odd_images_never_raise_and_match(augment, tmp_path):
             b, state_b = _run(fast, path, seed)
             assert state_a == state_b, name
             assert b['img'].shape == (224, 224, 3) and b['img'].dtype == np.uint8, name
-            if not name.startswith('huge'):  # full scale (or the reference route): exact
-                np.testing.assert_array_equal(a['img'], b['img'], err_msg=name)
+            if not name.startswith('huge'):
+                a, _ = _run(crop_ref, path, seed)
+                b, _ = _run(crop_fast, path, seed)
+                assert np.abs(a['img'].astype(int) - b['img']).max() <= RESIZE_TOL, name
             draws += 1
     assert draws >= 400  # per route
 
