@@ -205,6 +205,7 @@ def keep(path: str, result: dict) -> None:
     known = {report.key(r) for r in report.read_results(path)}
     if report.key(result) not in known:
         record = {k: v for k, v in result.items() if k not in ('checkpoint', 'reused')}
+        record.setdefault('machine', report.machine())  # where the run was made, for the report
         with open(path, 'a') as f:
             f.write(json.dumps(record, sort_keys=True) + '\n')
 

@@ -174,9 +174,20 @@ def format_report(results: List[dict], command: str) -> str:
         f'Regenerate with `{command}` ({len(results)} runs, {sum(walls) / 3600:.1f} h of run '
         'time, two runs at a time).',
         '',
-        f'Machine: {machine()}.',
+        machines_line(results),
     ]
     return '\n'.join(lines)
+
+
+def machines_line(results: List[dict]) -> str:
+    """Where the runs were made, as each result records it (runs from before the tool
+    recorded it are counted as not recorded), and where this report was written."""
+    counts: Dict[str, int] = {}
+    for r in results:
+        name = r.get('machine', 'not recorded')
+        counts[name] = counts.get(name, 0) + 1
+    made = '; '.join(f'{name} ({n} runs)' for name, n in sorted(counts.items()))
+    return f'Runs made on: {made}. Report written on: {machine()}.'
 
 
 def plot(results: List[dict], path: str) -> None:

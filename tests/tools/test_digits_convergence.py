@@ -201,3 +201,11 @@ def test_the_study_modules_import_one_way_only():
     for shared in ('digits_study_common', 'digits_study_report', 'digits_study'):
         assert 'digits_convergence' not in (tools / f'{shared}.py').read_text()
     assert 'import digits_convergence' not in (tools / 'digits_convergence_report.py').read_text()
+
+
+def test_report_names_where_the_runs_were_made():
+    from tools.digits_convergence_report import machines_line
+
+    line = machines_line([dict(machine='cpu A'), dict(machine='cpu A'), dict()])
+    assert line.startswith('Runs made on: cpu A (2 runs); not recorded (1 runs).')
+    assert 'Report written on: ' in line
