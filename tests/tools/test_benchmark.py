@@ -17,6 +17,7 @@ TINY = json.dumps(dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_cha
 ARGV = [
     '--arch', TINY, '--img-size', '32', '--patch-size', '8', '--num-classes', '10',
     '--infer-batch', '2', '--train-batch', '2', '--rounds', '2', '--train-rounds', '1',
+    '--mm-size', '128',  # the n x n roofline: 2048 (the default) takes minutes in emulated bf16
     '--teacher', 'test_resnet',
 ]  # fmt: skip
 PEERS = ('mmpretrain', 'timm')
@@ -146,6 +147,7 @@ def test_memory_of_a_step_in_this_process():
         (['--rounds', '0'], '--rounds must be >= 1, got 0'),
         (['--warmup', '-1'], '--warmup must be >= 0'),
         (['--memory-jobs', '0'], '--memory-jobs must be >= 1'),
+        (['--mm-size', '0'], '--mm-size must be >= 1, got 0'),
     ],
 )
 def test_bad_counts_are_refused_naming_the_flag(argv, match):
@@ -185,3 +187,8 @@ def test_bf16_runs_with_one_attention_kernel(tmp_path):
             assert report[section]['mm_peak_gflops'] > 0
             for r in report[section]['results'].values():
                 assert math.isfinite(r['best_s']) and r['flops_per_image'] > 0
+
+
+def test_mm_size_defaults_to_2048_on_cpu():
+    assert benchmark.parse_args([]).mm_size == 2048
+    assert benchmark.parse_args(['--mm-size', '64']).mm_size == 64

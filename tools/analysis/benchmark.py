@@ -74,9 +74,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--memory-archs', nargs='*', default=[], help='peak memory of a step, each arch')
     p.add_argument('--memory-jobs', type=int, default=1, help='memory processes at a time')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument(
+        '--mm-size',
+        type=int,
+        help='n of the n x n torch.mm roofline (default: 8192 on cuda, 2048 on cpu)',
+    )
     p.add_argument('--out', help='write the report as JSON here')
     args = p.parse_args(argv)
-    counts = ('infer_batch', 'train_batch', 'rounds', 'train_rounds', 'threads')
+    if args.mm_size is None:
+        args.mm_size = 8192 if args.device == 'cuda' else 2048
+    counts = ('infer_batch', 'train_batch', 'rounds', 'train_rounds', 'threads', 'mm_size')
     for name in (*counts, 'memory_jobs', 'warmup'):
         low = 0 if name == 'warmup' else 1
         if getattr(args, name) < low:
@@ -127,7 +134,7 @@ def bench_section(args, fns: Dict[str, Fn], batch: int, rounds: int, label: str,
     """Each library's FLOPs in a first, untimed call; then interleaved rounds with two rooflines:
     ``torch.mm`` at n x n and at the model's GEMM ``shapes`` (``(m, k, n)``, in sequence)."""
     flops = {name: dm.count_flops(fn) for name, fn in fns.items()}
-    n = 8192 if args.device == 'cuda' else 2048
+    n = args.mm_size
     dtype = dm.compute_dtype(args)
     a, b = (torch.randn(n, n, device=args.device, dtype=dtype) for _ in range(2))
     new = functools.partial(torch.randn, device=args.device, dtype=dtype)
