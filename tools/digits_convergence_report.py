@@ -51,7 +51,7 @@ def collect(work_dir: str, results_file: Optional[str] = None) -> List[dict]:
         for path in glob.glob(osp.join(work_dir, pattern)):
             with open(path) as f:
                 result = json.load(f)
-            runs[key(result)] = result
+            runs[key(result)] = {**runs.get(key(result), {}), **result}  # keeps 'machine'
     return [runs[k] for k in sorted(runs)]
 
 

@@ -209,3 +209,17 @@ def test_report_names_where_the_runs_were_made():
     line = machines_line([dict(machine='cpu A'), dict(machine='cpu A'), dict()])
     assert line.startswith('Runs made on: cpu A (2 runs); not recorded (1 runs).')
     assert 'Report written on: ' in line
+
+
+def test_a_result_json_does_not_drop_the_recorded_machine(tmp_path):
+    import json
+
+    from tools.digits_convergence_report import collect, key
+
+    run = dict(task='cluttered', aug='mild', seed=0, arm='none', budget=690, steps=690)
+    (tmp_path / 'r.jsonl').write_text(json.dumps(dict(run, machine='cpu A')) + '\n')
+    folder = tmp_path / 'mild' / 'seed_0' / 'steps_690' / 'none'
+    folder.mkdir(parents=True)
+    (folder / 'result.json').write_text(json.dumps(run))
+    (merged,) = collect(str(tmp_path), str(tmp_path / 'r.jsonl'))
+    assert key(merged) == key(run) and merged['machine'] == 'cpu A'
