@@ -8,6 +8,7 @@ whole study (the (augmentation, budget) cell of ``none`` with the highest mean; 
 cell against it, paired by seed).
 """
 
+import collections
 import glob
 import json
 import os.path as osp
@@ -182,10 +183,7 @@ def format_report(results: List[dict], command: str) -> str:
 def machines_line(results: List[dict]) -> str:
     """Where the runs were made, as each result records it (runs from before the tool
     recorded it are counted as not recorded), and where this report was written."""
-    counts: Dict[str, int] = {}
-    for r in results:
-        name = r.get('machine', 'not recorded')
-        counts[name] = counts.get(name, 0) + 1
+    counts = collections.Counter(r.get('machine', 'not recorded') for r in results)
     made = '; '.join(f'{name} ({n} runs)' for name, n in sorted(counts.items()))
     return f'Runs made on: {made}. Report written on: {machine()}.'
 

@@ -40,9 +40,11 @@ def one_thread() -> None:
 
 
 def _timed(fn, name: str, totals: Dict[str, list]):
-    def call(results):
+    """``fn`` with each call's seconds appended to ``totals[name]``."""
+
+    def call(*args):
         start = time.perf_counter()
-        out = fn(results)
+        out = fn(*args)
         totals[name].append(time.perf_counter() - start)
         return out
 
@@ -94,25 +96,15 @@ def fast_route_timed(transforms: list, totals: Dict[str, list]):
                 names['flip'] = _name(inner, 'TrainPipeline')
             for op in getattr(inner, 'transforms', []):  # RandAugment's ops
                 names[type(op)] = _name(op, 'RandAugment')
-    tp.flip = _timed_fn(tp.flip, names.get('flip', 'RandomFlip'), totals)
-    tp.fast_randaugment = _timed_fn(tp.fast_randaugment, 'RandAugment', totals)
+    tp.flip = _timed(tp.flip, names.get('flip', 'RandomFlip'), totals)
+    tp.fast_randaugment = _timed(tp.fast_randaugment, 'RandAugment', totals)
     for op_type, kernel in saved[1].items():
-        fra.KERNELS[op_type] = _timed_fn(kernel, names.get(op_type, op_type.__name__), totals)
+        fra.KERNELS[op_type] = _timed(kernel, names.get(op_type, op_type.__name__), totals)
     try:
         yield
     finally:
         tp.flip, tp.fast_randaugment = saved[0]['flip'], saved[0]['fast_randaugment']
         fra.KERNELS.update(saved[1])
-
-
-def _timed_fn(fn, name: str, totals: Dict[str, list]):
-    def call(*args):
-        start = time.perf_counter()
-        out = fn(*args)
-        totals[name].append(time.perf_counter() - start)
-        return out
-
-    return call
 
 
 def build_pipeline(config: str, fast_pipeline: bool = False, key: str = 'train_pipeline') -> list:
@@ -152,8 +144,7 @@ def profile(transforms: list, paths: List[str], seed: int = 0) -> List[dict]:
     seconds = {name: sum(v) for name, v in totals.items()}
     raw = dict(seconds)
     for container, names in children.items():  # a container's own time, less its children's
-        own = raw.get(container, 0.0) - sum(raw.get(n, 0.0) for n in names)
-        seconds[container] = own
+        seconds[container] = raw.get(container, 0.0) - sum(raw.get(n, 0.0) for n in names)
     rows = [
         dict(stage=name, calls=len(totals[name]), total_ms=1e3 * s,
              ms_per_image=1e3 * s / len(paths), share=s / wall)

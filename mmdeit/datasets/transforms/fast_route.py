@@ -106,17 +106,17 @@ def decode_crop_resize(data: bytes, crop) -> Tuple[Optional[np.ndarray], tuple, 
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
         if img is None:
             return None, (), None
+        (height, width), k = img.shape[:2], 1
         top, left, crop_h, crop_w = box = crop.rand_crop_params(img)
-        patch = img[top : top + crop_h, left : left + crop_w]
-        return resize(patch, out_h, out_w, crop.interpolation), img.shape[:2], box
-    width, height = size
-    top, left, crop_h, crop_w = box = crop.rand_crop_params(_Shape(height, width))
-    k = dct_scale(crop_w, crop_h, out_w, out_h)
-    img = cv2.imdecode(buf, _IMREAD[k])
-    if img is not None and k > 1 and img.shape[:2] != (-(-height // k), -(-width // k)):
-        k, img = 1, cv2.imdecode(buf, cv2.IMREAD_COLOR)  # not the scaled size libjpeg gives
-    if img is None or (k == 1 and img.shape[:2] != (height, width)):
-        return None, (height, width), box
+    else:  # draw from the header's size, then decode at the scale the box allows
+        width, height = size
+        top, left, crop_h, crop_w = box = crop.rand_crop_params(_Shape(height, width))
+        k = dct_scale(crop_w, crop_h, out_w, out_h)
+        img = cv2.imdecode(buf, _IMREAD[k])
+        if img is not None and k > 1 and img.shape[:2] != (-(-height // k), -(-width // k)):
+            k, img = 1, cv2.imdecode(buf, cv2.IMREAD_COLOR)  # not libjpeg's scaled size
+        if img is None or (k == 1 and img.shape[:2] != (height, width)):
+            return None, (height, width), box
     if k == 1:
         patch = img[top : top + crop_h, left : left + crop_w]
         return resize(patch, out_h, out_w, crop.interpolation), (height, width), box
