@@ -1,4 +1,4 @@
-"""The data-pipeline tools run as a user runs them: the per-stage profile (both routes) and the
+"""The data-pipeline tools run as a user runs them: the per-stage profile (each route) and the
 benchmark as subprocesses on a few generated JPEGs, and the end-to-end tool's pieces (its
 dataset layout, its user config, its reading of mmengine's log)."""
 
@@ -15,27 +15,28 @@ from tools.analysis import pipeline_train
 TOOLS = Path(__file__).resolve().parents[2] / 'tools' / 'analysis'
 
 
-@pytest.mark.parametrize('fast', [False, True])
-def test_profile_lists_every_stage(tmp_path, fast):
+@pytest.mark.parametrize('route', [None, 'reference', 'exact', 'fast'])
+def test_profile_lists_every_stage(tmp_path, route):
     args = [sys.executable, str(TOOLS / 'pipeline_profile.py'), '--count', '6']
-    out = subprocess.run(args + (['--fast'] if fast else []), cwd=tmp_path, text=True,
+    out = subprocess.run(args + (['--route', route] if route else []), cwd=tmp_path, text=True,
                          capture_output=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout + out.stderr
     for stage in ('TrainPipeline', 'RandomFlip.horizontal', 'RandAugment', 'RandomErasing',
                   'PackInputs', '(whole pipeline)'):  # fmt: skip
         assert stage in text, (stage, text)
-    if not fast:
-        assert 'RandomResizedCrop' in text and 'LoadImageFromFile' in text
+    rows = {line.split()[0]: line.split()[1] for line in text.splitlines() if line.strip()}
+    if route != 'fast':  # the fast route fuses them into TrainPipeline's own row
+        assert rows['RandomResizedCrop'] == rows['LoadImageFromFile'] == '6', text
 
 
-def test_benchmark_reports_both_routes(tmp_path):
+def test_benchmark_reports_every_route(tmp_path):
     args = [sys.executable, str(TOOLS / 'pipeline_benchmark.py'), '--count', '4', '--rounds', '1',
             '--no-peers', '--out', 'report.json']  # fmt: skip
     out = subprocess.run(args, cwd=tmp_path, text=True, capture_output=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads((tmp_path / 'report.json').read_text())
-    assert 'mmdeit' in json.dumps(report) and 'mmdeit fast' in json.dumps(report)
+    assert set(report['pipelines']) == {'mmdeit reference', 'mmdeit exact', 'mmdeit fast'}
 
 
 def test_train_tool_dataset_and_config(tmp_path):

@@ -6,7 +6,7 @@ JPEGs from :mod:`imagenet_jpegs` in one process on one thread, and times every t
 ``prob`` counts as a call too). Reported per stage: calls, total ms, ms per image and share.
 Example::
 
-    python tools/analysis/pipeline_profile.py --count 200
+    python tools/analysis/pipeline_profile.py --count 200 [--route reference|exact|fast]
 """
 
 import argparse
@@ -17,7 +17,7 @@ import os.path as osp
 import tempfile
 import time
 from collections import defaultdict
-from typing import Dict, List
+from typing import Dict, List, Union
 
 import cv2
 import numpy as np
@@ -82,34 +82,44 @@ def instrument(transforms: list, parent: str = '', totals=None, children=None) -
 
 @contextlib.contextmanager
 def fast_route_timed(transforms: list, totals: Dict[str, list]):
-    """Time the fast route's own steps under the stage names of what they replace: the flip
-    and RandAugment (whose objects' ``transform`` the fast route does not call) and each
-    RandAugment point operation's lookup table. Restores everything on exit."""
+    """Time the exact and fast routes' own steps under the stage names of what they replace:
+    the crop, the flip and RandAugment (whose objects' ``transform`` those routes do not call)
+    and each RandAugment point operation's lookup table. Restores everything on exit."""
     from mmdeit.datasets.transforms import fast_randaugment as fra
     from mmdeit.datasets.transforms import train_pipeline as tp
 
-    saved = dict(flip=tp.flip, fast_randaugment=tp.fast_randaugment), dict(fra.KERNELS)
-    names = {}
+    steps = dict(
+        random_resized_crop='RandomResizedCrop', flip='RandomFlip', fast_randaugment='RandAugment'
+    )
+    saved = {step: getattr(tp, step) for step in steps}, dict(fra.KERNELS)
+    names = dict(steps)
     for t in transforms:
         for inner in getattr(t, 'transforms', []):
             if type(inner).__name__ == 'RandomFlip':
                 names['flip'] = _name(inner, 'TrainPipeline')
             for op in getattr(inner, 'transforms', []):  # RandAugment's ops
                 names[type(op)] = _name(op, 'RandAugment')
-    tp.flip = _timed(tp.flip, names.get('flip', 'RandomFlip'), totals)
-    tp.fast_randaugment = _timed(tp.fast_randaugment, 'RandAugment', totals)
+    for step, fn in saved[0].items():
+        setattr(tp, step, _timed(fn, names[step], totals))
     for op_type, kernel in saved[1].items():
         fra.KERNELS[op_type] = _timed(kernel, names.get(op_type, op_type.__name__), totals)
     try:
         yield
     finally:
-        tp.flip, tp.fast_randaugment = saved[0]['flip'], saved[0]['fast_randaugment']
+        for step, fn in saved[0].items():
+            setattr(tp, step, fn)
         fra.KERNELS.update(saved[1])
 
 
-def build_pipeline(config: str, fast_pipeline: bool = False, key: str = 'train_pipeline') -> list:
+#: ``--route`` names and the ``TrainPipeline.fast_pipeline`` value each stands for.
+ROUTES = {'reference': False, 'exact': 'exact', 'fast': True}
+
+
+def build_pipeline(
+    config: str, fast_pipeline: Union[bool, str, None] = None, key: str = 'train_pipeline'
+) -> list:
     """The transforms of ``config``'s ``key`` (scope mmdeit), built, with every
-    ``TrainPipeline``'s ``fast_pipeline`` set to ``fast_pipeline``."""
+    ``TrainPipeline``'s ``fast_pipeline`` set to ``fast_pipeline`` (None: as configured)."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
@@ -119,7 +129,7 @@ def build_pipeline(config: str, fast_pipeline: bool = False, key: str = 'train_p
     init_default_scope('mmdeit')
     cfgs = Config.fromfile(config)[key]
     for t in cfgs:
-        if t['type'] in ('TrainPipeline', 'mmdeit.TrainPipeline'):
+        if t['type'] in ('TrainPipeline', 'mmdeit.TrainPipeline') and fast_pipeline is not None:
             t['fast_pipeline'] = fast_pipeline
     return [TRANSFORMS.build(t) for t in cfgs]
 
@@ -171,7 +181,12 @@ def main(argv=None) -> None:
     p.add_argument('--count', type=int, default=200, help='generated JPEGs')
     p.add_argument('--images', help='a folder of JPEGs to use instead of generated ones')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--fast', action='store_true', help="the TrainPipeline's fast_pipeline=True")
+    p.add_argument(
+        '--route',
+        choices=list(ROUTES),
+        help="the TrainPipeline's fast_pipeline: reference (False: mmpretrain's objects), exact "
+        "('exact') or fast (True); default: as the config sets it",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     one_thread()
@@ -181,7 +196,8 @@ def main(argv=None) -> None:
             paths = [osp.join(args.images, n) for n in names]
         else:
             paths = write_imagenet_like_jpegs(tmp, args.count, args.seed)
-        transforms = build_pipeline(args.config, fast_pipeline=args.fast)
+        route = None if args.route is None else ROUTES[args.route]
+        transforms = build_pipeline(args.config, fast_pipeline=route)
         logger.info(format_rows(profile(transforms, paths, args.seed)))
 
 

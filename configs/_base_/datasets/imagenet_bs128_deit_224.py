@@ -13,10 +13,12 @@ data_preprocessor = dict(
 bgr_mean = data_preprocessor['mean'][::-1]
 bgr_std = data_preprocessor['std'][::-1]
 
-# fast_pipeline=True (--cfg-options train_dataloader.dataset.pipeline.0.fast_pipeline=True)
-# fuses decoding and the crop (reduced DCT scale, torch's resize), flips without a strided copy
-# and runs RandAugment's point ops as lookup tables: the same draws, ~2x the images per core,
-# pixels within the bounds of docs/benchmarks.md ("The training data pipeline").
+# TrainPipeline's switch (docs/benchmarks.md, "The training data pipeline"): 'exact' (shipped)
+# gives mmpretrain's transforms' pixels bit for bit through faster kernels (contiguous crop before
+# PIL's resize, cv2.flip, RandAugment's point ops as lookup tables), False runs mmpretrain's
+# objects as they are, and True also decodes at a reduced DCT scale and resizes with torch: the
+# same draws, more images per core, pixels within the stated bounds. From the command line:
+# --cfg-options train_dataloader.dataset.pipeline.0.fast_pipeline=True
 train_augment = [
     dict(type='LoadImageFromFile'),
     dict(type='RandomResizedCrop', scale=224, backend='pillow', interpolation='bicubic'),
@@ -41,7 +43,7 @@ train_augment = [
     ),
 ]
 train_pipeline = [
-    dict(type='TrainPipeline', transforms=train_augment, fast_pipeline=False),
+    dict(type='TrainPipeline', transforms=train_augment, fast_pipeline='exact'),
     dict(type='PackInputs'),
 ]
 

@@ -1,16 +1,16 @@
 """The training pipeline as one transform, with a fast route behind one switch."""
 
 import logging
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from mmcv.transforms import BaseTransform, RandomFlip
 from mmengine import fileio
-from mmpretrain.datasets.transforms import RandAugment
-from PIL import Image
+from mmpretrain.datasets.transforms import RandAugment, RandomResizedCrop
 
 from mmdeit.registry import TRANSFORMS
 
+from .exact_crop import crop_resize, random_resized_crop
 from .fast_randaugment import fast_randaugment
 from .fast_route import decode_crop_resize, flip
 
@@ -19,20 +19,27 @@ logger = logging.getLogger(__name__)
 
 @TRANSFORMS.register_module()
 class TrainPipeline(BaseTransform):
-    """A list of transforms run in order, with a fast route behind one switch.
+    """A list of transforms run in order, with faster routes behind one switch.
 
-    With ``fast_pipeline=False`` this is ``Compose(transforms)``: the reference. With
-    ``fast_pipeline=True`` (see ``fast_route.py`` and ``fast_randaugment.py``):
+    With ``fast_pipeline=False`` this is ``Compose(transforms)``: the reference objects, as
+    mmpretrain runs them. With ``fast_pipeline='exact'`` the output is the reference's bit for
+    bit, through faster kernels for three of its steps (the shipped recipes' default):
 
-    - ``LoadImageFromFile`` + ``RandomResizedCrop`` (pillow backend) become one step: the crop
-      box is drawn by the same ``RandomResizedCrop`` (from the JPEG header's size), the JPEG
-      is decoded by OpenCV (the reference's decoder) at the smallest DCT scale (1, 1/2, 1/4,
-      1/8) at which the crop still covers the output, and at full scale the crop is resized
-      by torch's antialiased uint8 kernel instead of PIL's;
+    - mmpretrain's ``RandomResizedCrop`` (pillow backend) copies the crop to a contiguous
+      array before PIL's resize (``exact_crop.py``: Pillow is slow on strided arrays);
     - ``RandomFlip`` flips with ``cv2.flip`` (a contiguous copy, not a strided view);
     - ``RandAugment``'s point operations are lookup tables computed by the reference's own
-      arithmetic (the same pixels); its other operations are the reference objects;
-    - every other transform (random erasing, ...) is the reference object itself.
+      arithmetic (``fast_randaugment.py``).
+
+    With ``fast_pipeline=True`` (see ``fast_route.py``) the pixels may differ within stated
+    bounds, for more speed: the exact route's flip and RandAugment, and
+    ``LoadImageFromFile`` + ``RandomResizedCrop`` (pillow backend) as one step: the crop box
+    is drawn by the same ``RandomResizedCrop`` (from the JPEG header's size), the JPEG is
+    decoded by OpenCV (the reference's decoder) at the smallest DCT scale (1, 1/2, 1/4, 1/8)
+    at which the crop still covers the output, and at full scale the crop is resized by
+    torch's antialiased uint8 kernel instead of PIL's.
+
+    Every other transform (random erasing, ...) is the reference object itself.
 
     Every draw is made by the reference objects' own methods in their order, so the numpy RNG
     stream, the crop boxes, flips and RandAugment draws are the reference's. Pixels: the
@@ -44,22 +51,27 @@ class TrainPipeline(BaseTransform):
 
     Args:
         transforms: Transform configs (or built transforms), in order.
-        fast_pipeline: Take the fast route. Defaults to False (the reference).
+        fast_pipeline: ``False`` (the reference objects), ``'exact'`` (the reference's
+            output through faster kernels) or ``True`` (the fast route). Defaults to False.
 
     Raises:
-        ValueError: with ``fast_pipeline=True``, naming the field, when the first two
-            transforms are not a default ``LoadImageFromFile`` and a pillow
-            ``RandomResizedCrop``.
+        TypeError: naming the field, when ``fast_pipeline`` is neither a bool nor a string.
+        ValueError: naming the field, when it is a string other than ``'exact'``; with
+            ``fast_pipeline=True``, when the first two transforms are not a default
+            ``LoadImageFromFile`` and a pillow ``RandomResizedCrop``.
     """
 
-    def __init__(self, transforms: Sequence, fast_pipeline: bool = False) -> None:
-        if not isinstance(fast_pipeline, bool):
-            raise TypeError(f'TrainPipeline.fast_pipeline must be a bool, got {fast_pipeline!r}')
+    def __init__(self, transforms: Sequence, fast_pipeline: Union[bool, str] = False) -> None:
+        if not (isinstance(fast_pipeline, bool) or fast_pipeline == 'exact'):
+            error = ValueError if isinstance(fast_pipeline, str) else TypeError
+            raise error(
+                f"TrainPipeline.fast_pipeline must be False, 'exact' or True, got {fast_pipeline!r}"
+            )
         self.transforms: List[BaseTransform] = [
             t if callable(t) else TRANSFORMS.build(t) for t in transforms
         ]
         self.fast_pipeline = fast_pipeline
-        if fast_pipeline:
+        if fast_pipeline is True:
             self._check_fusable()
 
     def _check_fusable(self) -> None:
@@ -85,23 +97,35 @@ class TrainPipeline(BaseTransform):
             raise ValueError('TrainPipeline.fast_pipeline=True: ' + '; '.join(problems))
 
     def transform(self, results: dict) -> Optional[dict]:
-        if not self.fast_pipeline:
+        if self.fast_pipeline is False:
             for t in self.transforms:
                 if results is None:
                     return None
                 results = t(results)
             return results
-        results = self._load_and_crop(results)
-        for t in self.transforms[2:]:
+        transforms = self.transforms
+        if self.fast_pipeline is True:
+            results, transforms = self._load_and_crop(results), transforms[2:]
+        for t in transforms:
             if results is None:
                 return None
-            if type(t) is RandomFlip and not any(k.startswith('gt_') for k in results):
-                results = flip(t, results)
-            elif type(t) is RandAugment:
-                results = fast_randaugment(t, results)
-            else:
-                results = t(results)
+            results = self._exact(t, results)
         return results
+
+    @staticmethod
+    def _exact(t: BaseTransform, results: dict) -> Optional[dict]:
+        """``t(results)``, through a faster kernel with the same output where there is one."""
+        if type(t) is RandomFlip and not any(k.startswith('gt_') for k in results):
+            return flip(t, results)
+        if type(t) is RandAugment:
+            return fast_randaugment(t, results)
+        if (
+            type(t) is RandomResizedCrop
+            and t.backend == 'pillow'
+            and results['img'].dtype == np.uint8
+        ):
+            return random_resized_crop(t, results)
+        return t(results)
 
     def _load_and_crop(self, results: dict) -> Optional[dict]:
         load, crop = self.transforms[:2]
@@ -130,13 +154,7 @@ class TrainPipeline(BaseTransform):
             return None
         if box is None:
             return crop(results)
-        top, left, crop_h, crop_w = box
-        img = results['img'][top : top + crop_h, left : left + crop_w]
-        results['img'] = np.asarray(
-            Image.fromarray(img).resize(
-                crop.scale[::-1], Image.Resampling[crop.interpolation.upper()]
-            )
-        )
+        results['img'] = crop_resize(results['img'], box, crop.scale, crop.interpolation)
         results['img_shape'] = results['img'].shape
         return results
 

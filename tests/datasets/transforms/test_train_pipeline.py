@@ -9,8 +9,6 @@ tests: test_fast_randaugment.py, test_fast_route.py); the whole pipeline's per-c
 over many draws is within ``STAT_TOL`` grey levels.
 """
 
-import io
-
 import numpy as np
 import pytest
 from mmengine.config import Config
@@ -21,6 +19,8 @@ from mmdeit.datasets.transforms import TrainPipeline, dct_scale
 from mmdeit.registry import TRANSFORMS
 from tests.journeys.conftest import CONFIGS
 from tools.analysis.imagenet_jpegs import photo_like
+
+from .odd_images import odd_images
 
 CROP_PSNR_DB = 40.0  # the fused decode+crop at a reduced DCT scale, against the reference
 RESIZE_TOL = 2  # the fused decode+crop at full scale: torch's antialiased resize against PIL's
@@ -34,7 +34,7 @@ def augment() -> list:
     init_default_scope('mmdeit')
     cfg = Config.fromfile(str(CONFIGS / '_base_' / 'datasets' / 'imagenet_bs128_deit_224.py'))
     wrapper = cfg.train_pipeline[0]
-    assert wrapper['type'] == 'TrainPipeline' and wrapper['fast_pipeline'] is False
+    assert wrapper['type'] == 'TrainPipeline' and wrapper['fast_pipeline'] == 'exact'
     return wrapper['transforms']
 
 
@@ -154,43 +154,13 @@ def test_the_switch_changes_the_path(augment, photos, monkeypatch):
         assert (len(calls) > before) == (not fast_pipeline)
 
 
-def _odd_images(folder) -> dict:
-    """Odd files a real dataset holds, by name."""
-    rng = np.random.default_rng(1)
-    rgb = photo_like(64, 48, rng)
-    files = {}
-
-    def save(name, img, **kwargs):
-        files[name] = str(folder / name)
-        img.save(files[name], **kwargs)
-
-    save('tiny_1x1.jpg', Image.fromarray(rgb[:1, :1]))
-    save('tiny_3x2.png', Image.fromarray(rgb[:2, :3]))
-    save('thin_400x5.jpg', Image.fromarray(photo_like(400, 5, rng)))
-    save('huge_3200x2400.jpg', Image.fromarray(photo_like(3200, 2400, rng)), quality=85)
-    save('grey.jpg', Image.fromarray(rgb[..., 0]))
-    save('grey.png', Image.fromarray(rgb[..., 1]))
-    save('cmyk.jpg', Image.fromarray(rgb).convert('CMYK'))
-    save('rgba.png', Image.fromarray(np.dstack([rgb, rgb[..., :1]])))
-    save('palette.png', Image.fromarray(rgb).convert('P'))
-    save('grey16.png', Image.fromarray(rgb[..., 0].astype(np.uint16) * 257))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotated 90 degrees
-    save('exif_rotated.jpg', Image.fromarray(photo_like(640, 480, rng)), exif=exif)
-    buf = io.BytesIO()
-    Image.fromarray(photo_like(600, 450, rng)).save(buf, format='JPEG')
-    files['truncated.jpg'] = str(folder / 'truncated.jpg')
-    (folder / 'truncated.jpg').write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
-    return files
-
-
 def test_odd_images_never_raise_and_match(augment, tmp_path):
     """Every odd file through the whole pipeline, both routes: the same draws; the fast
     route's decode-crop-resize step (full scale for all but the huge photo) within
     ``RESIZE_TOL`` of the reference's."""
     ref, fast = _pipelines(augment)
     crop_ref, crop_fast = _pipelines(augment[:2])
-    files = _odd_images(tmp_path)
+    files = odd_images(tmp_path)
     draws = 0
     for name, path in files.items():
         for seed in range(2 if name.startswith('huge') else 40):
@@ -237,6 +207,9 @@ def test_fast_route_refuses_what_it_cannot_fuse(augment, change, field):
     TrainPipeline(transforms, fast_pipeline=False)  # the reference takes any list
 
 
-def test_switch_must_be_a_bool(augment):
-    with pytest.raises(TypeError, match='TrainPipeline.fast_pipeline'):
-        TRANSFORMS.build(dict(type='TrainPipeline', transforms=augment, fast_pipeline='yes'))
+@pytest.mark.parametrize(
+    'value, error', [('yes', ValueError), ('True', ValueError), (1, TypeError), (None, TypeError)]
+)
+def test_switch_must_be_a_bool_or_exact(augment, value, error):
+    with pytest.raises(error, match="TrainPipeline.fast_pipeline must be False, 'exact' or True"):
+        TRANSFORMS.build(dict(type='TrainPipeline', transforms=augment, fast_pipeline=value))
