@@ -1,4 +1,4 @@
-"""The training pipeline as one transform, with a fast route behind one switch."""
+"""The training pipeline as one transform, with faster routes behind one switch."""
 
 import logging
 from typing import List, Optional, Sequence, Tuple, Union
