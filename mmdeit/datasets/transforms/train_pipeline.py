@@ -35,9 +35,10 @@ class TrainPipeline(BaseTransform):
     bounds, for more speed: the exact route's flip and RandAugment, and
     ``LoadImageFromFile`` + ``RandomResizedCrop`` (pillow backend) as one step: the crop box
     is drawn by the same ``RandomResizedCrop`` (from the JPEG header's size), the JPEG is
-    decoded by OpenCV (the reference's decoder) at the smallest DCT scale (1, 1/2, 1/4, 1/8)
-    at which the crop still covers the output, and at full scale the crop is resized by
-    torch's antialiased uint8 kernel instead of PIL's.
+    decoded by libjpeg-turbo (the reference's decoder; at full scale through simplejpeg, same
+    pixels) at the smallest DCT scale (1, 1/2, 1/4, 1/8) at which the crop still covers the
+    output, and at full scale the crop is resized by torch's antialiased uint8 kernel instead
+    of PIL's.
 
     Every other transform (random erasing, ...) is the reference object itself.
 
@@ -45,9 +46,9 @@ class TrainPipeline(BaseTransform):
     stream, the crop boxes, flips and RandAugment draws are the reference's. Pixels: the
     resize differs from PIL's by at most 2 grey levels where the JPEG is decoded at full scale
     (most 500x375 photos); at a reduced scale libjpeg's scaled IDCT does the first part of
-    the shrink and the box is rounded to the reduced pixels (``docs/benchmarks.md`` has the
-    measured bound). Files other than JPEGs without an EXIF rotation are decoded at full
-    scale, after which the box is drawn, as the reference does.
+    the shrink and PIL resizes the box in the reduced image's (fractional) coordinates
+    (``docs/benchmarks.md`` has the measured bound). Files other than JPEGs without an EXIF
+    rotation are decoded at full scale, after which the box is drawn, as the reference does.
 
     Args:
         transforms: Transform configs (or built transforms), in order.

@@ -1,14 +1,23 @@
-"""The fast route's own steps against what they replace: the resize against PIL's, the flip
-against mmcv's RandomFlip, the JPEG header read, the DCT scale choice."""
+"""The fast route's own steps against what they replace: the full-scale decode against OpenCV's,
+the resize against PIL's, the flip against mmcv's RandomFlip, the JPEG header read, the DCT
+scale choice."""
 
 import io
 
+import cv2
 import numpy as np
 import pytest
+import simplejpeg
 from mmcv.transforms import RandomFlip
 from PIL import Image
 
-from mmdeit.datasets.transforms.fast_route import dct_scale, flip, jpeg_size, resize
+from mmdeit.datasets.transforms.fast_route import (
+    dct_scale,
+    decode_full_scale,
+    flip,
+    jpeg_size,
+    resize,
+)
 from tools.analysis.imagenet_jpegs import photo_like
 
 
@@ -23,6 +32,57 @@ def test_resize_within_two_levels_of_pil(size, interpolation):
     assert out.shape == (200, 224, 3) and out.dtype == np.uint8
     assert out.flags['C_CONTIGUOUS'] and out.flags['WRITEABLE']
     assert np.abs(out.astype(int) - ref).max() <= 2
+
+
+def _jpeg(img: np.ndarray, mode: str = 'RGB', **save) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).convert(mode).save(buf, 'JPEG', **save)
+    return buf.getvalue()
+
+
+def _decode_cases() -> dict:
+    rng = np.random.default_rng(3)
+    photo = photo_like(500, 375, rng)
+    cases = {
+        f'q{q}_sub{sub}': _jpeg(photo, quality=q, subsampling=sub)
+        for q in (75, 90, 95)
+        for sub in (0, 1, 2)  # 4:4:4, 4:2:2, 4:2:0
+    }
+    cases['progressive'] = _jpeg(photo, quality=90, progressive=True)
+    cases['odd_size_333x257'] = _jpeg(photo_like(333, 257, rng), quality=85)
+    cases['grey'] = _jpeg(photo, 'L', quality=90)
+    cases['cmyk'] = _jpeg(photo, 'CMYK', quality=90)
+    cases['tiny_1x1'] = _jpeg(photo[:1, :1])
+    cases['restart_markers'] = _jpeg(photo, quality=90, restart_marker_blocks=4)
+    return cases
+
+
+@pytest.mark.parametrize('name, data', list(_decode_cases().items()))
+def test_full_scale_decode_is_opencvs(name, data):
+    """simplejpeg's decode gives OpenCV's IMREAD_COLOR pixels (the reference's), bit for bit."""
+    buf = np.frombuffer(data, np.uint8)
+    ref = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    simplejpeg.decode_jpeg(data, 'BGR', strict=True)  # simplejpeg's own path, not the fallback
+    out = decode_full_scale(data, buf)
+    assert out.shape == ref.shape and out.dtype == np.uint8 and out.flags['C_CONTIGUOUS']
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize('name', ['truncated', 'not_a_jpeg'])
+def test_full_scale_decode_falls_back_to_opencv(name):
+    """What simplejpeg refuses, OpenCV decodes (or not) as the reference does."""
+    photo = photo_like(200, 150, np.random.default_rng(4))
+    data = {
+        'truncated': _jpeg(photo)[:2000],
+        'not_a_jpeg': b'not an image',
+    }[name]
+    with pytest.raises(ValueError):
+        simplejpeg.decode_jpeg(data, 'BGR', strict=True)
+    buf = np.frombuffer(data, np.uint8)
+    ref, out = cv2.imdecode(buf, cv2.IMREAD_COLOR), decode_full_scale(data, buf)
+    assert (out is None) == (ref is None)
+    if ref is not None:
+        np.testing.assert_array_equal(out, ref)
 
 
 @pytest.mark.parametrize('direction', ['horizontal', 'vertical', 'diagonal'])
