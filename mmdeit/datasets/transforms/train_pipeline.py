@@ -4,13 +4,14 @@ import logging
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from mmcv.transforms import BaseTransform, RandomFlip
+from mmcv.transforms import BaseTransform, LoadImageFromFile, RandomFlip
 from mmengine import fileio
 from mmpretrain.datasets.transforms import RandAugment, RandomResizedCrop
 
 from mmdeit.registry import TRANSFORMS
 
 from .exact_crop import crop_resize, random_resized_crop
+from .exact_load import exact_loadable, load_image
 from .fast_randaugment import fast_randaugment
 from .fast_route import decode_crop_resize, flip
 
@@ -23,8 +24,10 @@ class TrainPipeline(BaseTransform):
 
     With ``fast_pipeline=False`` this is ``Compose(transforms)``: the reference objects, as
     mmpretrain runs them. With ``fast_pipeline='exact'`` the output is the reference's bit for
-    bit, through faster kernels for three of its steps (the shipped recipes' default):
+    bit, through faster kernels for four of its steps (the shipped recipes' default):
 
+    - mmcv's ``LoadImageFromFile`` (OpenCV, colour) decodes a JPEG without an EXIF rotation
+      through simplejpeg (the same libjpeg-turbo call, OpenCV's pixels; ``exact_load.py``);
     - mmpretrain's ``RandomResizedCrop`` (pillow backend) copies the crop to a contiguous
       array before PIL's resize (``exact_crop.py``: Pillow is slow on strided arrays);
     - ``RandomFlip`` flips with ``cv2.flip`` (a contiguous copy, not a strided view);
@@ -116,6 +119,8 @@ class TrainPipeline(BaseTransform):
     @staticmethod
     def _exact(t: BaseTransform, results: dict) -> Optional[dict]:
         """``t(results)``, through a faster kernel with the same output where there is one."""
+        if type(t) is LoadImageFromFile and exact_loadable(t):
+            return load_image(t, results)
         if type(t) is RandomFlip and not any(k.startswith('gt_') for k in results):
             return flip(t, results)
         if type(t) is RandAugment:

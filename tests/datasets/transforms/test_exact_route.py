@@ -5,7 +5,7 @@ kernels, on ImageNet-like JPEGs, large photos and odd files; the switch really c
 
 import numpy as np
 import pytest
-from mmcv.transforms import RandomFlip
+from mmcv.transforms import LoadImageFromFile, RandomFlip
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmpretrain.datasets.transforms import RandAugment, RandomResizedCrop
@@ -111,20 +111,21 @@ def test_exact_on_other_crops_and_loads(augment, photos, change):
 
 
 def test_the_exact_switch_changes_the_path(augment, photos, monkeypatch):
-    """With 'exact' the crop, flip and RandAugment objects' own ``transform`` never run (their
-    draws do); with False they do."""
+    """With 'exact' the load (of a plain JPEG), crop, flip and RandAugment objects' own
+    ``transform`` never run (their draws do); with False they do."""
     for fast_pipeline in (False, 'exact'):
         pipeline = TrainPipeline(augment, fast_pipeline=fast_pipeline)
         calls = []
         for t in pipeline.transforms:
-            if type(t) in (RandomResizedCrop, RandomFlip, RandAugment):
+            if type(t) in (LoadImageFromFile, RandomResizedCrop, RandomFlip, RandAugment):
                 name = type(t).__name__
                 monkeypatch.setattr(
                     t, 'transform', lambda r, f=t.transform, n=name, c=calls: c.append(n) or f(r)
                 )
         for seed in range(4):
             _run(pipeline, photos[seed], seed)
-        expected = [] if fast_pipeline else ['RandomResizedCrop', 'RandomFlip', 'RandAugment'] * 4
+        names = ['LoadImageFromFile', 'RandomResizedCrop', 'RandomFlip', 'RandAugment']
+        expected = [] if fast_pipeline else names * 4
         assert calls == expected, fast_pipeline
 
 
