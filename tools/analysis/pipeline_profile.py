@@ -83,13 +83,17 @@ def instrument(transforms: list, parent: str = '', totals=None, children=None) -
 @contextlib.contextmanager
 def fast_route_timed(transforms: list, totals: Dict[str, list]):
     """Time the exact and fast routes' own steps under the stage names of what they replace:
-    the crop, the flip and RandAugment (whose objects' ``transform`` those routes do not call)
-    and each RandAugment point operation's lookup table. Restores everything on exit."""
+    the load, the crop, the flip and RandAugment (whose objects' ``transform`` those routes do
+    not call) and each RandAugment point operation's lookup table. Restores everything on
+    exit."""
     from mmdeit.datasets.transforms import fast_randaugment as fra
     from mmdeit.datasets.transforms import train_pipeline as tp
 
     steps = dict(
-        random_resized_crop='RandomResizedCrop', flip='RandomFlip', fast_randaugment='RandAugment'
+        load_image='LoadImageFromFile',
+        random_resized_crop='RandomResizedCrop',
+        flip='RandomFlip',
+        fast_randaugment='RandAugment',
     )
     saved = {step: getattr(tp, step) for step in steps}, dict(fra.KERNELS)
     names = dict(steps)
