@@ -1,8 +1,12 @@
 """Linear layers through oneDNN for CPU inference (fp32 and bf16), with the activation fused in.
 
-On the CPUs measured for ``docs/benchmarks.md`` oneDNN's fp32 GEMM is 6-12 % faster than the
-BLAS behind :func:`torch.nn.functional.linear` for ViT shapes, and it applies an erf GELU to
-its output block while the block is still in cache. PyTorch exposes it as
+On the AVX-512 CPUs measured for ``docs/benchmarks.md`` (Intel, with and without AMX) oneDNN's
+fp32 GEMM is 6-12 % faster than the BLAS behind :func:`torch.nn.functional.linear` for ViT
+shapes, and it applies an erf GELU to its output block while the block is still in cache. On
+a CPU whose best ATen kernels are AVX2 (an AVX2-only AMD EPYC, measured) it is the other way
+round: oneDNN's fp32 GEMM ~10 % slower than MKL's, its fused erf GELU ~35 % slower than
+``F.linear`` + ``F.gelu``, DeiT-S fp32 inference 1.26x faster without it; there fp32 takes the
+ordinary ops (:data:`FP32_ONEDNN`, chosen once at import). PyTorch exposes it as
 ``torch.ops.mkldnn._linear_pointwise``, the op its own compiler (inductor) emits for CPU
 inference. It has no backward, so it is used only where autograd is off; everywhere else, and
 on a PyTorch built without oneDNN, the ordinary ops run. Both compute the same fp32 products
@@ -47,6 +51,9 @@ def _bf16_supported() -> bool:
 
 #: oneDNN bf16 GEMMs are native on this CPU (checked once, at import).
 BF16_SUPPORTED = _bf16_supported()
+#: fp32 linears go through oneDNN on this CPU: where ATen's kernels are AVX-512 (checked once, at
+#: import; on AVX2-only CPUs oneDNN's fp32 GEMM and fused GELU were measured slower than MKL's).
+FP32_ONEDNN = _HAS_OP and torch.backends.cpu.get_cpu_capability() == 'AVX512'
 
 
 def _autocast_bf16() -> bool:
@@ -57,9 +64,10 @@ def _autocast_bf16() -> bool:
 def onednn_applies(x: torch.Tensor, linear: nn.Module) -> bool:
     """Whether :func:`onednn_linear` would take the oneDNN path for this input and layer.
 
-    True without autograd, for an ``nn.Linear`` on the CPU, in fp32 (no autocast) or in bf16
-    (a bf16 model and input without autocast, or bf16 autocast of an fp32 or bf16 model) when
-    :data:`BF16_SUPPORTED`; never while ``torch.compile`` traces (the plain ops are traced).
+    True without autograd, for an ``nn.Linear`` on the CPU, in fp32 (no autocast) when
+    :data:`FP32_ONEDNN` or in bf16 (a bf16 model and input without autocast, or bf16 autocast
+    of an fp32 or bf16 model) when :data:`BF16_SUPPORTED`; never while ``torch.compile``
+    traces (the plain ops are traced).
     """
     if not _HAS_OP or torch.is_grad_enabled() or type(linear) is not nn.Linear:
         return False
@@ -71,7 +79,7 @@ def onednn_applies(x: torch.Tensor, linear: nn.Module) -> bool:
     if torch.is_autocast_enabled('cpu'):
         return BF16_SUPPORTED and _autocast_bf16() and {x.dtype, w_dtype} <= {fp32, bf16}
     if x.dtype == fp32 and w_dtype == fp32:
-        return True
+        return FP32_ONEDNN
     return BF16_SUPPORTED and x.dtype == bf16 and w_dtype == bf16
 
 

@@ -109,7 +109,9 @@ def test_bf16_inference_runs_every_linear_through_onednn(onednn_calls, cast):
     assert onednn_calls == []
 
 
-def test_fp32_inference_is_unchanged(onednn_calls):
+@pytest.mark.parametrize('fp32_onednn', [False, True])  # AVX2-only / AVX-512 CPUs' choice
+def test_fp32_inference_is_unchanged(onednn_calls, monkeypatch, fp32_onednn):
+    monkeypatch.setattr(onednn_linear, 'FP32_ONEDNN', fp32_onednn and onednn_linear._HAS_OP)
     fast, ref = _pair()
     x = torch.randn(BATCH, 3, IMG, IMG)
     with torch.inference_mode():
@@ -117,8 +119,7 @@ def test_fp32_inference_is_unchanged(onednn_calls):
     for g, w in zip(got, want, strict=True):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
-    if onednn_linear._HAS_OP:
-        assert set(onednn_calls) == {torch.float32}
+    assert set(onednn_calls) == ({torch.float32} if onednn_linear.FP32_ONEDNN else set())
 
 
 @NEEDS_BF16
@@ -155,9 +156,9 @@ def test_bf16_weight_copies_follow_the_weights():
 def test_onednn_applies_where_it_is_exact_or_bf16():
     linear = torch.nn.Linear(8, 8)
     x = torch.randn(2, 8)
-    has, bf16 = onednn_linear._HAS_OP, onednn_linear.BF16_SUPPORTED
+    fp32, bf16 = onednn_linear.FP32_ONEDNN, onednn_linear.BF16_SUPPORTED
     with torch.no_grad():
-        assert onednn_linear.onednn_applies(x, linear) is has
+        assert onednn_linear.onednn_applies(x, linear) is fp32
         assert onednn_linear.onednn_applies(x.bfloat16(), linear) is False  # mixed, no autocast
         with _autocast():
             assert onednn_linear.onednn_applies(x, linear) is bf16

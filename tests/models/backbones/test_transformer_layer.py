@@ -149,7 +149,8 @@ def onednn_calls(monkeypatch) -> list:
 
 
 @pytest.mark.skipif(not onednn_linear._HAS_OP, reason='PyTorch built without oneDNN')
-def test_onednn_runs_only_in_fp32_inference_of_the_fast_path(onednn_calls):
+def test_onednn_runs_only_in_fp32_inference_of_the_fast_path(onednn_calls, monkeypatch):
+    monkeypatch.setattr(onednn_linear, 'FP32_ONEDNN', True)  # as on an AVX-512 CPU
     fast = _layer(True).eval()
     ref = _like(fast, TransformerEncoderLayer).eval()
     x = torch.randn(2, 10, 48)
@@ -170,6 +171,23 @@ def test_onednn_runs_only_in_fp32_inference_of_the_fast_path(onednn_calls):
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.float16):
         fast(x)  # not under fp16 autocast (bf16 autocast: test_bf16_fast_path.py)
     assert onednn_calls == []
+
+
+def test_fp32_onednn_is_chosen_by_the_cpus_kernels():
+    """oneDNN for fp32 where ATen's kernels are AVX-512; the ordinary ops on AVX2-only CPUs."""
+    avx512 = torch.backends.cpu.get_cpu_capability() == 'AVX512'
+    assert onednn_linear.FP32_ONEDNN is (onednn_linear._HAS_OP and avx512)
+
+
+def test_fp32_inference_without_onednn_takes_the_ordinary_ops(onednn_calls, monkeypatch):
+    monkeypatch.setattr(onednn_linear, 'FP32_ONEDNN', False)  # as on an AVX2-only CPU
+    fast = _layer(True).eval()
+    ref = _like(fast, TransformerEncoderLayer).eval()
+    x = torch.randn(2, 10, 48)
+    with torch.inference_mode():
+        got, want = fast(x), ref(x)
+    assert onednn_calls == []
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_fast_ffn_sums_into_a_temporary_shortcut_without_autograd(monkeypatch):
