@@ -4,7 +4,8 @@ mmcv decodes with ``cv2.imdecode(buf, IMREAD_COLOR)``. A JPEG without an EXIF ro
 decoded here by the fast route's full-scale decode (simplejpeg's libjpeg-turbo call: OpenCV's
 pixels bit for bit, tested; ~0.3 ms less per ImageNet-sized file on one core here). Every
 other file (other formats, a rotated JPEG, what neither decoder reads) goes through the
-reference object itself, so its result keys, errors and ``ignore_empty`` are mmcv's.
+reference object itself, which reads it again, so its result keys, errors and
+``ignore_empty`` are mmcv's.
 """
 
 from typing import Optional

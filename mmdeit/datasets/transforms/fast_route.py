@@ -7,9 +7,9 @@ objects' own (their methods, in their order), so the numpy RNG stream is the ref
 - Decode: libjpeg-turbo, as in the reference (OpenCV's ``cv2.imdecode``, ``IMREAD_COLOR``).
   At full scale through simplejpeg's TurboJPEG call (``decode_jpeg(data, 'BGR')``: the same
   library, the same default IDCT and upsampling, the same pixels, tested; ~0.3 ms of ~1.7 ms
-  less per ImageNet-sized file here: no EXIF parse or extra copies); a file it refuses (CMYK,
-  a warning such as a truncated scan: ``strict``) goes to OpenCV, which decodes it or not as
-  the reference does. For a JPEG whose crop is at least twice the output on both sides, at
+  less per ImageNet-sized file here: no EXIF parse or extra copies); a file it refuses (a
+  warning such as a truncated scan, under ``strict``) goes to OpenCV, which decodes it or not
+  as the reference does. For a JPEG whose crop is at least twice the output on both sides, at
   the smallest DCT scale (1/2, 1/4, 1/8: libjpeg's scaled IDCT, ``IMREAD_REDUCED_COLOR_k``)
   that keeps the crop at least as large as the output. The crop box is drawn from the size in
   the JPEG header, before decoding.
@@ -81,7 +81,7 @@ def decode_full_scale(data: bytes, buf: np.ndarray) -> Optional[np.ndarray]:
     simplejpeg where it decodes the file cleanly, else OpenCV's own call (None where it fails)."""
     try:
         return simplejpeg.decode_jpeg(data, 'BGR', strict=True)
-    except ValueError:  # CMYK, a recoverable error (truncated data, ...): the reference's call
+    except ValueError:  # a recoverable error (truncated data, ...): the reference's call
         return cv2.imdecode(buf, cv2.IMREAD_COLOR)
 
 
@@ -130,7 +130,7 @@ def decode_crop_resize(data: bytes, crop) -> Tuple[Optional[np.ndarray], tuple, 
         k = dct_scale(crop_w, crop_h, out_w, out_h)
         img = decode_full_scale(data, buf) if k == 1 else cv2.imdecode(buf, _IMREAD[k])
         if img is not None and k > 1 and img.shape[:2] != (-(-height // k), -(-width // k)):
-            k, img = 1, cv2.imdecode(buf, cv2.IMREAD_COLOR)  # not libjpeg's scaled size
+            k, img = 1, decode_full_scale(data, buf)  # not libjpeg's scaled size
         if img is None or (k == 1 and img.shape[:2] != (height, width)):
             return None, (height, width), box
     if k == 1:
