@@ -10,7 +10,6 @@ reference object itself, which reads it again, so its result keys, errors and
 
 from typing import Optional
 
-import numpy as np
 from mmcv.transforms import LoadImageFromFile
 from mmengine import fileio
 
@@ -45,7 +44,7 @@ def load_image(load: LoadImageFromFile, results: dict) -> Optional[dict]:
         return load(results)
     img = None
     if jpeg_size(data) is not None:  # a JPEG that decodes as stored: no EXIF rotation
-        img = decode_full_scale(data, np.frombuffer(data, np.uint8))
+        img = decode_full_scale(data)
     if img is None:
         return load(results)
     results['img'] = img

@@ -76,13 +76,13 @@ def jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
         return None
 
 
-def decode_full_scale(data: bytes, buf: np.ndarray) -> Optional[np.ndarray]:
-    """``cv2.imdecode(buf, cv2.IMREAD_COLOR)`` for a JPEG without an EXIF rotation: through
+def decode_full_scale(data: bytes) -> Optional[np.ndarray]:
+    """``cv2.imdecode(data, cv2.IMREAD_COLOR)`` for a JPEG without an EXIF rotation: through
     simplejpeg where it decodes the file cleanly, else OpenCV's own call (None where it fails)."""
     try:
         return simplejpeg.decode_jpeg(data, 'BGR', strict=True)
     except ValueError:  # a recoverable error (truncated data, ...): the reference's call
-        return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
 
 
 def resize(img: np.ndarray, out_h: int, out_w: int, interpolation: str) -> np.ndarray:
@@ -128,9 +128,9 @@ def decode_crop_resize(data: bytes, crop) -> Tuple[Optional[np.ndarray], tuple, 
         width, height = size
         top, left, crop_h, crop_w = box = crop.rand_crop_params(_Shape(height, width))
         k = dct_scale(crop_w, crop_h, out_w, out_h)
-        img = decode_full_scale(data, buf) if k == 1 else cv2.imdecode(buf, _IMREAD[k])
+        img = decode_full_scale(data) if k == 1 else cv2.imdecode(buf, _IMREAD[k])
         if img is not None and k > 1 and img.shape[:2] != (-(-height // k), -(-width // k)):
-            k, img = 1, decode_full_scale(data, buf)  # not libjpeg's scaled size
+            k, img = 1, decode_full_scale(data)  # not libjpeg's scaled size
         if img is None or (k == 1 and img.shape[:2] != (height, width)):
             return None, (height, width), box
     if k == 1:

@@ -63,7 +63,7 @@ def test_full_scale_decode_is_opencvs(name, data):
     buf = np.frombuffer(data, np.uint8)
     ref = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     simplejpeg.decode_jpeg(data, 'BGR', strict=True)  # simplejpeg's own path, not the fallback
-    out = decode_full_scale(data, buf)
+    out = decode_full_scale(data)
     assert out.shape == ref.shape and out.dtype == np.uint8 and out.flags['C_CONTIGUOUS']
     np.testing.assert_array_equal(out, ref)
 
@@ -79,7 +79,7 @@ def test_full_scale_decode_falls_back_to_opencv(name):
     with pytest.raises(ValueError):
         simplejpeg.decode_jpeg(data, 'BGR', strict=True)
     buf = np.frombuffer(data, np.uint8)
-    ref, out = cv2.imdecode(buf, cv2.IMREAD_COLOR), decode_full_scale(data, buf)
+    ref, out = cv2.imdecode(buf, cv2.IMREAD_COLOR), decode_full_scale(data)
     assert (out is None) == (ref is None)
     if ref is not None:
         np.testing.assert_array_equal(out, ref)
