@@ -248,8 +248,9 @@ def write_section(path: str, task: str, text: str) -> None:
 
 
 def summary(results: List[dict]) -> str:
-    """A few lines for the terminal: hard − none per augmentation and budget, and the best
-    distilled cell against the best no-teacher student (empty without results)."""
+    """A few lines for the terminal: per augmentation the teacher's mean and hard − none per
+    budget, and the best distilled cell against the best no-teacher student (empty without
+    results)."""
     table = _table(results)
     best = best_baseline(results)
     if best is None:
@@ -257,6 +258,10 @@ def summary(results: List[dict]) -> str:
     lines = []
     for aug in ('mild', 'strong'):
         budgets = sorted({b for (a, arm, b) in table if a == aug and arm == 'none'})
+        teachers = [t for (a, arm, b), t in table.items() if a == aug and arm == 'teacher']
+        if budgets and teachers:
+            values = [v for t in teachers for v in t.values()]
+            lines.append(f'  {aug:>6} teacher: {statistics.fmean(values):6.2f}')
         for budget in budgets:
             none = table[(aug, 'none', budget)]
             hard = table.get((aug, 'hard', budget), {})

@@ -31,6 +31,11 @@ def test_demo_prints_a_line_per_run_then_the_table(tmp_path):
     assert 'This point is far from converged' in out and 'not run by the' in out
     assert re.search(r'strong +690 steps: none +[\d.]+ +hard +[\d.]+ +hard − none', out)
     assert 'best no-teacher student B: ' in out
+    # and last the cluttered task's committed runs, where the convnet's bias matters
+    cluttered = out[out.index('on cluttered digits') :]
+    assert 'not run by the demo' in cluttered and 'cluttered_digits_convergence.jsonl' in cluttered
+    assert re.search(r'mild +5520 steps: none +[\d.]+ +hard +[\d.]+ +hard − none', cluttered)
+    assert 'best no-teacher student B: ' in cluttered
     run = tmp_path / 'demo' / 'strong' / 'size_0.1' / 'seed_1'
     assert 'Epoch(train)' in (run / 'cell.log').read_text()
     hard = json.loads((run / 'hard' / 'result.json').read_text())

@@ -123,6 +123,7 @@ def test_report_finds_the_best_baseline_and_pairs_by_seed(tmp_path):
     assert lines[-1].startswith('  best no-teacher student B: mild, 1380 steps (92.00)')
     assert 'best distilled: hard, strong, 1380 steps (93.00)' in lines[-1]
     assert any(line.startswith('  strong  1380 steps: none  86.00  hard  93.00') for line in lines)
+    assert lines[0] == '    mild teacher:  99.00'  # the teachers of an augmentation with students
     report.plot(results, str(tmp_path / 'curve.png'))
     assert (tmp_path / 'curve.png').stat().st_size > 0
 
