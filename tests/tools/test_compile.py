@@ -93,3 +93,25 @@ def test_distillation_loss_compiles(teacher_ckpt):  # noqa: F811
         torch.testing.assert_close(got[key], value, msg=key)
     sum(got.values()).backward()
     assert model.backbone.cls_token.grad is not None
+
+
+def test_output_rows_are_right_under_max_autotune_with_freezing():
+    """``linear_rows`` of the last layer's k and v (``weight[C:]``): inductor's CPU GEMM template
+    (max-autotune with freezing) read such a weight view at the wrong place (errors of ~3 on
+    this test, torch 2.13); the traced form slices the whole layer's output instead."""
+    from torch._inductor import config as inductor_config
+
+    from mmdeit.models.utils.onednn_linear import linear_rows
+
+    torch.manual_seed(0)
+    qkv = torch.nn.Linear(32, 96).eval()
+    x = torch.randn(34, 32)
+
+    def kv(t: torch.Tensor) -> torch.Tensor:
+        return linear_rows(t, qkv, slice(32, 96))
+
+    torch._dynamo.reset()
+    with torch.no_grad(), inductor_config.patch(freezing=True):
+        got = torch.compile(kv, mode='max-autotune')(x)
+        want = torch.nn.functional.linear(x, qkv.weight[32:], qkv.bias[32:])
+    torch.testing.assert_close(got, want)

@@ -143,7 +143,15 @@ def onednn_linear(
 
 
 def linear_rows(x: torch.Tensor, linear: nn.Linear, rows: slice = slice(None)) -> torch.Tensor:
-    """Output channels ``rows`` of ``linear(x)``, computing only those; oneDNN where it applies."""
+    """Output channels ``rows`` of ``linear(x)``, computing only those; oneDNN where it applies.
+
+    While ``torch.compile`` traces, the whole layer is computed and its output sliced: inductor's
+    CPU GEMM template (``mode='max-autotune'`` with ``freezing``; seen with torch 2.13) reads a
+    weight view with a storage offset, such as ``weight[C:]``, at the wrong place and returns
+    wrong numbers (tested). The extra columns cost little: this serves the last layer's q, k, v.
+    """
+    if torch.compiler.is_compiling():
+        return F.linear(x, linear.weight, linear.bias)[..., rows]
     if onednn_applies(x, linear):
         return onednn_linear(x, linear, rows=rows)
     bias = None if linear.bias is None else linear.bias[rows]
