@@ -11,7 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmdeit.models.backbones import FastTransformerEncoderLayer
-from tools.analysis import benchmark, deit_models, op_profile
+from tools.analysis import benchmark, deit_models, op_profile, step_memory
 
 TINY = json.dumps(dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64))
 ARGV = [
@@ -135,7 +135,7 @@ def test_the_reference_computes_what_mmdeit_computes():
 
 def test_memory_of_a_step_in_this_process():
     args = benchmark.parse_args(ARGV)
-    row = benchmark.memory_child(dict(arch=TINY, with_cp=True, args=vars(args)))
+    row = step_memory.memory_child(dict(arch=TINY, with_cp=True, args=vars(args)))
     assert row['with_cp'] is True and row['batch'] == 2
     assert row['peak_mb'] > 0 and row['step_increase_mb'] >= 0 and row['step_s'] > 0
     assert row['tensor_peak_mb'] > 0
@@ -192,3 +192,41 @@ def test_bf16_runs_with_one_attention_kernel(tmp_path):
 def test_mm_size_defaults_to_2048_on_cpu():
     assert benchmark.parse_args([]).mm_size == 2048
     assert benchmark.parse_args(['--mm-size', '64']).mm_size == 64
+
+
+def test_deployment_peers_join_the_inference_section(tmp_path):
+    """``--compile default --onnxruntime``: torch.compile of mmdeit and timm and ONNX Runtime on
+    mmdeit's export are timed with the eager libraries, each computing its eager model's
+    output, counted with its eager model's FLOPs; the training step stays eager."""
+    argv = [*ARGV[:-2], '--teacher', 'none', '--no-ablation', '--compile', 'default']
+    report = benchmark.main([*argv, '--onnxruntime', '--out', str(tmp_path / 'r.json')])
+    peers = {'mmdeit compile (default)', 'timm compile (default)', 'onnxruntime (fp32)'}
+    inference = report['inference']['results']
+    assert set(inference) == {'mmdeit', *PEERS, *peers}
+    assert set(report['train']['results']) == {'mmdeit', *PEERS}
+    assert set(report['peers_max_abs_diff']) == peers
+    assert max(report['peers_max_abs_diff'].values()) < 1e-4
+    eager_of = dict(zip(sorted(peers), ('mmdeit', 'mmdeit', 'timm')))  # mmdeit.., onnx.., timm..
+    for name, eager in eager_of.items():
+        assert inference[name]['flops_per_image'] == inference[eager]['flops_per_image'], name
+        assert math.isfinite(inference[name]['shapes_roofline_fraction'])
+
+
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (['--compile', 'fast'], "invalid choice: 'fast'"),
+        (['--compile'], 'expected at least one argument'),
+    ],
+)
+def test_bad_compile_modes_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(argv)
+    err = capsys.readouterr().err
+    assert '--compile' in err and message in err
+
+
+def test_onnxruntime_on_cuda_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    with pytest.raises(ValueError, match='--onnxruntime runs on the CPU only'):
+        benchmark.parse_args(['--device', 'cuda', '--onnxruntime'])

@@ -11,8 +11,10 @@ profile of mmdeit's calls and its peak memory in a step (a fresh process each). 
 (the ablation). FLOPs are what torch's ``FlopCounterMode`` counts in one untimed call of each
 library (a multiply and an add are 2 FLOPs). ``--dtype bf16`` runs everything under bf16
 autocast, ``bf16-model`` with the models and inputs cast to bf16 (several values: one run
-each, in turn); ``--sdpa`` allows one attention kernel only. The tool reports numbers and
-judges none; see ``docs/benchmarks.md``. Example::
+each, in turn); ``--sdpa`` allows one attention kernel only. ``--compile`` and
+``--onnxruntime`` add deployment peers to the inference section (``deploy_peers.py``):
+``torch.compile`` of mmdeit and timm, and ONNX Runtime on mmdeit's export. The tool reports
+numbers and judges none; see ``docs/benchmarks.md``. Example::
 
     python tools/analysis/benchmark.py --arch deit-small --out work_dirs/benchmark.json
 """
@@ -22,13 +24,11 @@ import contextlib
 import functools
 import json
 import logging
-import multiprocessing
 import os
 import platform
 import re
 import statistics
-import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -36,10 +36,14 @@ from torch.utils import benchmark as torch_benchmark
 
 try:  # imported as tools.analysis.benchmark
     from . import deit_models as dm
+    from . import deploy_peers as peers
     from .op_profile import profile_summary
+    from .step_memory import bench_memory
 except ImportError:  # run as a script: this folder is on sys.path
     import deit_models as dm
+    import deploy_peers as peers
     from op_profile import profile_summary
+    from step_memory import bench_memory
 
 Fn = dm.Fn
 
@@ -71,6 +75,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--teacher-channels-last', action='store_true')
     p.add_argument('--no-ablation', action='store_true', help=f'leave out {dm.REFERENCE}')
     p.add_argument('--profile', action='store_true', help="profile mmdeit's calls")
+    p.add_argument(
+        '--compile',
+        nargs='+',
+        default=[],
+        choices=list(peers.COMPILE_MODES),
+        help='inference peers: torch.compile of mmdeit and timm in these modes',
+    )
+    p.add_argument(
+        '--onnxruntime',
+        action='store_true',
+        help="inference peer: ONNX Runtime (fp32) on mmdeit's ONNX export",
+    )
     p.add_argument('--memory-archs', nargs='*', default=[], help='peak memory of a step, each arch')
     p.add_argument('--memory-jobs', type=int, default=1, help='memory processes at a time')
     p.add_argument('--seed', type=int, default=0)
@@ -91,17 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise ValueError(f'--{flag} must be >= {low}, got {getattr(args, name)}')
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise ValueError('--device cuda: no CUDA device is available')
+    if args.device == 'cuda' and args.onnxruntime:
+        raise ValueError('--onnxruntime runs on the CPU only, got --device cuda')
     return args
-
-
-def timed(args, fn: Fn) -> Tuple[float, float]:
-    """Wall-clock and process CPU seconds of one call, between device synchronisations."""
-    sync = torch.cuda.synchronize if args.device == 'cuda' else lambda: None
-    sync()
-    start, cpu = time.perf_counter(), time.process_time()
-    fn()
-    sync()
-    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def run_rounds(args, fns: Dict[str, Fn], rounds: int, label: str) -> Dict[str, dict]:
@@ -111,7 +119,7 @@ def run_rounds(args, fns: Dict[str, Fn], rounds: int, label: str) -> Dict[str, d
     cpu: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(args.warmup + rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:  # the order rotates
-            wall_s, cpu_s = timed(args, fns[name])
+            wall_s, cpu_s = dm.timed(args, fns[name])
             if r >= args.warmup:
                 wall[name].append(wall_s)
                 cpu[name].append(cpu_s)
@@ -130,10 +138,22 @@ def run_rounds(args, fns: Dict[str, Fn], rounds: int, label: str) -> Dict[str, d
     return out
 
 
-def bench_section(args, fns: Dict[str, Fn], batch: int, rounds: int, label: str, shapes) -> dict:
+def bench_section(
+    args,
+    fns: Dict[str, Fn],
+    batch: int,
+    rounds: int,
+    label: str,
+    shapes,
+    flops_of: Optional[Dict[str, str]] = None,
+) -> dict:
     """Each library's FLOPs in a first, untimed call; then interleaved rounds with two rooflines:
-    ``torch.mm`` at n x n and at the model's GEMM ``shapes`` (``(m, k, n)``, in sequence)."""
-    flops = {name: dm.count_flops(fn) for name, fn in fns.items()}
+    ``torch.mm`` at n x n and at the model's GEMM ``shapes`` (``(m, k, n)``, in sequence).
+    ``flops_of`` names, for a function not counted itself (a compiled or exported peer), the
+    function whose count it takes."""
+    flops_of = flops_of or {}
+    flops = {name: dm.count_flops(fn) for name, fn in fns.items() if name not in flops_of}
+    flops.update({name: flops[eager] for name, eager in flops_of.items()})
     n = args.mm_size
     dtype = dm.compute_dtype(args)
     a, b = (torch.randn(n, n, device=args.device, dtype=dtype) for _ in range(2))
@@ -207,7 +227,7 @@ def bench_distill(args) -> dict:
 
     def timed_teacher_logits(inputs: torch.Tensor) -> torch.Tensor:
         out = []
-        in_step.append(timed(args, lambda: out.append(teacher_logits(inputs)))[0])
+        in_step.append(dm.timed(args, lambda: out.append(teacher_logits(inputs)))[0])
         return out[0]
 
     def teacher_alone() -> None:
@@ -223,72 +243,6 @@ def bench_distill(args) -> dict:
         best_s=min(in_step), median_s=statistics.median(in_step), times_s=in_step
     )
     return dict(teacher=args.teacher, channels_last=args.teacher_channels_last, results=res)
-
-
-def _proc_status_mb(field: str) -> float:
-    with open('/proc/self/status') as f:
-        return int(re.search(rf'{field}:\s+(\d+)', f.read()).group(1)) / 1024
-
-
-def tensor_peak_mb(fn: Fn) -> float:
-    """Peak of the tensor memory allocated during ``fn``, from the profiler's memory events."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']
-    current = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        current += event.nbytes()
-        peak = max(peak, current)
-    return peak / 2**20
-
-
-def memory_child(spec: dict) -> dict:
-    """In a fresh process: mmdeit's peak memory in a training step (CPU: Linux's peak RSS)."""
-    from mmengine.logging import MMLogger
-
-    MMLogger.get_current_instance().setLevel(logging.WARNING)  # no init_weights messages
-    args = argparse.Namespace(**{**spec['args'], 'arch': spec['arch']})
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    model = dm.build_deit('mmdeit', args, with_cp=spec['with_cp'])
-    model = model.to(args.device, dm.model_dtype(args))
-    step = dm.train_step(args, model, args.train_batch)
-    if args.device == 'cuda':
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated() / 2**20
-    else:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')  # resets the peak resident set size, VmHWM
-        before = _proc_status_mb('VmRSS')
-    step_s = timed(args, step)[0]
-    if args.device == 'cuda':
-        peak = torch.cuda.max_memory_allocated() / 2**20
-        tensors = peak - before
-    else:
-        peak = _proc_status_mb('VmHWM')
-        tensors = tensor_peak_mb(step)  # a second step: the optimizer state is allocated
-    return dict(
-        arch=args.arch,
-        with_cp=spec['with_cp'],
-        batch=args.train_batch,
-        peak_mb=peak,
-        step_increase_mb=peak - before,
-        tensor_peak_mb=tensors,
-        step_s=step_s,
-    )
-
-
-def bench_memory(args) -> List[dict]:
-    """Each of ``--memory-archs`` with and without ``with_cp``, each in a fresh process."""
-    specs = [
-        dict(arch=arch, with_cp=cp, args=vars(args))
-        for arch in args.memory_archs
-        for cp in (False, True)
-    ]
-    with multiprocessing.get_context('spawn').Pool(args.memory_jobs, maxtasksperchild=1) as pool:
-        return pool.map(memory_child, specs, chunksize=1)
 
 
 def machine_info(args) -> dict:
@@ -314,8 +268,10 @@ def print_report(report: dict) -> None:
     m, diff = report['machine'], max(report['parity_max_abs_diff'].values())
     print(f'\n{m["cpu"]} | {m["threads"]} threads | torch {m["torch"]} | {m["device"]}', end=' ')
     print(f'{m["dtype"]} | logits agree to {diff:.1e}')
+    for name, peer_diff in report.get('peers_max_abs_diff', {}).items():
+        print(f'{name}: output within {peer_diff:.1e} of its eager model')
     columns = 'best s|median s|cpu s|img/s|GFLOP/img|GFLOP/s|roofline|/mmdeit'.split('|')
-    head = f'{"":<16}{"library":<26}' + ''.join(f'{c:>10}' for c in columns)
+    head = f'{"":<16}{"library":<30}' + ''.join(f'{c:>10}' for c in columns)
     print(head + '\n' + '-' * len(head))
     for section in ('inference', 'train'):
         label = f'{section} b={report[section]["batch"]}'
@@ -323,7 +279,7 @@ def print_report(report: dict) -> None:
             keys = ('best_s', 'median_s', 'best_cpu_s', 'img_per_s')
             cells = [f'{r[k]:>10.3f}' for k in keys] + [f'{r["flops_per_image"] / 1e9:>10.3f}']
             cells += [f'{r["gflops_per_s"]:>10.1f}', f'{r["roofline_fraction"]:>10.0%}']
-            print(f'{label:<16}{name:<26}' + ''.join(cells) + f'{r["over_mmdeit_best"]:>10.3f}')
+            print(f'{label:<16}{name:<30}' + ''.join(cells) + f'{r["over_mmdeit_best"]:>10.3f}')
             label = ''
         sec = report[section]
         print(
@@ -380,9 +336,27 @@ def run(args: argparse.Namespace) -> dict:
     report = dict(machine=machine_info(args), args=vars(args), parity_max_abs_diff=diff)
     models = {n: m.to(args.device, dm.model_dtype(args)) for n, m in models.items()}
     fns = {n: dm.predict_fn(args, m) for n, m in models.items()}
+    flops_of = {}  # the deployment peers compute their eager library's products
+    if args.compile:
+        compiled, compiled_diff = peers.compiled_peers(args, models, args.compile)
+        fns.update(compiled)
+        report['peers_max_abs_diff'] = compiled_diff
+        for mode in args.compile:
+            flops_of.update({peers.compile_name(lib, mode): lib for lib in ('mmdeit', 'timm')})
+    if args.onnxruntime:
+        state = {k: v.float() for k, v in models['mmdeit'].state_dict().items()}
+        fns[peers.ONNXRUNTIME], ort_diff = peers.onnxruntime_peer(args, state)
+        report.setdefault('peers_max_abs_diff', {})[peers.ONNXRUNTIME] = ort_diff
+        flops_of[peers.ONNXRUNTIME] = 'mmdeit'
     shapes = functools.partial(dm.gemm_shapes, models['mmdeit'])
     report['inference'] = bench_section(
-        args, fns, args.infer_batch, args.rounds, 'inference', shapes(args.infer_batch)
+        args,
+        fns,
+        args.infer_batch,
+        args.rounds,
+        'inference',
+        shapes(args.infer_batch),
+        flops_of,
     )
     fns = {n: dm.train_step(args, m, args.train_batch) for n, m in models.items()}
     report['train'] = bench_section(

@@ -8,6 +8,7 @@ training and ``predict(x)`` (the mean of both heads) for inference. FLOPs are co
 import contextlib
 import json
 import math
+import time
 from argparse import Namespace
 from typing import Callable, Dict, List, Tuple
 
@@ -243,3 +244,13 @@ def predict_fn(args, model: nn.Module) -> Fn:
             model.predict(x)
 
     return infer
+
+
+def timed(args, fn: Fn) -> Tuple[float, float]:
+    """Wall-clock and process CPU seconds of one call, between device synchronisations."""
+    sync = torch.cuda.synchronize if args.device == 'cuda' else lambda: None
+    sync()
+    start, cpu = time.perf_counter(), time.process_time()
+    fn()
+    sync()
+    return time.perf_counter() - start, time.process_time() - cpu
