@@ -28,7 +28,7 @@ import os
 import platform
 import re
 import statistics
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -145,15 +145,16 @@ def bench_section(
     rounds: int,
     label: str,
     shapes,
-    flops_of: Optional[Dict[str, str]] = None,
+    flops_of: Optional[Dict[str, Union[str, Fn]]] = None,
 ) -> dict:
     """Each library's FLOPs in a first, untimed call; then interleaved rounds with two rooflines:
     ``torch.mm`` at n x n and at the model's GEMM ``shapes`` (``(m, k, n)``, in sequence).
-    ``flops_of`` names, for a function not counted itself (a compiled or exported peer), the
-    function whose count it takes."""
+    ``flops_of`` gives, for a function not counted itself (a compiled or exported peer), the
+    name of the function whose count it takes, or an eager function to count instead."""
     flops_of = flops_of or {}
     flops = {name: dm.count_flops(fn) for name, fn in fns.items() if name not in flops_of}
-    flops.update({name: flops[eager] for name, eager in flops_of.items()})
+    for name, eager in flops_of.items():
+        flops[name] = flops[eager] if isinstance(eager, str) else dm.count_flops(eager)
     n = args.mm_size
     dtype = dm.compute_dtype(args)
     a, b = (torch.randn(n, n, device=args.device, dtype=dtype) for _ in range(2))
@@ -345,9 +346,9 @@ def run(args: argparse.Namespace) -> dict:
             flops_of.update({peers.compile_name(lib, mode): lib for lib in ('mmdeit', 'timm')})
     if args.onnxruntime:
         state = {k: v.float() for k, v in models['mmdeit'].state_dict().items()}
-        fns[peers.ONNXRUNTIME], ort_diff = peers.onnxruntime_peer(args, state)
+        fns[peers.ONNXRUNTIME], ort_diff, exported = peers.onnxruntime_peer(args, state)
         report.setdefault('peers_max_abs_diff', {})[peers.ONNXRUNTIME] = ort_diff
-        flops_of[peers.ONNXRUNTIME] = 'mmdeit'
+        flops_of[peers.ONNXRUNTIME] = exported  # the plain path's model
     shapes = functools.partial(dm.gemm_shapes, models['mmdeit'])
     report['inference'] = bench_section(
         args,

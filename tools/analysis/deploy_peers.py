@@ -12,7 +12,8 @@ in fp32 whatever ``--dtype`` says: its CPU provider has no bf16 kernels for thes
 bf16 section it is the fp32 model a user would deploy.
 
 The FLOPs of a peer are those of its eager model (a compiled or exported function computes the
-same products; FlopCounterMode sees none of ONNX Runtime's).
+same products; FlopCounterMode sees none of ONNX Runtime's): for ONNX Runtime, the plain path's
+model that was exported.
 """
 
 import argparse
@@ -114,12 +115,13 @@ def export_bytes(model: nn.Module, img_size: int) -> bytes:
     return buffer.getvalue()
 
 
-def onnxruntime_peer(args, state: dict) -> Tuple[Fn, float]:
+def onnxruntime_peer(args, state: dict) -> Tuple[Fn, float, Fn]:
     """ONNX Runtime on mmdeit's export with the weights ``state``.
 
     Returns:
-        The function (one batch of ``args.infer_batch`` images) and the largest absolute
-        difference of its logits from PyTorch's (the plain path, fp32) on that batch.
+        The function (one batch of ``args.infer_batch`` images), the largest absolute
+        difference of its logits from PyTorch's (the plain path, fp32) on that batch, and the
+        exported model's eager ``predict`` of that batch (whose FLOPs are counted for it).
     """
     import onnxruntime as ort
 
@@ -142,4 +144,8 @@ def onnxruntime_peer(args, state: dict) -> Tuple[Fn, float]:
     def infer() -> None:
         session.run(None, inputs)
 
-    return infer, diff
+    def eager() -> None:
+        with torch.no_grad():
+            plain.predict(x)
+
+    return infer, diff, eager
