@@ -17,9 +17,7 @@ model that was exported.
 """
 
 import argparse
-import io
-import warnings
-from typing import Dict, List, Tuple
+from typing import Dict, List, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -94,25 +92,24 @@ class _Predict(nn.Module):
 
 
 def export_bytes(model: nn.Module, img_size: int) -> bytes:
-    """``model.predict`` as an ONNX model (fp32, dynamic batch), mmdeit's exporter settings."""
-    from mmdeit.deployment.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME
+    """``model.predict`` as an ONNX model (fp32, dynamic batch) by mmdeit's exporter."""
+    from mmdeit.deployment.onnx_export import DEFAULT_OPSET, _torchscript_export
 
-    buffer = io.BytesIO()
     dummy = torch.randn(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter('ignore', torch.jit.TracerWarning)
-        warnings.simplefilter('ignore', DeprecationWarning)
-        torch.onnx.export(
-            _Predict(model.eval()),
-            (dummy,),
-            buffer,
-            dynamo=False,
-            opset_version=DEFAULT_OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: 'batch'}, OUTPUT_NAME: {0: 'batch'}},
-        )
-    return buffer.getvalue()
+    with torch.no_grad():
+        return _torchscript_export(_Predict(model.eval()), dummy, DEFAULT_OPSET)
+
+
+def ort_session(model: Union[str, bytes], threads: int):
+    """An ONNX Runtime session of ``model`` (a path or the bytes): the CPU provider, every graph
+    optimisation, ``threads`` intra-op threads and one inter-op thread."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
 
 
 def onnxruntime_peer(args, state: dict) -> Tuple[Fn, float, Fn]:
@@ -123,17 +120,9 @@ def onnxruntime_peer(args, state: dict) -> Tuple[Fn, float, Fn]:
         difference of its logits from PyTorch's (the plain path, fp32) on that batch, and the
         exported model's eager ``predict`` of that batch (whose FLOPs are counted for it).
     """
-    import onnxruntime as ort
-
     plain = dm.build_deit('mmdeit', args, fast_path=False)
     plain.load_state_dict(state, strict=True)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(
-        export_bytes(plain, args.img_size), options, providers=['CPUExecutionProvider']
-    )
+    session = ort_session(export_bytes(plain, args.img_size), args.threads)
     fp32 = argparse.Namespace(**{**vars(args), 'dtype': 'fp32'})  # its input in every section
     x = dm.batch_data(fp32, args.infer_batch)[0]
     inputs = {session.get_inputs()[0].name: x.numpy()}

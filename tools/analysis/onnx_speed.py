@@ -21,6 +21,11 @@ from typing import Callable, Dict
 import numpy as np
 import torch
 
+try:  # imported as tools.analysis.onnx_speed
+    from .deploy_peers import ort_session
+except ImportError:  # run as a script: this folder is on sys.path
+    from deploy_peers import ort_session
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -50,16 +55,6 @@ def _cpu_name() -> str:
         return 'unknown CPU'
 
 
-def _session(path: str, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
-
-
 def measure(fns: Dict[str, Callable[[], object]], rounds: int, calls: int) -> Dict[str, list]:
     """Seconds per call of each function, per round; one untimed round first."""
     names, times = list(fns), {n: [] for n in fns}
@@ -85,7 +80,7 @@ def main(argv=None) -> dict:
         ckpt, onnx_path = os.path.join(tmp, 'model.pth'), os.path.join(tmp, 'model.onnx')
         torch.save({'state_dict': model.state_dict()}, ckpt)
         export_onnx(args.config, ckpt, onnx_path, softmax=False)
-        session = _session(onnx_path, args.threads)
+        session = ort_session(onnx_path, args.threads)
     size = model.backbone.img_size
     x = torch.randn(args.batch, 3, *size, generator=torch.Generator().manual_seed(0))
     x_np = x.numpy()
