@@ -65,18 +65,44 @@ def test_training_compiles_to_one_graph_with_stochastic_depth(fast_path):
         torch.testing.assert_close(got_grads[name], grad, msg=name)
 
 
-def test_inference_compiles_with_inductor_under_bf16_autocast():
-    """Inductor's code (~50 s to compile here, so one case): the fast path traces its plain
-    ops (no oneDNN calls of its own while compiling) and gives eager's numbers."""
+@pytest.mark.parametrize('dtype', ['bf16', 'fp32'])
+def test_inference_compiles_with_inductor_calling_our_onednn_op(monkeypatch, dtype):
+    """Inductor's code (tens of seconds to compile here): where oneDNN applies, each linear of
+    the compiled graph is the op ``mmdeit::onednn_linear`` (its body runs at every call, with
+    the kept bf16 weight copies), the rest is inductor's; the numbers are eager's, also after
+    the weights change in place."""
+    from mmdeit.models.utils import onednn_linear
+
+    if dtype == 'bf16' and not onednn_linear.BF16_SUPPORTED:
+        pytest.skip('no native bf16 GEMMs in oneDNN on this CPU')
+    monkeypatch.setattr(onednn_linear, 'FP32_ONEDNN', onednn_linear._HAS_OP)  # AVX-512's choice
+    calls = []
+    real = onednn_linear._linear_pointwise
+
+    def spy(x, weight, bias, gelu):
+        calls.append(x.dtype)
+        return real(x, weight, bias, gelu)
+
+    monkeypatch.setattr(onednn_linear, '_linear_pointwise', spy)
     model = _backbone().eval()
     x = torch.randn(4, 3, IMG, IMG)
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True)
-    with torch.inference_mode(), torch.autocast('cpu', torch.bfloat16):
-        want, got = model(x)[-1], compiled(x)[-1]
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == w.dtype
-        torch.testing.assert_close(g.float(), w.float(), rtol=0.05, atol=0.05)
+    autocast = torch.autocast('cpu', torch.bfloat16, enabled=dtype == 'bf16')
+    tol = dict(rtol=0.05, atol=0.05) if dtype == 'bf16' else dict(rtol=1e-5, atol=1e-5)
+    for _ in range(2):  # the second time with weights changed in place
+        with torch.inference_mode(), autocast:
+            want = model(x)[-1]
+            calls.clear()
+            got = compiled(x)[-1]
+        assert len(calls) == 4 * TINY_ARCH['num_layers'] + 1  # the last qkv: q, then k and v
+        assert set(calls) == {torch.bfloat16 if dtype == 'bf16' else torch.float32}
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype
+            torch.testing.assert_close(g.float(), w.float(), **tol)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.25)
 
 
 def test_distillation_loss_compiles(teacher_ckpt):  # noqa: F811
@@ -95,13 +121,18 @@ def test_distillation_loss_compiles(teacher_ckpt):  # noqa: F811
     assert model.backbone.cls_token.grad is not None
 
 
-def test_output_rows_are_right_under_max_autotune_with_freezing():
+@pytest.mark.parametrize('fp32_onednn', [False, True])  # AVX2-only / AVX-512 CPUs' choice
+def test_output_rows_are_right_under_max_autotune_with_freezing(monkeypatch, fp32_onednn):
     """``linear_rows`` of the last layer's k and v (``weight[C:]``): inductor's CPU GEMM template
     (max-autotune with freezing) read such a weight view at the wrong place (errors of ~3 on
-    this test, torch 2.13); the traced form slices the whole layer's output instead."""
+    this test, torch 2.13); the traced form slices the whole layer's output instead (inductor's
+    GEMM without oneDNN, our oneDNN op with it)."""
     from torch._inductor import config as inductor_config
 
+    from mmdeit.models.utils import onednn_linear
     from mmdeit.models.utils.onednn_linear import linear_rows
+
+    monkeypatch.setattr(onednn_linear, 'FP32_ONEDNN', fp32_onednn and onednn_linear._HAS_OP)
 
     torch.manual_seed(0)
     qkv = torch.nn.Linear(32, 96).eval()

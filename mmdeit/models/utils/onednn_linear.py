@@ -18,14 +18,21 @@ op takes bf16 inputs and weights, in two cases:
 * a model cast to bf16 (``model.bfloat16()``, bf16 input), without autocast: its weights are
   used as they are;
 * under bf16 CPU autocast: the input is cast to bf16 as autocast would, and the weight and bias
-  are the bf16 copies autocast would make, made once per weight and kept on the layer
-  (:func:`bf16_params`) instead of once per autocast region (per call). A copy is made again
+  are the bf16 copies autocast would make, made once per weight and kept (:func:`bf16_copy`,
+  keyed by the parameter) instead of once per autocast region (per call). A copy is made again
   when the weight changes (an in-place update bumps its version; ``.to()`` gives new storage)
   and after :func:`clear_bf16_params` (the fast encoder layer calls it on ``train()`` /
   ``eval()``, which catches a change through ``.data``, which keeps the version).
 
 The output is bf16 in both cases, as autocast's ``linear`` gives; the products are the ones
 autocast computes (bf16 inputs, fp32 accumulation), GELU fused.
+
+**Under ``torch.compile``** the layer is one opaque op of this package, ``torch.ops.mmdeit.
+onednn_linear`` (a ``torch.library.custom_op``): inductor compiles what lies between the
+linears (layer norms, casts, residual adds, attention) and calls this op for each linear, with
+the same kept bf16 weight copies. Traced as plain ops instead, the compiled model ran slower
+than the eager one (docs/benchmarks.md): under autocast every call cast every weight again, and
+without ``freezing`` inductor calls the BLAS GEMM without the fused GELU.
 """
 
 from typing import Optional, Tuple
@@ -33,10 +40,12 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.weak import WeakTensorKeyDictionary
 
 _HAS_OP = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_linear_pointwise')
 _GELU = {'none': ('gelu', 'none'), 'tanh': ('gelu', 'tanh')}
-_CACHE_ATTR = '_mmdeit_bf16_params'
+#: The bf16 copies of fp32 parameters, by parameter: ``{param: (key, copy)}``.
+_COPIES = WeakTensorKeyDictionary()
 
 
 def _bf16_supported() -> bool:
@@ -66,12 +75,10 @@ def onednn_applies(x: torch.Tensor, linear: nn.Module) -> bool:
 
     True without autograd, for an ``nn.Linear`` on the CPU, in fp32 (no autocast) when
     :data:`FP32_ONEDNN` or in bf16 (a bf16 model and input without autocast, or bf16 autocast
-    of an fp32 or bf16 model) when :data:`BF16_SUPPORTED`; never while ``torch.compile``
-    traces (the plain ops are traced).
+    of an fp32 or bf16 model) when :data:`BF16_SUPPORTED`; also while ``torch.compile``
+    traces (then :func:`onednn_linear` is one opaque op of the graph).
     """
     if not _HAS_OP or torch.is_grad_enabled() or type(linear) is not nn.Linear:
-        return False
-    if torch.compiler.is_compiling():  # the compiler picks its own kernels (oneDNN included)
         return False
     if x.device.type != 'cpu':
         return False
@@ -83,32 +90,58 @@ def onednn_applies(x: torch.Tensor, linear: nn.Module) -> bool:
     return BF16_SUPPORTED and x.dtype == bf16 and w_dtype == bf16
 
 
-def bf16_params(linear: nn.Linear) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The layer's weight and bias in bf16: as they are if bf16, else cached bf16 copies.
+def bf16_copy(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``t`` in bf16: ``t`` itself if bf16 (or None), else its kept bf16 copy.
 
-    The copies live on the layer (a plain attribute, not in its ``state_dict``) and are made
-    again when the weight's storage or version changes (an optimizer step, ``load_state_dict``
-    and ``.to()`` all change one of them). They cost half the fp32 weights' memory.
+    The copy is kept by the tensor (a parameter), not in any ``state_dict``, and made again
+    when the tensor's storage or version changes (an optimizer step, ``load_state_dict`` and
+    ``.to()`` all change one of them). The copies cost half the fp32 weights' memory.
     """
-    weight, bias = linear.weight, linear.bias
-    if weight.dtype == torch.bfloat16 and (bias is None or bias.dtype == torch.bfloat16):
-        return weight, bias
-    key = tuple(
-        (t.data_ptr(), t._version, t.dtype) if t is not None else None for t in (weight, bias)
-    )
-    cached = linear.__dict__.get(_CACHE_ATTR)
+    if t is None or t.dtype == torch.bfloat16:
+        return t
+    key = (t.data_ptr(), t._version, t.dtype)
+    cached = _COPIES.get(t)
     if cached is None or cached[0] != key:
         with torch.no_grad():
-            copies = tuple(None if t is None else t.to(torch.bfloat16) for t in (weight, bias))
-        cached = (key, copies)
-        linear.__dict__[_CACHE_ATTR] = cached
+            cached = (key, t.to(torch.bfloat16))
+        _COPIES[t] = cached
     return cached[1]
 
 
+def bf16_params(linear: nn.Linear) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The layer's weight and bias in bf16 (:func:`bf16_copy`)."""
+    return bf16_copy(linear.weight), bf16_copy(linear.bias)
+
+
 def clear_bf16_params(module: nn.Module) -> None:
-    """Drop the bf16 copies :func:`bf16_params` keeps, in ``module`` and its submodules."""
-    for m in module.modules():
-        m.__dict__.pop(_CACHE_ATTR, None)
+    """Drop the bf16 copies :func:`bf16_copy` keeps of ``module``'s parameters."""
+    for p in module.parameters():
+        _COPIES.pop(p, None)
+
+
+def _linear_pointwise(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gelu: Optional[str]
+) -> torch.Tensor:
+    """oneDNN's ``linear(x)`` with GELU (nn.GELU's ``approximate``) or None fused in; a bf16
+    ``x`` takes the weights' bf16 copies."""
+    if x.dtype == torch.bfloat16:
+        weight, bias = bf16_copy(weight), bf16_copy(bias)
+    attr, algorithm = ('none', '') if gelu is None else _GELU[gelu]
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algorithm)
+
+
+if _HAS_OP:
+
+    @torch.library.custom_op('mmdeit::onednn_linear', mutates_args=())
+    def _onednn_linear_op(
+        x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gelu: Optional[str]
+    ) -> torch.Tensor:
+        """:func:`_linear_pointwise` as one op of a compiled graph: (..., C_in) -> (..., C_out)."""
+        return _linear_pointwise(x, weight, bias, gelu)
+
+    @_onednn_linear_op.register_fake
+    def _(x, weight, bias, gelu):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def onednn_linear(
@@ -117,7 +150,8 @@ def onednn_linear(
     """``linear(x)``, optionally followed by GELU, as one oneDNN call; (..., C_in) -> (..., C_out).
 
     Call it only where :func:`onednn_applies` holds. In fp32 it computes in fp32; in bf16
-    (a bf16 model, or bf16 autocast) in bf16, returning bf16.
+    (a bf16 model, or bf16 autocast) in bf16, returning bf16. While ``torch.compile`` traces,
+    it is the op ``torch.ops.mmdeit.onednn_linear`` of the whole layer, its output sliced.
 
     Args:
         x: The input (..., C_in); need not be contiguous.
@@ -127,19 +161,17 @@ def onednn_linear(
         rows: Compute only these output channels (rows of the weight, as views). Defaults to
             all.
     """
-    if (
-        x.dtype == torch.float32
-        and linear.weight.dtype == torch.float32
-        and not (torch.is_autocast_enabled('cpu'))
-    ):
-        weight, bias = linear.weight, linear.bias
-    else:  # bf16: a bf16 model, or autocast
-        weight, bias = bf16_params(linear)
+    fp32 = x.dtype == torch.float32 and linear.weight.dtype == torch.float32
+    if not fp32 or torch.is_autocast_enabled('cpu'):  # bf16: a bf16 model, or autocast
         x = x.to(torch.bfloat16)
-    weight = weight[rows]
+    weight, bias = linear.weight, linear.bias
+    if torch.compiler.is_compiling():  # the parameters themselves: their bf16 copies are kept
+        out = torch.ops.mmdeit.onednn_linear(x, weight, bias, gelu)
+        return out if rows == slice(None) else out[..., rows]
+    if x.dtype == torch.bfloat16:  # the whole weight's copy, then the rows (views)
+        weight, bias = bf16_params(linear)
     bias = None if bias is None else bias[rows]
-    attr, algorithm = ('none', '') if gelu is None else _GELU[gelu]
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algorithm)
+    return _linear_pointwise(x, weight[rows], bias, gelu)
 
 
 def linear_rows(x: torch.Tensor, linear: nn.Linear, rows: slice = slice(None)) -> torch.Tensor:
@@ -150,9 +182,9 @@ def linear_rows(x: torch.Tensor, linear: nn.Linear, rows: slice = slice(None)) -
     weight view with a storage offset, such as ``weight[C:]``, at the wrong place and returns
     wrong numbers (tested). The extra columns cost little: this serves the last layer's q, k, v.
     """
-    if torch.compiler.is_compiling():
-        return F.linear(x, linear.weight, linear.bias)[..., rows]
     if onednn_applies(x, linear):
         return onednn_linear(x, linear, rows=rows)
+    if torch.compiler.is_compiling():
+        return F.linear(x, linear.weight, linear.bias)[..., rows]
     bias = None if linear.bias is None else linear.bias[rows]
     return F.linear(x, linear.weight[rows], bias)
