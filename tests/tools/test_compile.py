@@ -69,9 +69,10 @@ def test_training_compiles_to_one_graph_with_stochastic_depth(fast_path):
 def test_inference_compiles_with_inductor_calling_our_onednn_op(monkeypatch, dtype):
     """Inductor's code (tens of seconds to compile here): where oneDNN applies, each linear of
     the compiled graph is the op ``mmdeit::onednn_linear`` (its body runs at every call, with
-    the kept bf16 weight copies), the rest is inductor's; the numbers are eager's, also after
-    the weights change in place."""
-    from mmdeit.models.utils import onednn_linear
+    the kept bf16 weight copies), and in bf16 each attention the op ``mmdeit::gemm_attention``
+    (not SDPA, into which inductor would turn its ops); the rest is inductor's; the numbers are
+    eager's, also after the weights change in place."""
+    from mmdeit.models.utils import gemm_attention, onednn_linear
 
     if dtype == 'bf16' and not onednn_linear.BF16_SUPPORTED:
         pytest.skip('no native bf16 GEMMs in oneDNN on this CPU')
@@ -84,6 +85,14 @@ def test_inference_compiles_with_inductor_calling_our_onednn_op(monkeypatch, dty
         return real(x, weight, bias, gelu)
 
     monkeypatch.setattr(onednn_linear, '_linear_pointwise', spy)
+    attention_calls = []
+    real_attention = gemm_attention._gemm_attention
+
+    def attention_spy(q, k, v, scale):
+        attention_calls.append(q.dtype)
+        return real_attention(q, k, v, scale)
+
+    monkeypatch.setattr(gemm_attention, '_gemm_attention', attention_spy)
     model = _backbone().eval()
     x = torch.randn(4, 3, IMG, IMG)
     torch._dynamo.reset()
@@ -94,8 +103,10 @@ def test_inference_compiles_with_inductor_calling_our_onednn_op(monkeypatch, dty
         with torch.inference_mode(), autocast:
             want = model(x)[-1]
             calls.clear()
+            attention_calls.clear()
             got = compiled(x)[-1]
         assert len(calls) == 4 * TINY_ARCH['num_layers'] + 1  # the last qkv: q, then k and v
+        assert len(attention_calls) == (TINY_ARCH['num_layers'] if dtype == 'bf16' else 0)
         assert set(calls) == {torch.bfloat16 if dtype == 'bf16' else torch.float32}
         for g, w in zip(got, want, strict=True):
             assert g.dtype == w.dtype
@@ -103,6 +114,21 @@ def test_inference_compiles_with_inductor_calling_our_onednn_op(monkeypatch, dty
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(1.25)
+
+
+def test_bf16_training_compiles_without_the_inference_ops():
+    """With autograd the compiled graph keeps differentiable ops: the attention is not the
+    ``mmdeit::gemm_attention`` op (it has no backward), the gradients are eager's."""
+    model = _backbone(drop_path_rate=0.0).train()
+    x = torch.randn(4, 3, IMG, IMG)
+    with torch.autocast('cpu', torch.bfloat16):
+        want, want_grads = _step(model, x, seed=1)
+        torch._dynamo.reset()
+        got, got_grads = _step(torch.compile(model, backend='aot_eager', fullgraph=True), x, seed=1)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.float(), w.float(), rtol=0.05, atol=0.05)
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, rtol=0.05, atol=0.05, msg=name)
 
 
 def test_distillation_loss_compiles(teacher_ckpt):  # noqa: F811

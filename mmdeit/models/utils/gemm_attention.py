@@ -21,17 +21,22 @@ GEMM_DEVICE_TYPES = frozenset({'cpu'})
 
 def gemm_attention_applies(q: torch.Tensor, dropout_p: float = 0.0) -> bool:
     """Whether :func:`gemm_attention` is the faster form: bf16 on the CPU, no attention
-    dropout, not while ``torch.compile`` traces (it picks its own kernels)."""
+    dropout; while ``torch.compile`` traces, only without autograd (then it is one op of the
+    graph, which has no backward; with autograd the compiler picks its own kernels)."""
     return (
         q.dtype == torch.bfloat16
         and q.device.type in GEMM_DEVICE_TYPES
         and dropout_p == 0.0
-        and not torch.compiler.is_compiling()
+        and not (torch.compiler.is_compiling() and torch.is_grad_enabled())
     )
 
 
 def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """``softmax(q k^T * scale) v``, heads merged: q (B, h, n, d), k/v (B, h, N, d) -> (B, n, h*d).
+
+    While ``torch.compile`` traces it is one op, ``torch.ops.mmdeit.gemm_attention``: traced as
+    its ops, inductor's pattern matcher turns them back into SDPA, whose CPU flash kernel is the
+    slow one in bf16 (about 3x this form's time per layer, docs/benchmarks.md).
 
     Args:
         q: Queries (B, h, n, d), any strides.
@@ -39,6 +44,15 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
         v: Values (B, h, N, d), any strides.
         scale: The factor of the scores, ``d ** -0.5`` in ViT.
     """
+    if torch.compiler.is_compiling():
+        return torch.ops.mmdeit.gemm_attention(q, k, v, scale)
+    return _gemm_attention(q, k, v, scale)
+
+
+def _gemm_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """:func:`gemm_attention`'s computation."""
     B, h, n, d = q.shape
     N = k.shape[2]
     with torch.autocast(q.device.type, enabled=False):  # the inputs' dtype throughout
@@ -53,3 +67,17 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
         attn = attn.view(-1, N).softmax(dim=-1).view(B * h, n, N)
         out = torch.bmm(attn, v).view(B, h, n, d)
     return out.transpose(1, 2).reshape(B, n, h * d)  # (B, n, C), a copy
+
+
+@torch.library.custom_op('mmdeit::gemm_attention', mutates_args=())
+def _gemm_attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """:func:`_gemm_attention` as one op of a compiled graph (inference only: no backward)."""
+    return _gemm_attention(q, k, v, scale)
+
+
+@_gemm_attention_op.register_fake
+def _(q, k, v, scale):
+    B, h, n, d = q.shape
+    return q.new_empty((B, n, h * d))
