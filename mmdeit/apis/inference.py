@@ -210,7 +210,7 @@ def inference_model(
         classes = None
     results = []
     for sample in samples:
-        scores = sample.pred_score.detach().cpu().numpy()
+        scores = sample.pred_score.detach().float().cpu().numpy()  # bf16 under autocast
         label = int(sample.pred_label.item())
         result = dict(pred_label=label, pred_score=float(scores[label]), pred_scores=scores)
         if classes:

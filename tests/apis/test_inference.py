@@ -92,6 +92,21 @@ def test_inference_on_path_array_and_list(trained, tmp_path):
     np.testing.assert_allclose(batch[0]['pred_scores'], result['pred_scores'], atol=1e-6)
 
 
+def test_inference_under_bf16_autocast_gives_float32_scores(trained, tmp_path):
+    """A user's ``with torch.autocast('cpu', torch.bfloat16): inference_model(...)``: the head's
+    bf16 scores come back as float32 numpy arrays (numpy has no bf16), close to fp32's."""
+    config, ckpt, _ = trained
+    model = init_model(config, ckpt)
+    paths = [_image(tmp_path / f'{i}.png', seed=i) for i in range(2)]
+    want = inference_model(model, paths)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got = inference_model(model, paths)
+    for g, w in zip(got, want, strict=True):
+        assert g['pred_scores'].dtype == np.float32
+        assert g['pred_score'] == g['pred_scores'].max()
+        np.testing.assert_allclose(g['pred_scores'], w['pred_scores'], atol=0.02)
+
+
 def test_fewer_class_names_than_classes_predicts_without_names(trained, tmp_path):
     # A head with more classes than the dataset names (a placeholder num_classes left too
     # large): predictions still come, without names, and a warning says why.
