@@ -65,6 +65,18 @@ def test_training_compiles_to_one_graph_with_stochastic_depth(fast_path):
         torch.testing.assert_close(got_grads[name], grad, msg=name)
 
 
+def _spy(monkeypatch, module, name: str) -> list:
+    """Record the dtype of the first argument of each call of ``module.name`` (still called)."""
+    calls, real = [], getattr(module, name)
+
+    def spy(first, *args):
+        calls.append(first.dtype)
+        return real(first, *args)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
 @pytest.mark.parametrize('dtype', ['bf16', 'fp32'])
 def test_inference_compiles_with_inductor_calling_our_onednn_op(monkeypatch, dtype):
     """Inductor's code (tens of seconds to compile here): where oneDNN applies, each linear of
@@ -77,22 +89,8 @@ def test_inference_compiles_with_inductor_calling_our_onednn_op(monkeypatch, dty
     if dtype == 'bf16' and not onednn_linear.BF16_SUPPORTED:
         pytest.skip('no native bf16 GEMMs in oneDNN on this CPU')
     monkeypatch.setattr(onednn_linear, 'FP32_ONEDNN', onednn_linear._HAS_OP)  # AVX-512's choice
-    calls = []
-    real = onednn_linear._linear_pointwise
-
-    def spy(x, weight, bias, gelu):
-        calls.append(x.dtype)
-        return real(x, weight, bias, gelu)
-
-    monkeypatch.setattr(onednn_linear, '_linear_pointwise', spy)
-    attention_calls = []
-    real_attention = gemm_attention._gemm_attention
-
-    def attention_spy(q, k, v, scale):
-        attention_calls.append(q.dtype)
-        return real_attention(q, k, v, scale)
-
-    monkeypatch.setattr(gemm_attention, '_gemm_attention', attention_spy)
+    calls = _spy(monkeypatch, onednn_linear, '_linear_pointwise')  # the linear op's body
+    attention_calls = _spy(monkeypatch, gemm_attention, '_gemm_attention')  # the attention op's
     model = _backbone().eval()
     x = torch.randn(4, 3, IMG, IMG)
     torch._dynamo.reset()
