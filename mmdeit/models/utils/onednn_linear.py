@@ -93,9 +93,10 @@ def onednn_applies(x: torch.Tensor, linear: nn.Module) -> bool:
 def bf16_copy(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """``t`` in bf16: ``t`` itself if bf16 (or None), else its kept bf16 copy.
 
-    The copy is kept by the tensor (a parameter), not in any ``state_dict``, and made again
-    when the tensor's storage or version changes (an optimizer step, ``load_state_dict`` and
-    ``.to()`` all change one of them). The copies cost half the fp32 weights' memory.
+    The copy is kept while the tensor (a parameter) lives, in a dict weakly keyed by it, not in
+    any ``state_dict``, and made again when the tensor's storage or version changes (an
+    optimizer step, ``load_state_dict`` and ``.to()`` all change one of them). The copies cost
+    half the fp32 weights' memory.
     """
     if t is None or t.dtype == torch.bfloat16:
         return t
@@ -122,10 +123,8 @@ def clear_bf16_params(module: nn.Module) -> None:
 def _linear_pointwise(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gelu: Optional[str]
 ) -> torch.Tensor:
-    """oneDNN's ``linear(x)`` with GELU (nn.GELU's ``approximate``) or None fused in; a bf16
-    ``x`` takes the weights' bf16 copies."""
-    if x.dtype == torch.bfloat16:
-        weight, bias = bf16_copy(weight), bf16_copy(bias)
+    """oneDNN's ``linear(x)`` with GELU (nn.GELU's ``approximate``) or None fused in; the
+    weight and bias in ``x``'s dtype."""
     attr, algorithm = ('none', '') if gelu is None else _GELU[gelu]
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algorithm)
 
@@ -136,7 +135,10 @@ if _HAS_OP:
     def _onednn_linear_op(
         x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gelu: Optional[str]
     ) -> torch.Tensor:
-        """:func:`_linear_pointwise` as one op of a compiled graph: (..., C_in) -> (..., C_out)."""
+        """:func:`_linear_pointwise` as one op of a compiled graph: (..., C_in) -> (..., C_out);
+        a bf16 ``x`` takes the parameters' kept bf16 copies."""
+        if x.dtype == torch.bfloat16:
+            weight, bias = bf16_copy(weight), bf16_copy(bias)
         return _linear_pointwise(x, weight, bias, gelu)
 
     @_onednn_linear_op.register_fake
