@@ -227,6 +227,12 @@ def test_bad_compile_modes_are_refused(argv, message, capsys):
     assert '--compile' in err and message in err
 
 
+def test_cuda_graphs_on_the_cpu_are_refused():
+    """``--compile reduce-overhead`` replays CUDA graphs: with ``--device cpu`` it is refused."""
+    with pytest.raises(ValueError, match='reduce-overhead replays CUDA graphs.*--device cuda'):
+        benchmark.parse_args(['--compile', 'default', 'reduce-overhead'])
+
+
 def test_onnxruntime_on_cuda_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     with pytest.raises(ValueError, match='--onnxruntime runs on the CPU only'):

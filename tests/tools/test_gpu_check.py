@@ -43,16 +43,24 @@ def test_bad_values_name_the_flag(argv, match):
 
 @pytest.mark.parametrize('quick', [False, True])
 def test_the_benchmark_commands_parse(tmp_path, quick):
-    """bf16 with flash attention only and the profile, then fp32; every flag is the tool's."""
+    """bf16 with flash attention only and the profile at batch 8, bf16 at large batches, then
+    fp32; every flag is the tool's; the CUDA-graph peer only where there is CUDA."""
     args = gpu_check.parse_args(['--device', 'cpu'] + ['--quick'] * quick)
-    bf16, fp32 = gpu_check.bench_commands(args, tmp_path)
-    parsed = benchmark.parse_args(bf16[2:])  # after the interpreter and the script
+    small, large, fp32 = gpu_check.bench_commands(args, tmp_path)
+    parsed = benchmark.parse_args(small[2:])  # after the interpreter and the script
     assert parsed.dtype == ['bf16'] and parsed.sdpa == 'flash' and parsed.profile
     assert parsed.out == str(tmp_path / 'benchmark_bf16.json')
-    assert bool(parsed.memory_archs) is not quick
+    assert bool(parsed.memory_archs) is not quick and parsed.compile == []
+    parsed_large = benchmark.parse_args(large[2:])
+    assert parsed_large.dtype == ['bf16'] and parsed_large.infer_batch > parsed.infer_batch
+    assert parsed_large.out == str(tmp_path / 'benchmark_bf16_large.json')
     assert benchmark.parse_args(fp32[2:]).dtype == ['fp32']
-    cuda = gpu_check.bench_commands(gpu_check.parse_args([]), tmp_path)[0]
-    assert cuda[cuda.index('--device') + 1] == 'cuda' and 'deit-small' in cuda
+    cuda = gpu_check.bench_commands(gpu_check.parse_args([]), tmp_path)
+    assert all(c[c.index('--device') + 1] == 'cuda' and 'deit-small' in c for c in cuda)
+    modes = cuda[0][cuda[0].index('--compile') + 1 : cuda[0].index('--memory-archs')]
+    assert modes == ['default', 'reduce-overhead']
+    assert cuda[0][cuda[0].index('--infer-batch') + 1] == '8'  # issue 26's batch
+    assert cuda[1][cuda[1].index('--infer-batch') + 1] == '256'
 
 
 @pytest.mark.parametrize('quick', [False, True])

@@ -107,6 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise ValueError(f'--{flag} must be >= {low}, got {getattr(args, name)}')
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise ValueError('--device cuda: no CUDA device is available')
+    cuda_only = [m for m in args.compile if m in peers.CUDA_ONLY_MODES]
+    if args.device != 'cuda' and cuda_only:
+        raise ValueError(f'--compile {cuda_only[0]} replays CUDA graphs: it needs --device cuda')
     if args.device == 'cuda' and args.onnxruntime:
         raise ValueError('--onnxruntime runs on the CPU only, got --device cuda')
     return args

@@ -2,8 +2,10 @@
 
 ``--compile MODE ...``: ``torch.compile`` (inductor) of mmdeit's and timm's ``predict``, in
 ``'default'`` mode and in ``'max-autotune'`` with inductor's ``freezing`` (weights folded in as
-constants, which lets inductor pre-pack them): the settings issue 26 names. Each is compiled by
-an untimed first call here, so the timed rounds only run it.
+constants, which lets inductor pre-pack them): the settings issue 26 names; on a GPU also in
+``'reduce-overhead'`` (the forward replayed as one CUDA graph: what a GPU user picks at small
+batches, where launching kernels costs more than running them). Each is compiled by an untimed
+first call here, so the timed rounds only run it.
 
 ``--onnxruntime``: ONNX Runtime (CPU provider, every graph optimisation, ``--threads`` intra-op
 threads) on mmdeit's model exported with the exporter of ``mmdeit.deployment`` (TorchScript,
@@ -33,7 +35,10 @@ Fn = dm.Fn
 COMPILE_MODES = {
     'default': (None, {}),
     'max-autotune': ('max-autotune', {'freezing': True}),
+    'reduce-overhead': ('reduce-overhead', {}),  # CUDA graphs: --device cuda only
 }
+#: Modes that need a CUDA device.
+CUDA_ONLY_MODES = ('reduce-overhead',)
 ONNXRUNTIME = 'onnxruntime (fp32)'
 
 

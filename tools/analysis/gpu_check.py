@@ -2,13 +2,15 @@
 
 In under 5 minutes on one GPU it runs, each step a subprocess with its own time limit and log:
 
-1. ``benchmark.py --device cuda`` in bf16 (autocast, flash SDPA only, fused AdamW) with the
-   profile and the memory of a step, then in fp32;
-2. ``tools/train.py configs/deit/deit-small_8xb128_in1k.py --amp`` for ``--iters`` iterations
+1. the per-device parity tests with ``pytest -k cuda`` (fp32 against mmpretrain to 1e-5
+   without TF32, fast == reference with stochastic depth, bf16 within bf16 of fp32): first, as
+   they say whether the numbers after them mean anything;
+2. ``benchmark.py --device cuda`` in bf16 (autocast, flash SDPA only, fused AdamW) at batch 8
+   (training 64) with the profile, the memory of a step and the compiled peers (``torch.compile``
+   default and ``reduce-overhead``), again at batch 256 (training 128), then in fp32;
+3. ``tools/train.py configs/deit/deit-small_8xb128_in1k.py --amp`` for ``--iters`` iterations
    on a generated ImageNet-layout folder of random JPEGs (the recipe's pipeline, batch
-   ``--batch``);
-3. the per-device parity tests with ``pytest -k cuda`` (fp32 against mmpretrain to 1e-5
-   without TF32, fast == reference with stochastic depth, bf16 within bf16 of fp32).
+   ``--batch``).
 
 Everything goes under ``--out`` (default ``$OUT``, else ``work_dirs/gpu_check``): one log per
 step, the benchmark JSON reports, the training work dir and ``gpu_check.json`` (each step's
@@ -65,22 +67,31 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def bench_commands(args, out: Path) -> List[List[str]]:
-    """The benchmark runs: bf16 (flash SDPA, profile, memory), then fp32."""
+    """The benchmark runs: bf16 at issue 26's batches (flash SDPA, profile, memory; on a GPU
+    also the compiled peers, default and CUDA graphs), bf16 at throughput batches, then fp32."""
     tool = [sys.executable, str(REPO / 'tools' / 'analysis' / 'benchmark.py')]
     common = ['--device', args.device]
     if args.quick:
         common += ['--arch', TINY, '--img-size', '32', '--patch-size', '8', '--num-classes', '10']
         common += ['--infer-batch', '2', '--train-batch', '2', '--rounds', '1']
         common += ['--train-rounds', '1', '--teacher', 'test_resnet']
+        small, large = [], ['--infer-batch', '4', '--train-batch', '4']
     else:
         common += ['--arch', 'deit-small', '--rounds', '30', '--train-rounds', '10']
         common += ['--warmup', '3', '--teacher-channels-last']
-    bf16 = [*tool, *common, '--dtype', 'bf16', '--sdpa', 'flash', '--profile']
+        small = ['--infer-batch', '8', '--train-batch', '64']
+        large = ['--infer-batch', '256', '--train-batch', '128', '--rounds', '10']
+        large += ['--train-rounds', '5']
+    bf16 = [*tool, *common, '--dtype', 'bf16', '--sdpa', 'flash']
+    small = bf16 + small + ['--profile']
+    if args.device == 'cuda':
+        small += ['--compile', 'default', 'reduce-overhead']
     if not args.quick:
-        bf16 += ['--memory-archs', 'deit-tiny', 'deit-small', '--memory-jobs', '2']
+        small += ['--memory-archs', 'deit-tiny', 'deit-small', '--memory-jobs', '2']
     fp32 = [*tool, *common, '--dtype', 'fp32', '--no-ablation']
     return [
-        bf16 + ['--out', str(out / 'benchmark_bf16.json')],
+        small + ['--out', str(out / 'benchmark_bf16.json')],
+        bf16 + large + ['--teacher', 'none', '--out', str(out / 'benchmark_bf16_large.json')],
         fp32 + ['--out', str(out / 'benchmark_fp32.json')],
     ]
 
@@ -229,6 +240,11 @@ def main(argv: Optional[List[str]] = None) -> dict:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     summary = dict(args=vars(args), steps=[])
+    if 'tests' in args.steps:
+        cmd = tests_command(args)
+        if args.device == 'cuda':
+            cmd[-1] = 'device and cuda'
+        summary['steps'].append(run_step('tests', cmd, out, args.step_timeout))
     if 'bench' in args.steps:
         for i, cmd in enumerate(bench_commands(args, out)):
             summary['steps'].append(run_step(f'bench_{i}', cmd, out, args.step_timeout))
@@ -236,11 +252,6 @@ def main(argv: Optional[List[str]] = None) -> dict:
         step = run_step('train', train_command(args, out), out, args.step_timeout)
         step['summary'] = train_summary(out / 'train')
         summary['steps'].append(step)
-    if 'tests' in args.steps:
-        cmd = tests_command(args)
-        if args.device == 'cuda':
-            cmd[-1] = 'device and cuda'
-        summary['steps'].append(run_step('tests', cmd, out, args.step_timeout))
     summary['ok'] = all(s['returncode'] == 0 for s in summary['steps'])
     (out / 'gpu_check.json').write_text(json.dumps(summary, indent=1))
     return summary
