@@ -35,10 +35,11 @@ def _apply(img: np.ndarray, tables) -> np.ndarray:
 def _histograms(img: np.ndarray) -> list:
     """Per channel, the count of every value 0..255 (int64): ``np.histogram(x, 256, (0, 255))``
     of uint8 values, which puts value v in bin v. OpenCV counts in float32, exact below 2**24
-    pixels per value; larger images take numpy."""
+    pixels per value; larger images take numpy. OpenCV gives (256, 1) before 4.12 and (256,)
+    from then on: flattened either way."""
     if img.shape[0] * img.shape[1] >= 1 << 24:
         return [np.bincount(img[..., c].ravel(), minlength=256) for c in range(img.shape[-1])]
-    return [cv2.calcHist([img], [c], None, [256], [0, 256])[:, 0].astype(np.int64)
+    return [cv2.calcHist([img], [c], None, [256], [0, 256]).reshape(256).astype(np.int64)
             for c in range(img.shape[-1])]  # fmt: skip
 
 

@@ -96,3 +96,17 @@ def test_the_kernels_run_instead_of_the_reference_ops(randaugment, monkeypatch):
         np.random.seed(seed)
         fra.fast_randaugment(randaugment, dict(img=img.copy()))
     assert calls.count('kernel') > 10 and 'reference' not in calls, calls
+
+
+@pytest.mark.parametrize('shape', [(256, 1), (256,)])
+def test_histograms_take_either_opencv_shape(monkeypatch, shape):
+    """``cv2.calcHist`` returns (256, 1) before OpenCV 4.12 and (256,) after (seen on a GPU
+    machine's image, where AutoContrast and Equalize raised IndexError in the loader)."""
+    import cv2
+
+    calc = cv2.calcHist
+    monkeypatch.setattr(fra.cv2, 'calcHist', lambda *a: calc(*a).reshape(shape))
+    img = np.random.default_rng(0).integers(0, 256, (24, 40, 3)).astype(np.uint8)
+    for c, histo in enumerate(fra._histograms(img)):
+        assert histo.shape == (256,) and histo.dtype == np.int64
+        np.testing.assert_array_equal(histo, np.bincount(img[..., c].ravel(), minlength=256))
