@@ -23,6 +23,9 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
   and values still come from every token). The backbone uses it in its last layer when only
   the cls/dist tokens are read.
 
+Under autocast on a GPU no measure but ``num_queries`` applies, and the layers without it run
+the reference's ``_forward`` (fewer Python calls for the same kernels).
+
 Each measure applies only where it is exact (fp32, erf GELU: only the rounding order of the
 sums changes; in bf16, the products autocast or the bf16 model computes); everywhere else the
 reference code runs (``super()``). Under autocast the shortcut stays in full precision; with
@@ -42,9 +45,15 @@ from .transformer_layer import FFN, MultiheadAttention, TransformerEncoderLayer
 
 
 def _active_dropout(module: nn.Module) -> bool:
-    """Whether a dropout-like module (Dropout or DropPath) changes its input now."""
-    p = getattr(module, 'p', getattr(module, 'drop_prob', 0.0))
-    return module.training and p > 0
+    """Whether a dropout-like module (Dropout, DropPath or ``nn.Identity``) changes its input
+    now. Called several times per layer: no attribute lookup that can fail (a failed lookup on
+    a module raises and catches an AttributeError, microseconds in a GPU forward that is
+    bound by the host's launching)."""
+    if not module.training or type(module) is nn.Identity:
+        return False
+    if isinstance(module, nn.Dropout):
+        return module.p > 0
+    return module.drop_prob > 0 if isinstance(module, DropPath) else True
 
 
 def _fused_residual_linear(
@@ -88,7 +97,7 @@ def _fused_residual_linear(
         # Autocast: a bf16 branch into the fp32 stream, summed in the stream's dtype.
         return identity.add_(out) if inplace else torch.add(identity, out)
     if torch.is_autocast_enabled(x.device.type):  # keep the shortcut in full precision
-        return identity + drop_path(layer_scale(dropout(linear(x))))
+        return identity + linear(x)  # the formula: dropout, layer scale, drop path are identities
     shape = identity.shape  # (B, n, C_out)
     x2d = x.reshape(-1, x.shape[-1])  # (B*n, C_in), a view for contiguous x
     identity2d = identity.reshape(-1, shape[-1])  # (B*n, C_out)
@@ -164,7 +173,8 @@ class FastFFN(FFN):
             return drop(onednn.onednn_linear(x, fc1, gelu=act.approximate))
         if torch.is_grad_enabled():
             return self.layers[0](x)
-        return drop(torch.ops.aten.gelu_(fc1(x), approximate=act.approximate))  # in place; erf
+        hidden = torch.ops.aten.gelu_(fc1(x), approximate=act.approximate)  # in place
+        return drop(hidden) if _active_dropout(drop) else hidden
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         """The residual branch without stochastic depth: (B, N, C) -> (B, N, C)."""
@@ -186,6 +196,16 @@ class FastFFN(FFN):
         return _fused_residual_linear(
             identity, self._hidden(x), fc2, drop, self.gamma2, self.dropout_layer, inplace
         )
+
+
+def _measures_apply(x: torch.Tensor) -> bool:
+    """Whether a measure of this module other than ``num_queries`` can change this layer's
+    work: on the CPU (oneDNN, skipped samples, GEMM attention), or without autocast (the
+    shortcuts summed inside the GEMMs). Under autocast on a GPU none does (each branch runs
+    its formula), and the reference layer runs instead: it launches the same kernels through
+    fewer Python calls, which is what bounds a GPU forward at small batches (measured on an
+    H200: docs/benchmarks.md)."""
+    return x.device.type == 'cpu' or not torch.is_autocast_enabled(x.device.type)
 
 
 def _add_residual(
@@ -234,6 +254,8 @@ class FastTransformerEncoderLayer(TransformerEncoderLayer):
     ffn_cls = FastFFN
 
     def _forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
+        if num_queries is None and not _measures_apply(x):
+            return super()._forward(x)  # the same ops with fewer Python calls
         identity = x if num_queries is None else x[:, :num_queries]  # (B, n, C)
         # A new tensor: the input is never modified.
         x = _add_residual(

@@ -243,3 +243,42 @@ def _drop_path(model, rate: float):
         layer.attn.out_drop = DropPath(rate)
         layer.ffn.dropout_layer = DropPath(rate)
     return model
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_bf16_autocast_training_fast_equals_reference_on_device(device):
+    """The training step of the ``--amp`` recipes: stochastic depth, bf16 autocast, gradients.
+    On CUDA the layers without ``num_queries`` run the reference's own ``_forward``."""
+    results = []
+    for model in _pair():
+        model = _drop_path(model, 0.25).to(device).train()
+        x = torch.randn(BATCH, 3, IMG, IMG, generator=torch.Generator().manual_seed(2))
+        torch.manual_seed(1)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            outs = _flat(model(x.to(device)))
+            loss = sum(o.float().square().mean() for o in outs)
+        loss.backward()
+        results.append((outs, [p.grad for p in model.parameters()]))
+    (got, got_grads), (want, want_grads) = results
+    assert all(g is not None for g in got_grads)
+    for g, w in zip(got + got_grads, want + want_grads, strict=True):
+        torch.testing.assert_close(g.float(), w.float(), **BF16)
+
+
+def test_without_measures_the_fast_layer_runs_the_reference(monkeypatch):
+    """Where no measure applies (bf16 autocast on a GPU: ``_measures_apply`` is False), the
+    fast layers run the reference's ``_forward`` (here on the CPU, with the condition forced);
+    the last layer still computes only its ``num_queries`` tokens (its own bf16 rounding)."""
+    from mmdeit.models.backbones import fast_transformer_layer as ftl
+
+    fast, ref = _pair()
+    x = torch.randn(BATCH, 3, IMG, IMG)
+    calls = []
+    monkeypatch.setattr(ftl, '_measures_apply', lambda t: calls.append(t.shape) or False)
+    monkeypatch.setattr(ftl.onednn, 'onednn_applies', lambda *a: False)  # as off the CPU
+    monkeypatch.setattr(ftl, 'gemm_attention_applies', lambda *a: False)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        got, want = _flat(fast(x)), _flat(ref(x))
+    assert len(calls) == len(fast.layers) - 1  # the last layer computes its tokens only
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-2, atol=1e-2)  # the last layer's rounding
