@@ -1,0 +1,37 @@
+"""tools/analysis/launch_profile.py on a tiny arch on the CPU: the report's fields and the
+refused arguments. Not a timed test: nothing here compares speeds."""
+
+import json
+
+import pytest
+
+from tools.analysis import deit_models, launch_profile
+
+TINY = json.dumps(dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64))
+ARGV = ['--device', 'cpu', '--arch', TINY, '--img-size', '32', '--patch-size', '8']
+ARGV += ['--num-classes', '10', '--batch', '2', '--rounds', '2', '--profiled-calls', '1']
+
+
+@pytest.mark.parametrize('dtype', ['fp32', 'bf16'])
+def test_every_library_is_timed_and_profiled(tmp_path, dtype):
+    out = tmp_path / 'report.json'
+    report = launch_profile.main([*ARGV, '--dtype', dtype, '--out', str(out)])
+    assert json.loads(out.read_text())['results'].keys() == report['results'].keys()
+    libs = ('mmdeit', 'timm', deit_models.REFERENCE)
+    assert list(report['results']) == [f'{lib} [eager]' for lib in libs]
+    for r in report['results'].values():
+        assert len(r['times_s']) == 2 and 0 < r['host_s'] <= r['wall_s']
+        assert r['launches'] > 0 and r['busy_s'] > 0
+
+
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (['--compile', 'reduce-overhead'], 'reduce-overhead replays CUDA graphs.*--device cuda'),
+        (['--rounds', '0'], '--rounds must be >= 1, got 0'),
+        (['--batch', '0'], '--batch must be >= 1, got 0'),
+    ],
+)
+def test_bad_arguments_are_refused(argv, message):
+    with pytest.raises(ValueError, match=message):
+        launch_profile.parse_args([*ARGV, *argv])
