@@ -103,3 +103,19 @@ def test_the_tests_step_selects_the_device_tests():
     files = [a for a in cmd if a.startswith('tests/')]
     assert files and all((gpu_check.REPO / f).is_file() for f in files)
     assert cmd[-2:] == ['-k', 'device']
+
+
+@pytest.mark.parametrize('quick', [False, True])
+def test_the_launch_profile_command_parses(tmp_path, quick):
+    """bf16; on a GPU compiled in the default mode and with CUDA graphs, on the CPU without."""
+    from tools.analysis import launch_profile
+
+    cmd = gpu_check.launch_command(
+        gpu_check.parse_args(['--device', 'cpu'] + ['--quick'] * quick), tmp_path
+    )
+    parsed = launch_profile.parse_args(cmd[2:])
+    assert parsed.dtype == 'bf16' and parsed.out == str(tmp_path / 'launch_profile.json')
+    assert 'reduce-overhead' not in parsed.compile
+    cuda = gpu_check.launch_command(gpu_check.parse_args([]), tmp_path)
+    assert cuda[cuda.index('--compile') + 1 :][:2] == ['default', 'reduce-overhead']
+    assert cuda[cuda.index('--batch') + 1] == '8'

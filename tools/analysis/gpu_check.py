@@ -1,6 +1,7 @@
 """One GPU check for when a device is lent (issue 18): benchmark, ``--amp`` training, parity.
 
-In under 5 minutes on one GPU it runs, each step a subprocess with its own time limit and log:
+In about 6 minutes on one GPU (3 min 47 s on an H200 without step 3) it runs, each step a
+subprocess with its own time limit and log:
 
 1. the per-device parity tests with ``pytest -k cuda`` (fp32 against mmpretrain to 1e-5
    without TF32, fast == reference with stochastic depth, bf16 within bf16 of fp32): first, as
@@ -8,7 +9,9 @@ In under 5 minutes on one GPU it runs, each step a subprocess with its own time 
 2. ``benchmark.py --device cuda`` in bf16 (autocast, flash SDPA only, fused AdamW) at batch 8
    (training 64) with the profile, the memory of a step and the compiled peers (``torch.compile``
    default and ``reduce-overhead``), again at batch 256 (training 128), then in fp32;
-3. ``tools/train.py configs/deit/deit-small_8xb128_in1k.py --amp`` for ``--iters`` iterations
+3. ``launch_profile.py``: host time against device time of a bf16 batch-8 call per library,
+   eager and compiled (default, CUDA graphs), with the kernels per call;
+4. ``tools/train.py configs/deit/deit-small_8xb128_in1k.py --amp`` for ``--iters`` iterations
    on a generated ImageNet-layout folder of random JPEGs (the recipe's pipeline, batch
    ``--batch``).
 
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import List, Optional
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = ('bench', 'train', 'tests')
+STEPS = ('bench', 'launch', 'train', 'tests')
 RECIPE = REPO / 'configs' / 'deit' / 'deit-small_8xb128_in1k.py'
 TINY = json.dumps(dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64))
 logger = logging.getLogger('gpu_check')
@@ -208,6 +211,18 @@ def train_summary(work_dir: Path) -> dict:
     )
 
 
+def launch_command(args, out: Path) -> List[str]:
+    """``launch_profile.py`` in bf16: batch 8 (quick: the tiny arch at batch 2, eager only on
+    the CPU), compiled in the default mode and, on a GPU, with CUDA graphs."""
+    cmd = [sys.executable, str(REPO / 'tools' / 'analysis' / 'launch_profile.py')]
+    cmd += ['--device', args.device, '--dtype', 'bf16', '--out', str(out / 'launch_profile.json')]
+    if args.quick:
+        cmd += ['--arch', TINY, '--img-size', '32', '--patch-size', '8', '--num-classes', '10']
+        return cmd + ['--batch', '2', '--rounds', '2', '--profiled-calls', '1']
+    cmd += ['--arch', 'deit-small', '--batch', '8', '--rounds', '30', '--compile', 'default']
+    return cmd + ['reduce-overhead'] * (args.device == 'cuda')
+
+
 def tests_command(args) -> List[str]:
     """The per-device parity tests, selected by the device's name."""
     files = [
@@ -248,6 +263,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
     if 'bench' in args.steps:
         for i, cmd in enumerate(bench_commands(args, out)):
             summary['steps'].append(run_step(f'bench_{i}', cmd, out, args.step_timeout))
+    if 'launch' in args.steps:
+        cmd = launch_command(args, out)
+        summary['steps'].append(run_step('launch', cmd, out, args.step_timeout))
     if 'train' in args.steps:
         step = run_step('train', train_command(args, out), out, args.step_timeout)
         step['summary'] = train_summary(out / 'train')
