@@ -1,7 +1,7 @@
 """One GPU check for when a device is lent (issue 18): benchmark, ``--amp`` training, parity.
 
-In about 6 minutes on one GPU (3 min 47 s on an H200 without step 3) it runs, each step a
-subprocess with its own time limit and log:
+It runs, each step a subprocess with its own time limit and log (on an H200, steps 1, 2 and 4
+took 3 min 47 s; step 3 was added after and compiles six models more):
 
 1. the per-device parity tests with ``pytest -k cuda`` (fp32 against mmpretrain to 1e-5
    without TF32, fast == reference with stochastic depth, bf16 within bf16 of fp32): first, as
