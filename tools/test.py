@@ -68,6 +68,7 @@ def main(argv=None):
         if args.out:
             runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
         metrics = runner.test()
+        del runner  # its DDP wrapper holds the group: freed before the group is destroyed
     return metrics
 
 

@@ -111,8 +111,7 @@ def main(argv=None):
     with destroy_process_group_on_success():
         setup_cpu_distributed(cfg)  # torchrun without GPUs: gloo, DDP without device ids
         setup_engine()  # safe checkpoint loading (resume on torch >= 2.6), atomic writes
-        runner = Runner.from_cfg(cfg)
-        runner.train()
+        Runner.from_cfg(cfg).train()  # no reference kept: freed before the group is destroyed
 
 
 if __name__ == '__main__':
