@@ -110,3 +110,20 @@ def test_the_tools_free_the_ddp_wrapper_with_the_group(torchrun_env, no_automati
         [config, checkpoint, '--launcher', 'pytorch', '--work-dir', str(tmp_path), *options]
     )
     assert not torch_dist.is_initialized() and not _live_ddp()
+
+
+def test_hook_frees_the_ddp_wrapper_with_the_group(torchrun_env, no_automatic_gc, tmp_path):
+    """Under another tool the runner outlives the run: the hook unwraps its model, so the DDP
+    wrapper (which holds the group) is freed when the group is destroyed."""
+    cfg = Config.fromfile(digits_config(tmp_path, batch_size=8))
+    cfg.train_cfg.max_epochs = 1
+    cfg.train_dataloader.dataset.indices = 16
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    cfg.custom_hooks = [dict(type='DestroyProcessGroupHook')]
+    cfg.update(launcher='pytorch', work_dir=str(tmp_path / 'hook'), experiment_name='free_hook')
+    setup_cpu_distributed(cfg)
+    runner = Runner.from_cfg(cfg)
+    assert isinstance(runner.model, DistributedDataParallel)
+    runner.train()
+    assert not torch_dist.is_initialized() and not _live_ddp()
+    assert runner.model.__class__.__name__ == 'DistilledImageClassifier'  # the wrapped model

@@ -1,6 +1,8 @@
 """Destroy the process group when a run ends well, for tools that mmdeit does not own."""
 
+import torch.distributed as torch_dist
 from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 
 from mmdeit.registry import HOOKS
 
@@ -25,12 +27,23 @@ class DestroyProcessGroupHook(Hook):
     leaves the group alone, as it must. The hook runs last (priority 'LOWEST'), after every
     other hook's ``after_run``. Only for scripts that run once: after it, the runner cannot run
     another distributed ``train()``/``val()``/``test()`` in the same process (mmdet's and
-    mmseg's ``tools/train.py`` and ``tools/test.py`` call one of them and exit).
+    mmseg's ``tools/train.py`` and ``tools/test.py`` call one of them and exit); its
+    ``runner.model`` is then the unwrapped model.
     """
 
     priority = 'LOWEST'
 
     def after_run(self, runner) -> None:
-        """Destroy the default process group (nothing in a one-process run)."""
+        """Unwrap the runner's model and destroy the default process group (nothing in a
+        one-process run).
+
+        The DDP wrapper holds the group (and gloo's threads) through its reducer; the calling
+        tool still holds the runner, so the runner's model becomes the wrapped module, and the
+        wrapper is freed with the group now rather than at interpreter teardown.
+        """
+        if not (torch_dist.is_available() and torch_dist.is_initialized()):
+            return
+        if is_model_wrapper(runner.model):
+            runner.model = runner.model.module
         if destroy_process_group():
             runner.logger.info('destroyed the process group: the run ended without error')
