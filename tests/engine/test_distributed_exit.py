@@ -32,6 +32,19 @@ def _init_group() -> None:
     assert torch_dist.is_initialized()
 
 
+@pytest.fixture
+def no_automatic_gc():
+    """Only explicit collections: what a tool leaves in reference cycles stays there."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+def _live_ddp() -> list:
+    return [o for o in gc.get_objects() if isinstance(o, DistributedDataParallel)]
+
+
 def test_without_a_group_there_is_nothing_to_destroy():
     assert not torch_dist.is_initialized()
     assert destroy_process_group() is False
@@ -65,8 +78,10 @@ def test_train_and_test_tools_exit_without_a_process_group(torchrun_env, tmp_pat
     assert not torch_dist.is_initialized()
 
 
-def test_hook_destroys_the_group_after_the_run(torchrun_env, tmp_path):
-    """For a run another tool owns (mmdet's or mmseg's tools/train.py)."""
+def test_hook_destroys_the_group_after_the_run(torchrun_env, no_automatic_gc, tmp_path):
+    """For a run another tool owns (mmdet's or mmseg's tools/train.py). The runner outlives the
+    run there: the hook unwraps its model, so the DDP wrapper (which holds the group) is freed
+    with the group."""
     cfg = Config.fromfile(digits_config(tmp_path, batch_size=8))
     cfg.train_cfg.max_epochs = 1
     cfg.train_dataloader.dataset.indices = 16
@@ -77,21 +92,10 @@ def test_hook_destroys_the_group_after_the_run(torchrun_env, tmp_path):
     runner = Runner.from_cfg(cfg)
     assert any(isinstance(hook, DestroyProcessGroupHook) for hook in runner.hooks)
     assert runner.hooks[-1].__class__ is DestroyProcessGroupHook  # after every other after_run
+    assert isinstance(runner.model, DistributedDataParallel)
     runner.train()
-    assert not torch_dist.is_initialized()
-
-
-@pytest.fixture
-def no_automatic_gc():
-    """Only explicit collections: what a tool leaves in reference cycles stays there."""
-    gc.collect()
-    gc.disable()
-    yield
-    gc.enable()
-
-
-def _live_ddp() -> list:
-    return [o for o in gc.get_objects() if isinstance(o, DistributedDataParallel)]
+    assert not torch_dist.is_initialized() and not _live_ddp()
+    assert runner.model.__class__.__name__ == 'DistilledImageClassifier'  # the wrapped model
 
 
 def test_the_tools_free_the_ddp_wrapper_with_the_group(torchrun_env, no_automatic_gc, tmp_path):
@@ -110,20 +114,3 @@ def test_the_tools_free_the_ddp_wrapper_with_the_group(torchrun_env, no_automati
         [config, checkpoint, '--launcher', 'pytorch', '--work-dir', str(tmp_path), *options]
     )
     assert not torch_dist.is_initialized() and not _live_ddp()
-
-
-def test_hook_frees_the_ddp_wrapper_with_the_group(torchrun_env, no_automatic_gc, tmp_path):
-    """Under another tool the runner outlives the run: the hook unwraps its model, so the DDP
-    wrapper (which holds the group) is freed when the group is destroyed."""
-    cfg = Config.fromfile(digits_config(tmp_path, batch_size=8))
-    cfg.train_cfg.max_epochs = 1
-    cfg.train_dataloader.dataset.indices = 16
-    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
-    cfg.custom_hooks = [dict(type='DestroyProcessGroupHook')]
-    cfg.update(launcher='pytorch', work_dir=str(tmp_path / 'hook'), experiment_name='free_hook')
-    setup_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg)
-    assert isinstance(runner.model, DistributedDataParallel)
-    runner.train()
-    assert not torch_dist.is_initialized() and not _live_ddp()
-    assert runner.model.__class__.__name__ == 'DistilledImageClassifier'  # the wrapped model
