@@ -1,6 +1,5 @@
 """Destroy the process group when a run ends well, for tools that mmdeit does not own."""
 
-import torch.distributed as torch_dist
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
@@ -41,9 +40,7 @@ class DestroyProcessGroupHook(Hook):
         tool still holds the runner, so the runner's model becomes the wrapped module, and the
         wrapper is freed with the group now rather than at interpreter teardown.
         """
-        if not (torch_dist.is_available() and torch_dist.is_initialized()):
-            return
-        if is_model_wrapper(runner.model):
+        if is_model_wrapper(runner.model):  # only distributed runs are wrapped
             runner.model = runner.model.module
         if destroy_process_group():
             runner.logger.info('destroyed the process group: the run ended without error')
