@@ -3,8 +3,9 @@
 At small batches on a GPU the wall time of a forward is the host launching kernels, not the
 kernels (``docs/benchmarks.md``, the H200 section): this tool says which of the two bounds each
 library. For mmdeit, timm and mmdeit's ``fast_path=False`` (``deit_models.build_models``, the same
-weights), eager and compiled in each ``--compile`` mode (``default``; ``reduce-overhead``, CUDA
-graphs, on a GPU only), it times in interleaved rounds:
+weights), eager and compiled in each ``--compile`` mode (``deploy_peers.COMPILE_MODES``:
+``default``, ``max-autotune`` with freezing; ``reduce-overhead``, CUDA graphs, on a GPU only),
+it times in interleaved rounds:
 
 * ``wall``: one call between device synchronisations (best of the rounds);
 * ``host``: the same call without waiting for the device at its end (how long the host is busy
@@ -28,11 +29,12 @@ import torch
 
 try:  # imported as tools.analysis.launch_profile
     from . import deit_models as dm
+    from . import deploy_peers as peers
 except ImportError:  # run as a script: this folder is on sys.path
     import deit_models as dm
+    import deploy_peers as peers
 
 LIBS = ('mmdeit', 'timm', dm.REFERENCE)
-MODES = ('eager', 'default', 'reduce-overhead')
 logger = logging.getLogger('launch_profile')
 
 
@@ -46,7 +48,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--batch', type=int, default=8)
     p.add_argument('--device', default='cuda', choices=['cuda', 'cpu'])
     p.add_argument('--dtype', default='bf16', choices=['fp32', 'bf16'], help='bf16: autocast')
-    p.add_argument('--compile', nargs='*', default=[], choices=MODES[1:], help='compiled modes')
+    p.add_argument(
+        '--compile', nargs='*', default=[], choices=list(peers.COMPILE_MODES), help='compiled modes'
+    )
     p.add_argument('--rounds', type=int, default=30)
     p.add_argument('--profiled-calls', type=int, default=5)
     p.add_argument('--out', help='write the report as JSON here')
@@ -56,8 +60,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise ValueError('--device cuda: no CUDA device is available')
-    if args.device == 'cpu' and 'reduce-overhead' in args.compile:
-        raise ValueError('--compile reduce-overhead replays CUDA graphs: it needs --device cuda')
+    cuda_only = [m for m in args.compile if m in peers.CUDA_ONLY_MODES]
+    if args.device != 'cuda' and cuda_only:
+        raise ValueError(f'--compile {cuda_only[0]} replays CUDA graphs: it needs --device cuda')
     # the fields deit_models reads
     args.drop_path_rate, args.seed, args.infer_batch = 0.1, 0, args.batch
     return args
@@ -69,24 +74,29 @@ def _sync(device: str) -> None:
 
 
 def call_fns(args, models: Dict[str, torch.nn.Module]) -> Dict[str, Callable[[], object]]:
-    """``'<lib> [<mode>]'``: one batch's ``predict`` without autograd, eager or compiled (each
-    compiled mode is compiled, and its CUDA graphs recorded, by untimed calls here)."""
+    """``'<lib> [<mode>]'``: one batch's ``predict`` without autograd, eager or compiled with
+    the settings of ``deploy_peers.COMPILE_MODES`` (each compiled mode is compiled, and its CUDA
+    graphs recorded, by untimed calls here)."""
+    from torch._inductor import config as inductor_config
+
     x = dm.batch_data(args, args.batch)[0]
     fns = {}
     for mode in ('eager', *args.compile):
         for lib in LIBS:
             model = models[lib].eval()
-            fn = model.predict
+            fn, settings = model.predict, {}
             if mode != 'eager':
-                fn = torch.compile(fn, mode=None if mode == 'default' else mode)
+                torch_mode, settings = peers.COMPILE_MODES[mode]
+                fn = torch.compile(fn, mode=torch_mode)
 
             def call(fn=fn):
                 with torch.no_grad(), dm.autocast(args):
                     return fn(x)
 
             start = time.perf_counter()
-            for _ in range(3):  # compiles; records and warms the CUDA graphs
-                call()
+            with inductor_config.patch(settings):
+                for _ in range(3):  # compiles; records and warms the CUDA graphs
+                    call()
             _sync(args.device)
             logger.info('%s [%s]: ready in %.1f s', lib, mode, time.perf_counter() - start)
             fns[f'{lib} [{mode}]'] = call
