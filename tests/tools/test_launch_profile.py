@@ -22,6 +22,7 @@ def test_every_library_is_timed_and_profiled(tmp_path, dtype):
     for r in report['results'].values():
         assert len(r['times_s']) == 2 and 0 < r['host_s'] <= r['wall_s']
         assert r['launches'] > 0 and r['busy_s'] > 0
+        assert 0 < len(r['host_ops']) <= 8 and all(op['self_s'] > 0 for op in r['host_ops'])
 
 
 @pytest.mark.parametrize(
@@ -30,8 +31,15 @@ def test_every_library_is_timed_and_profiled(tmp_path, dtype):
         (['--compile', 'reduce-overhead'], 'reduce-overhead replays CUDA graphs.*--device cuda'),
         (['--rounds', '0'], '--rounds must be >= 1, got 0'),
         (['--batch', '0'], '--batch must be >= 1, got 0'),
+        (['--host-ops', '-1'], '--host-ops must be >= 0, got -1'),
     ],
 )
 def test_bad_arguments_are_refused(argv, message):
     with pytest.raises(ValueError, match=message):
         launch_profile.parse_args([*ARGV, *argv])
+
+
+def test_libs_chooses_the_libraries():
+    report = launch_profile.main([*ARGV, '--libs', 'timm', 'mmdeit', '--host-ops', '0'])
+    assert list(report['results']) == ['timm [eager]', 'mmdeit [eager]']
+    assert all(r['host_ops'] == [] for r in report['results'].values())

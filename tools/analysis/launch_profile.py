@@ -12,7 +12,8 @@ it times in interleaved rounds:
   issuing it; equal to ``wall`` on the CPU);
 
 and profiles a few calls (``torch.profiler``): on CUDA the kernels per call and their device
-time, on the CPU the aten ops per call and their CPU time. A library whose ``host`` is close to
+time, on the CPU the aten ops per call and their CPU time; and on either the ``--host-ops``
+host ops with the most self time (what the host does instead of launching). A library whose ``host`` is close to
 its ``wall`` and well above its device time is bound by the host. Example::
 
     python tools/analysis/launch_profile.py --device cuda --dtype bf16 --batch 8 \\
@@ -53,8 +54,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     p.add_argument('--rounds', type=int, default=30)
     p.add_argument('--profiled-calls', type=int, default=5)
+    p.add_argument('--host-ops', type=int, default=8, help='the costliest host ops to list')
+    p.add_argument('--libs', nargs='+', default=list(LIBS), choices=LIBS, help='the libraries')
     p.add_argument('--out', help='write the report as JSON here')
     args = p.parse_args(argv)
+    if args.host_ops < 0:
+        raise ValueError(f'--host-ops must be >= 0, got {args.host_ops}')
     for name in ('batch', 'rounds', 'profiled_calls'):
         if getattr(args, name) < 1:
             raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
@@ -82,7 +87,7 @@ def call_fns(args, models: Dict[str, torch.nn.Module]) -> Dict[str, Callable[[],
     x = dm.batch_data(args, args.batch)[0]
     fns = {}
     for mode in ('eager', *args.compile):
-        for lib in LIBS:
+        for lib in args.libs:
             model = models[lib].eval()
             fn, settings = model.predict, {}
             if mode != 'eager':
@@ -136,7 +141,13 @@ def profile_calls(args, fn: Callable[[], object]) -> dict:
         events = [e for e in prof.key_averages() if e.key.startswith('aten::')]
         seconds = sum(e.self_cpu_time_total for e in events) / 1e6
     n = args.profiled_calls
-    return dict(launches=sum(e.count for e in events) / n, busy_s=seconds / n)
+    host = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CPU]
+    host.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    host_ops = [  # where the host's time goes: the op, its self seconds and calls per call
+        dict(op=e.key, self_s=e.self_cpu_time_total / 1e6 / n, calls=e.count / n)
+        for e in host[: args.host_ops]
+    ]
+    return dict(launches=sum(e.count for e in events) / n, busy_s=seconds / n, host_ops=host_ops)
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
@@ -158,6 +169,11 @@ def main(argv: Optional[List[str]] = None) -> dict:
     for name, r in results.items():
         cells = [f'{1e3 * r[k]:>9.3f}' for k in ('wall_s', 'host_s', 'busy_s')]
         print(f'{name:<42}' + ''.join(cells) + f'{r["launches"]:>10.0f}')
+    for name, r in results.items():
+        if r['host_ops']:
+            print(f'\n{name}: the costliest host ops, µs of self time (calls) per call')
+        for op in r['host_ops']:
+            print(f'  {1e6 * op["self_s"]:>9.1f}  ({op["calls"]:g})  {op["op"][:90]}')
     info = dict(torch=torch.__version__, device=args.device)
     if args.device == 'cuda':
         info['gpu'] = torch.cuda.get_device_name()

@@ -23,8 +23,15 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
   and values still come from every token). The backbone uses it in its last layer when only
   the cls/dist tokens are read.
 
-Under autocast on a GPU no measure but ``num_queries`` applies, and the layers without it run
-the reference's ``_forward`` (fewer Python calls for the same kernels).
+* **Kept weight copies for autocast inference on a GPU** (:meth:`FastTransformerEncoderLayer.
+  _forward_kept_casts`). A GPU forward at small batches is bound by the host launching
+  kernels, and autocast launches a cast of every weight and bias in every call (8 of a layer's
+  ~20 kernels). Without autograd, in eval mode, the layer keeps its weights in the autocast
+  dtype (made once, remade when a weight changes) and runs its formula as plain functions on
+  them: the casts autocast would make, not repeated; the same products.
+
+Under autocast on a GPU with autograd no measure but ``num_queries`` applies, and the layers
+without it run the reference's ``_forward`` (fewer Python calls for the same kernels).
 
 Each measure applies only where it is exact (fp32, erf GELU: only the rounding order of the
 sums changes; in bf16, the products autocast or the bf16 model computes); everywhere else the
@@ -36,6 +43,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmcv.cnn.bricks.drop import DropPath
 
 from ..utils import onednn_linear as onednn
@@ -208,6 +216,21 @@ def _measures_apply(x: torch.Tensor) -> bool:
     return x.device.type == 'cpu' or not torch.is_autocast_enabled(x.device.type)
 
 
+def _keeps_casts(x: torch.Tensor, layer: nn.Module) -> bool:
+    """Whether ``layer`` runs :meth:`FastTransformerEncoderLayer._forward_kept_casts`: inference
+    (eval mode, no autograd) under autocast on a device other than the CPU (which has its own
+    measures), while ``torch.compile`` is not tracing (there the reference runs: inductor fuses
+    the casts)."""
+    device = x.device.type
+    return (
+        device != 'cpu'
+        and not layer.training
+        and not torch.is_grad_enabled()
+        and torch.is_autocast_enabled(device)
+        and not torch.compiler.is_compiling()
+    )
+
+
 def _add_residual(
     identity: torch.Tensor,
     x: torch.Tensor,
@@ -253,7 +276,60 @@ class FastTransformerEncoderLayer(TransformerEncoderLayer):
     attn_cls = FastMultiheadAttention
     ffn_cls = FastFFN
 
+    def _kept_weights(self, dtype: torch.dtype) -> Tuple[Optional[torch.Tensor], ...]:
+        """The weights and biases of qkv, proj, fc1 and fc2 in ``dtype``, kept by the layer.
+
+        Made again when one of them changes: in place (an optimizer step, ``load_state_dict``
+        bump its version), new storage (``.to()``), a mode switch (:meth:`train`, for a change
+        through ``.data``). Not in the ``state_dict``; they cost half the fp32 weights' memory.
+        """
+        # The modules' own dicts: ``self.attn.qkv.weight`` and the like cost ~15 µs a layer
+        # through ``nn.Module.__getattr__``, a fifth of a small GPU forward's host time.
+        attn, mlp = self._modules['attn']._modules, self._modules['ffn']._modules['layers']
+        linears = (attn['qkv'], attn['proj'], mlp._modules['0'][0], mlp._modules['1'])  # fc1, fc2
+        params = [p for m in linears for p in m._parameters.values()]  # weight, bias (or None)
+        key = [dtype] + [None if p is None else (p.data_ptr(), p._version) for p in params]
+        kept = self.__dict__.get('_kept')
+        if kept is None or kept[0] != key:
+            with torch.no_grad():
+                kept = (key, tuple(None if p is None else p.to(dtype) for p in params))
+            self.__dict__['_kept'] = kept  # a plain attribute: not a parameter or buffer
+        return kept[1]
+
+    def _forward_kept_casts(
+        self, x: torch.Tensor, num_queries: Optional[int] = None
+    ) -> torch.Tensor:
+        """The layer under autocast without autograd (eval mode), with the kept weight copies.
+
+        What autocast computes, with fewer kernels and Python calls: LayerNorm in fp32, its
+        output cast once; the linears on the autocast dtype's weights (:meth:`_kept_weights`;
+        autocast would cast each weight and bias in every call); the shortcut in fp32; the GELU
+        in place. (B, N, C) -> (B, n, C), n = ``num_queries`` or N.
+        """
+        attn, ffn = self.attn, self.ffn
+        dtype = torch.get_autocast_dtype(x.device.type)
+        w_qkv, b_qkv, w_proj, b_proj, w_fc1, b_fc1, w_fc2, b_fc2 = self._kept_weights(dtype)
+        B, C, h, d = x.shape[0], attn.embed_dims, attn.num_heads, attn.head_dims
+        t = self.ln1(x).to(dtype)  # (B, N, C)
+        if num_queries is None:
+            identity = x
+            q, k, v = attn._split_heads(F.linear(t, w_qkv, b_qkv), 3)  # 3 x (B, h, N, d)
+        else:  # q of the first tokens only; k and v of all
+            identity = x[:, :num_queries]  # (B, n, C)
+            b_q, b_kv = (None, None) if b_qkv is None else (b_qkv[:C], b_qkv[C:])
+            q = F.linear(t[:, :num_queries], w_qkv[:C], b_q)  # (B, n, C)
+            q = q.reshape(B, num_queries, h, d).transpose(1, 2)  # (B, h, n, d)
+            k, v = attn._split_heads(F.linear(t, w_qkv[C:], b_kv), 2)  # 2 x (B, h, N, d)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, n, d), (B, n, h, d) in memory
+        out = out.transpose(1, 2).reshape(B, q.shape[2], C)  # (B, n, C), a view
+        x = identity + attn.gamma1(F.linear(out, w_proj, b_proj))  # a new tensor, fp32
+        hidden = F.linear(self.ln2(x).to(dtype), w_fc1, b_fc1)  # (B, n, feedforward)
+        hidden = torch.ops.aten.gelu_(hidden, approximate=ffn.layers[0][1].approximate)
+        return x.add_(ffn.gamma2(F.linear(hidden, w_fc2, b_fc2)))  # (B, n, C), in place
+
     def _forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
+        if _keeps_casts(x, self):
+            return self._forward_kept_casts(x, num_queries)
         if num_queries is None and not _measures_apply(x):
             return super()._forward(x)  # the same ops with fewer Python calls
         identity = x if num_queries is None else x[:, :num_queries]  # (B, n, C)
@@ -265,13 +341,15 @@ class FastTransformerEncoderLayer(TransformerEncoderLayer):
         return _add_residual(x, x, self.ln2, self.ffn, self.ffn.dropout_layer, inplace=True)
 
     def train(self, mode: bool = True) -> 'FastTransformerEncoderLayer':
-        """Set the mode, and drop the bf16 weight copies of bf16-autocast inference.
+        """Set the mode, and drop the weight copies of autocast inference (bf16 on the CPU,
+        :meth:`_kept_weights` on a GPU).
 
         They are made again at the next such call: so a switch of mode (e.g. the validation
         loop's ``model.eval()``) also catches weights changed through ``.data`` (as mmengine's
         EMA hook swaps them), which leaves the weight's version unchanged.
         """
         onednn.clear_bf16_params(self)
+        self.__dict__.pop('_kept', None)
         return super().train(mode)
 
     def forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
