@@ -13,8 +13,8 @@ it times in interleaved rounds:
 
 and profiles a few calls (``torch.profiler``): on CUDA the kernels per call and their device
 time, on the CPU the aten ops per call and their CPU time; and on either the ``--host-ops``
-host ops with the most self time (what the host does instead of launching). A library whose ``host`` is close to
-its ``wall`` and well above its device time is bound by the host. Example::
+host ops with the most self time (what the host does besides launching). A library whose
+``host`` is close to its ``wall`` and well above its device time is bound by the host. Example::
 
     python tools/analysis/launch_profile.py --device cuda --dtype bf16 --batch 8 \\
         --compile default reduce-overhead --out work_dirs/launch_profile.json
