@@ -134,14 +134,15 @@ def profile_calls(args, fn: Callable[[], object]) -> dict:
         for _ in range(args.profiled_calls):
             fn()
         _sync(args.device)
+    averages = prof.key_averages()
     if cuda:
-        events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+        events = [e for e in averages if e.device_type == torch.autograd.DeviceType.CUDA]
         seconds = sum(e.self_device_time_total for e in events) / 1e6
     else:
-        events = [e for e in prof.key_averages() if e.key.startswith('aten::')]
+        events = [e for e in averages if e.key.startswith('aten::')]
         seconds = sum(e.self_cpu_time_total for e in events) / 1e6
     n = args.profiled_calls
-    host = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CPU]
+    host = [e for e in averages if e.device_type == torch.autograd.DeviceType.CPU]
     host.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
     host_ops = [  # where the host's time goes: the op, its self seconds and calls per call
         dict(op=e.key, self_s=e.self_cpu_time_total / 1e6 / n, calls=e.count / n)
