@@ -52,6 +52,13 @@ from ..utils.gemm_attention import gemm_attention, gemm_attention_applies
 from .transformer_layer import FFN, MultiheadAttention, TransformerEncoderLayer
 
 
+def _autocast_on(x: torch.Tensor) -> bool:
+    """Whether autocast is on for ``x``'s device type; False for a type autocast does not know
+    (such as 'meta', where asking would raise)."""
+    device = x.device.type
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
 def _active_dropout(module: nn.Module) -> bool:
     """Whether a dropout-like module (Dropout, DropPath or ``nn.Identity``) changes its input
     now. Called several times per layer: no attribute lookup that can fail (a failed lookup on
@@ -104,7 +111,7 @@ def _fused_residual_linear(
             return out.add_(identity)  # summed in place
         # Autocast: a bf16 branch into the fp32 stream, summed in the stream's dtype.
         return identity.add_(out) if inplace else torch.add(identity, out)
-    if torch.is_autocast_enabled(x.device.type):  # keep the shortcut in full precision
+    if _autocast_on(x):  # keep the shortcut in full precision
         return identity + linear(x)  # the formula: dropout, layer scale, drop path are identities
     shape = identity.shape  # (B, n, C_out)
     x2d = x.reshape(-1, x.shape[-1])  # (B*n, C_in), a view for contiguous x
@@ -213,7 +220,7 @@ def _measures_apply(x: torch.Tensor) -> bool:
     its formula), and the reference layer runs instead: it launches the same kernels through
     fewer Python calls, which is what bounds a GPU forward at small batches (measured on an
     H200: docs/benchmarks.md)."""
-    return x.device.type == 'cpu' or not torch.is_autocast_enabled(x.device.type)
+    return x.device.type == 'cpu' or not _autocast_on(x)
 
 
 def _keeps_casts(x: torch.Tensor, layer: nn.Module) -> bool:
@@ -221,12 +228,11 @@ def _keeps_casts(x: torch.Tensor, layer: nn.Module) -> bool:
     (eval mode, no autograd) under autocast on a device other than the CPU (which has its own
     measures), while ``torch.compile`` is not tracing (there the reference runs: the kept
     copies are Python state, not ops of the graph)."""
-    device = x.device.type
     return (
-        device != 'cpu'
+        x.device.type != 'cpu'
         and not layer.training
         and not torch.is_grad_enabled()
-        and torch.is_autocast_enabled(device)
+        and _autocast_on(x)
         and not torch.compiler.is_compiling()
     )
 

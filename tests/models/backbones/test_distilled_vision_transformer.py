@@ -357,3 +357,20 @@ def test_bad_config_errors(kwargs, match):
     kwargs.setdefault('patch_size', 8)
     with pytest.raises(ValueError, match=match):
         DistilledVisionTransformer(**kwargs)
+
+
+@pytest.mark.parametrize('fast_path', [True, False])
+@pytest.mark.parametrize('training', [False, True], ids=['eval', 'train'])
+def test_forward_on_the_meta_device_gives_the_shapes(fast_path, training):
+    """A forward on 'meta' tensors (shape inference, no memory): the layers ask autocast only
+    about device types it knows (asking about 'meta' raises)."""
+    with torch.device('meta'):
+        model = DistilledVisionTransformer(
+            arch='deit-small', img_size=224, patch_size=16, drop_path_rate=0.1, fast_path=fast_path
+        )
+        x = torch.empty(2, 3, 224, 224)
+    model.train(training)
+    with torch.set_grad_enabled(training):
+        cls_token, dist_token = model(x)[-1]
+    assert cls_token.shape == dist_token.shape == (2, 384)
+    assert cls_token.device.type == 'meta'
