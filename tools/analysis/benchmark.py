@@ -50,10 +50,7 @@ Fn = dm.Fn
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--arch', default='deit-small', help="mmdeit's arch name or a JSON arch dict")
-    p.add_argument('--img-size', type=int, default=224)
-    p.add_argument('--patch-size', type=int, default=16)
-    p.add_argument('--num-classes', type=int, default=1000)
+    dm.add_model_args(p)
     p.add_argument('--infer-batch', type=int, default=8)
     p.add_argument('--train-batch', type=int, default=64)
     p.add_argument('--rounds', type=int, default=7, help='timed inference rounds')

@@ -9,7 +9,7 @@ import contextlib
 import json
 import math
 import time
-from argparse import Namespace
+from argparse import ArgumentParser, Namespace
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -50,6 +50,18 @@ class TimmModel(nn.Module):
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # their mean in eval mode
+
+
+def add_model_args(parser: ArgumentParser) -> None:
+    """The model's command-line arguments, read by :func:`build_deit` and :func:`build_models`:
+    ``--arch`` (default 'deit-small'), ``--img-size`` (224), ``--patch-size`` (16),
+    ``--num-classes`` (1000)."""
+    parser.add_argument(
+        '--arch', default='deit-small', help="mmdeit's arch name or a JSON arch dict"
+    )
+    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--patch-size', type=int, default=16)
+    parser.add_argument('--num-classes', type=int, default=1000)
 
 
 def build_deit(lib: str, args: Namespace, **backbone_kwargs) -> DeiTModel:

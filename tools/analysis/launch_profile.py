@@ -42,10 +42,7 @@ logger = logging.getLogger('launch_profile')
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line; bad values are refused naming the flag."""
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--arch', default='deit-small', help="mmdeit's arch name or a JSON arch dict")
-    p.add_argument('--img-size', type=int, default=224)
-    p.add_argument('--patch-size', type=int, default=16)
-    p.add_argument('--num-classes', type=int, default=1000)
+    dm.add_model_args(p)
     p.add_argument('--batch', type=int, default=8)
     p.add_argument('--device', default='cuda', choices=['cuda', 'cpu'])
     p.add_argument('--dtype', default='bf16', choices=['fp32', 'bf16'], help='bf16: autocast')
