@@ -170,3 +170,25 @@ def test_output_rows_are_right_under_max_autotune_with_freezing(monkeypatch, fp3
         got = torch.compile(kv, mode='max-autotune')(x)
         want = torch.nn.functional.linear(x, qkv.weight[32:], qkv.bias[32:])
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize('mode', ['eval', 'train'])
+def test_gpu_autocast_routes_compile_to_one_graph(monkeypatch, mode):
+    """The layers' routes of bf16 autocast on a GPU (forced here on the CPU: no oneDNN, no
+    GEMM attention, no skipped samples) compile with ``fullgraph=True``: no check of the
+    autocast state breaks the graph (torch 2.11's dynamo could not trace
+    ``torch.amp.is_autocast_available``, and each layer's graph broke under CUDA graphs)."""
+    from mmdeit.models.backbones import fast_transformer_layer as ftl
+
+    monkeypatch.setattr(ftl, '_measures_apply', lambda x: not ftl._autocast_on(x))
+    monkeypatch.setattr(ftl.onednn, 'onednn_applies', lambda *a: False)
+    monkeypatch.setattr(ftl, 'gemm_attention_applies', lambda *a: False)
+    monkeypatch.setattr(ftl, 'skips_dropped_samples', lambda x: False)
+    model = getattr(_backbone(drop_path_rate=0.0), mode)()
+    x = torch.randn(4, 3, IMG, IMG)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+    with torch.autocast('cpu', torch.bfloat16), torch.set_grad_enabled(mode == 'train'):
+        want, got = model(x)[-1], compiled(x)[-1]
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.float(), w.float(), rtol=0.05, atol=0.05)
