@@ -32,6 +32,7 @@ def test_every_library_is_timed_and_profiled(tmp_path, dtype):
         (['--rounds', '0'], '--rounds must be >= 1, got 0'),
         (['--batch', '0'], '--batch must be >= 1, got 0'),
         (['--host-ops', '-1'], '--host-ops must be >= 0, got -1'),
+        (['--train', '--compile', 'default'], '--train profiles eager training steps'),
     ],
 )
 def test_bad_arguments_are_refused(argv, message):
@@ -43,3 +44,19 @@ def test_libs_chooses_the_libraries():
     report = launch_profile.main([*ARGV, '--libs', 'timm', 'mmdeit', '--host-ops', '0'])
     assert list(report['results']) == ['timm [eager]', 'mmdeit [eager]']
     assert all(r['host_ops'] == [] for r in report['results'].values())
+
+
+def test_train_profiles_training_steps_that_change_the_weights():
+    """``--train``: each library's call is a training step (its weights change at each)."""
+    args = launch_profile.parse_args([*ARGV, '--train', '--libs', 'mmdeit', 'timm'])
+    models = deit_models.build_models(args, ablation=True)
+    fns = launch_profile.call_fns(args, models)
+    assert list(fns) == ['mmdeit [train]', 'timm [train]']
+    for name, model in zip(fns, (models['mmdeit'], models['timm']), strict=True):
+        assert model.training
+        before = [p.detach().clone() for p in model.parameters()]
+        fns[name]()
+        assert all(not p.equal(b) for p, b in zip(model.parameters(), before, strict=True))
+    report = launch_profile.main([*ARGV, '--train', '--libs', 'timm', '--host-ops', '2'])
+    (r,) = report['results'].values()
+    assert r['launches'] > 0 and 0 < r['host_s'] <= r['wall_s'] and len(r['host_ops']) == 2

@@ -1,11 +1,13 @@
-"""Host time against device time of one inference call, per library and compile mode.
+"""Host time against device time of one inference call (or training step), per library and
+compile mode.
 
 At small batches on a GPU the wall time of a forward is the host launching kernels, not the
 kernels (``docs/benchmarks.md``, the H200 section): this tool says which of the two bounds each
-library. For mmdeit, timm and mmdeit's ``fast_path=False`` (``deit_models.build_models``, the same
-weights), eager and compiled in each ``--compile`` mode (``deploy_peers.COMPILE_MODES``:
-``default``, ``max-autotune`` with freezing; ``reduce-overhead``, CUDA graphs, on a GPU only),
-it times in interleaved rounds:
+library. With ``--train`` the call is an eager training step (``deit_models.train_step``: forward,
+loss, backward, fused AdamW). For mmdeit, timm and mmdeit's ``fast_path=False``
+(``deit_models.build_models``, the same weights), eager and compiled in each ``--compile`` mode
+(``deploy_peers.COMPILE_MODES``: ``default``, ``max-autotune`` with freezing;
+``reduce-overhead``, CUDA graphs, on a GPU only), it times in interleaved rounds:
 
 * ``wall``: one call between device synchronisations (best of the rounds);
 * ``host``: the same call without waiting for the device at its end (how long the host is busy
@@ -52,6 +54,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--rounds', type=int, default=30)
     p.add_argument('--profiled-calls', type=int, default=5)
     p.add_argument('--host-ops', type=int, default=8, help='the costliest host ops to list')
+    p.add_argument(
+        '--train', action='store_true', help='a training step (eager) instead of inference'
+    )
     p.add_argument('--libs', nargs='+', default=list(LIBS), choices=LIBS, help='the libraries')
     p.add_argument('--out', help='write the report as JSON here')
     args = p.parse_args(argv)
@@ -62,6 +67,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise ValueError('--device cuda: no CUDA device is available')
+    if args.train and args.compile:
+        raise ValueError('--train profiles eager training steps: it takes no --compile')
     cuda_only = [m for m in args.compile if m in peers.CUDA_ONLY_MODES]
     if args.device != 'cuda' and cuda_only:
         raise ValueError(f'--compile {cuda_only[0]} replays CUDA graphs: it needs --device cuda')
@@ -83,6 +90,12 @@ def call_fns(args, models: Dict[str, torch.nn.Module]) -> Dict[str, Callable[[],
 
     x = dm.batch_data(args, args.batch)[0]
     fns = {}
+    if args.train:  # eager training steps (the models are put in train mode)
+        for lib in args.libs:
+            fns[f'{lib} [train]'] = step = dm.train_step(args, models[lib], args.batch)
+            for _ in range(2):  # the optimizer's state, the allocator's blocks
+                step()
+        return fns
     for mode in ('eager', *args.compile):
         for lib in args.libs:
             model = models[lib].eval()
@@ -162,7 +175,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     for name, fn in fns.items():
         results[name].update(profile_calls(args, fn))
     unit = 'kernels' if args.device == 'cuda' else 'aten ops'
-    print(f'\n{args.device} {args.dtype} batch {args.batch}: ms per call')
+    what = 'training step' if args.train else 'call'
+    print(f'\n{args.device} {args.dtype} batch {args.batch}: ms per {what}')
     print(f'{"library [mode]":<42}{"wall":>9}{"host":>9}{"busy":>9}{unit:>10}')
     for name, r in results.items():
         cells = [f'{1e3 * r[k]:>9.3f}' for k in ('wall_s', 'host_s', 'busy_s')]
