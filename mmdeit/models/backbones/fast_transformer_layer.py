@@ -132,6 +132,16 @@ def _fused_residual_linear(
     return out.addmm_(x2d, linear.weight.t()).view(shape)  # GEMM with beta=1: adds in place
 
 
+def _q_rows_from_whole(x: torch.Tensor) -> bool:
+    """Whether the last layer's q rows come from the whole qkv GEMM (sliced from its output)
+    rather than from GEMMs on slices of the weight: with autograd on a device other than the
+    CPU. There the weight slices cost a cast each under autocast and zero-filled gradient
+    copies in the backward, 19 more kernels in a training step (counted), on a GPU step whose
+    host launching is as long as its device work; the q rows of all tokens cost ~0.7 % of the
+    model's FLOPs. On the CPU (compute-bound) and without autograd the slices stay."""
+    return x.device.type != 'cpu' and torch.is_grad_enabled()
+
+
 class FastMultiheadAttention(MultiheadAttention):
     """:class:`MultiheadAttention` that can compute the first output tokens only and sum the
     shortcut inside its output projection. Arguments as the parent's."""
@@ -143,6 +153,9 @@ class FastMultiheadAttention(MultiheadAttention):
             if not onednn.onednn_applies(x, self.qkv):
                 return super()._qkv(x)
             return self._split_heads(onednn.onednn_linear(x, self.qkv), 3)
+        if _q_rows_from_whole(x):
+            q, k, v = super()._qkv(x)  # 3 x (B, h, N, d), one GEMM
+            return q[:, :, :num_queries], k, v  # q (B, h, n, d), a view
         B, C, h, d = x.shape[0], self.embed_dims, self.num_heads, self.head_dims
         q = onednn.linear_rows(x[:, :num_queries], self.qkv, slice(C))  # (B, n, C)
         q = q.reshape(B, num_queries, h, d).transpose(1, 2)  # (B, h, n, d), a view

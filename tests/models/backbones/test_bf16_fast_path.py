@@ -285,6 +285,38 @@ def test_without_measures_the_fast_layer_runs_the_reference(monkeypatch):
         torch.testing.assert_close(g, w, rtol=1e-2, atol=1e-2)  # the last layer's rounding
 
 
+@pytest.mark.parametrize('precision', ['fp32', 'bf16'])
+def test_training_q_rows_from_the_whole_qkv_are_the_reference(monkeypatch, precision):
+    """The GPU training route of the last layer (forced here on the CPU): q's rows sliced from
+    one qkv GEMM of all tokens; outputs and every gradient are the reference's (fp32: to
+    rounding; bf16 autocast: within bf16), with stochastic depth."""
+    from mmdeit.models.backbones import fast_transformer_layer as ftl
+
+    calls = []
+    monkeypatch.setattr(ftl, '_q_rows_from_whole', lambda t: calls.append(t.shape) or True)
+    monkeypatch.setattr(ftl, '_measures_apply', lambda t: not ftl._autocast_on(t))
+    monkeypatch.setattr(ftl.onednn, 'onednn_applies', lambda *a: False)  # as off the CPU
+    monkeypatch.setattr(ftl, 'gemm_attention_applies', lambda *a: False)
+    monkeypatch.setattr(ftl, 'skips_dropped_samples', lambda t: False)
+    results = []
+    for model in _pair():
+        model = _drop_path(model, 0.25).train()
+        x = torch.randn(BATCH, 3, IMG, IMG, generator=torch.Generator().manual_seed(2))
+        torch.manual_seed(1)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=precision == 'bf16'):
+            outs = _flat(model(x))
+            loss = sum(o.float().square().mean() for o in outs)
+        loss.backward()
+        results.append((outs, [p.grad for p in model.parameters()]))
+    assert len(calls) == 1  # the last layer's, once
+    (got, got_grads), (want, want_grads) = results
+    assert all(g is not None for g in got_grads)
+    tol = BF16 if precision == 'bf16' else dict(rtol=1e-5, atol=1e-6)
+    for g, w in zip(got + got_grads, want + want_grads, strict=True):
+        assert g.dtype == w.dtype
+        torch.testing.assert_close(g.float(), w.float(), **tol)
+
+
 @pytest.fixture
 def kept_cast_calls(monkeypatch) -> list:
     """Force the route of autocast inference on a GPU (kept weight copies) on the CPU, with
