@@ -106,16 +106,40 @@ def test_the_tests_step_selects_the_device_tests():
 
 
 @pytest.mark.parametrize('quick', [False, True])
-def test_the_launch_profile_command_parses(tmp_path, quick):
-    """bf16; on a GPU compiled in the default mode and with CUDA graphs, on the CPU without."""
+def test_the_launch_profile_commands_parse(tmp_path, quick):
+    """bf16 inference, on a GPU compiled in the default mode and with CUDA graphs, on the CPU
+    without; then eager training steps."""
     from tools.analysis import launch_profile
 
-    cmd = gpu_check.launch_command(
+    infer, train = gpu_check.launch_commands(
         gpu_check.parse_args(['--device', 'cpu'] + ['--quick'] * quick), tmp_path
     )
-    parsed = launch_profile.parse_args(cmd[2:])
+    parsed = launch_profile.parse_args(infer[2:])
     assert parsed.dtype == 'bf16' and parsed.out == str(tmp_path / 'launch_profile.json')
-    assert 'reduce-overhead' not in parsed.compile
-    cuda = gpu_check.launch_command(gpu_check.parse_args([]), tmp_path)
-    assert cuda[cuda.index('--compile') + 1 :][:2] == ['default', 'reduce-overhead']
-    assert cuda[cuda.index('--batch') + 1] == '8'
+    assert 'reduce-overhead' not in parsed.compile and not parsed.train
+    parsed = launch_profile.parse_args(train[2:])
+    assert parsed.train and parsed.compile == []
+    assert parsed.out == str(tmp_path / 'launch_profile_train.json')
+    infer, train = gpu_check.launch_commands(gpu_check.parse_args([]), tmp_path)
+    assert infer[infer.index('--compile') + 1 :][:2] == ['default', 'reduce-overhead']
+    assert infer[infer.index('--batch') + 1] == '8' and train[train.index('--batch') + 1] == '64'
+
+
+def test_the_launch_steps_run_as_a_user_runs_them(tmp_path):
+    """``gpu_check.py --steps launch --device cpu --quick`` as a subprocess from a folder
+    outside the checkout: both launch_profile runs exit 0 and write their reports."""
+    import subprocess
+    import sys
+
+    out, cwd = tmp_path / 'out', tmp_path / 'elsewhere'
+    cwd.mkdir()
+    tool = gpu_check.REPO / 'tools' / 'analysis' / 'gpu_check.py'
+    argv = ['--steps', 'launch', '--device', 'cpu', '--quick', '--out', str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(tool), *argv], cwd=cwd, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / 'gpu_check.json').read_text())
+    assert [s['name'] for s in summary['steps']] == ['launch', 'launch_train'] and summary['ok']
+    train = json.loads((out / 'launch_profile_train.json').read_text())
+    assert train['args']['train'] and all(k.endswith('[train]') for k in train['results'])

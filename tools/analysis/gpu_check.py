@@ -10,7 +10,8 @@ took 3 min 47 s; step 3 was added after and compiles six models more):
    (training 64) with the profile, the memory of a step and the compiled peers (``torch.compile``
    default and ``reduce-overhead``), again at batch 256 (training 128), then in fp32;
 3. ``launch_profile.py``: host time against device time of a bf16 batch-8 call per library,
-   eager and compiled (default, CUDA graphs), with the kernels per call;
+   eager and compiled (default, CUDA graphs), with the kernels per call; then of an eager
+   training step at batch 64 (``--train``);
 4. ``tools/train.py configs/deit/deit-small_8xb128_in1k.py --amp`` for ``--iters`` iterations
    on a generated ImageNet-layout folder of random JPEGs (the recipe's pipeline, batch
    ``--batch``).
@@ -211,16 +212,25 @@ def train_summary(work_dir: Path) -> dict:
     )
 
 
-def launch_command(args, out: Path) -> List[str]:
-    """``launch_profile.py`` in bf16: batch 8 (quick: the tiny arch at batch 2, eager only on
-    the CPU), compiled in the default mode and, on a GPU, with CUDA graphs."""
+def launch_commands(args, out: Path) -> List[List[str]]:
+    """``launch_profile.py`` in bf16: a batch-8 call (quick: the tiny arch at batch 2, eager
+    only on the CPU), compiled in the default mode and, on a GPU, with CUDA graphs; then eager
+    training steps (``--train``) at batch 64 (quick: 2)."""
     cmd = [sys.executable, str(REPO / 'tools' / 'analysis' / 'launch_profile.py')]
-    cmd += ['--device', args.device, '--dtype', 'bf16', '--out', str(out / 'launch_profile.json')]
+    cmd += ['--device', args.device, '--dtype', 'bf16']
     if args.quick:
         cmd += ['--arch', TINY, '--img-size', '32', '--patch-size', '8', '--num-classes', '10']
-        return cmd + ['--batch', '2', '--rounds', '2', '--profiled-calls', '1']
-    cmd += ['--arch', 'deit-small', '--batch', '8', '--rounds', '30', '--compile', 'default']
-    return cmd + ['reduce-overhead'] * (args.device == 'cuda')
+        cmd += ['--rounds', '2', '--profiled-calls', '1']
+        infer, train = ['--batch', '2'], ['--batch', '2']
+    else:
+        cmd += ['--arch', 'deit-small']
+        infer = ['--batch', '8', '--rounds', '30', '--compile', 'default']
+        infer += ['reduce-overhead'] * (args.device == 'cuda')
+        train = ['--batch', '64', '--rounds', '10', '--profiled-calls', '3']
+    return [
+        cmd + infer + ['--out', str(out / 'launch_profile.json')],
+        cmd + train + ['--train', '--out', str(out / 'launch_profile_train.json')],
+    ]
 
 
 def tests_command(args) -> List[str]:
@@ -264,8 +274,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
         for i, cmd in enumerate(bench_commands(args, out)):
             summary['steps'].append(run_step(f'bench_{i}', cmd, out, args.step_timeout))
     if 'launch' in args.steps:
-        cmd = launch_command(args, out)
-        summary['steps'].append(run_step('launch', cmd, out, args.step_timeout))
+        for name, cmd in zip(('launch', 'launch_train'), launch_commands(args, out), strict=True):
+            summary['steps'].append(run_step(name, cmd, out, args.step_timeout))
     if 'train' in args.steps:
         step = run_step('train', train_command(args, out), out, args.step_timeout)
         step['summary'] = train_summary(out / 'train')
