@@ -318,18 +318,22 @@ class DistilledImageClassifier(ImageClassifier):
         """The teacher's logits (B, T) on the student's batch ``inputs``, without gradient.
 
         The batch is adapted by ``teacher_input`` (if set) and the teacher run, both under
-        ``torch.inference_mode`` and in the teacher's memory format; the logits are cloned out
-        of it into a normal tensor (B x T, a negligible copy), so a loss may save them for its
-        backward pass. Under autocast (``--amp``, the caller's context) the teacher runs under it
-        too: its convolutions and linears compute in the low precision (bf16 on a CPU), in
-        channels-last if ``teacher_channels_last``, and the logits come back in that dtype.
+        ``torch.inference_mode`` (``torch.no_grad`` while ``torch.compile`` traces) and in the
+        teacher's memory format; the logits are cloned out of it into a normal tensor (B x T, a
+        negligible copy), so a loss may save them for its backward pass. Under autocast (``--amp``,
+        the caller's context) the teacher runs under it too: its convolutions and linears compute
+        in the low precision (bf16 on a CPU), in channels-last if ``teacher_channels_last``, and
+        the logits come back in that dtype.
         """
         teacher = self.teacher
         if teacher is None:
             raise RuntimeError('this model has no teacher (distillation loss mode is none)')
         if teacher.training:
             teacher.eval()
-        with torch.inference_mode():
+        # While torch.compile traces: no_grad (torch 2.11's AOT autograd failed on the
+        # inference-mode tensors of the teacher's graph: a KeyError on a storage weakref).
+        no_grad = torch.no_grad if torch.compiler.is_compiling() else torch.inference_mode
+        with no_grad():
             channels_last = self.teacher_channels_last and inputs.dim() == 4
             if channels_last:  # before the resize: it then runs in channels-last too
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
