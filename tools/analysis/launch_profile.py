@@ -85,17 +85,18 @@ def _sync(device: str) -> None:
 def call_fns(args, models: Dict[str, torch.nn.Module]) -> Dict[str, Callable[[], object]]:
     """``'<lib> [<mode>]'``: one batch's ``predict`` without autograd, eager or compiled with
     the settings of ``deploy_peers.COMPILE_MODES`` (each compiled mode is compiled, and its CUDA
-    graphs recorded, by untimed calls here)."""
+    graphs recorded, by untimed calls here); with ``--train``, ``'<lib> [train]'``: an eager
+    training step (the models are put in train mode)."""
     from torch._inductor import config as inductor_config
 
-    x = dm.batch_data(args, args.batch)[0]
     fns = {}
-    if args.train:  # eager training steps (the models are put in train mode)
+    if args.train:
         for lib in args.libs:
             fns[f'{lib} [train]'] = step = dm.train_step(args, models[lib], args.batch)
             for _ in range(2):  # the optimizer's state, the allocator's blocks
                 step()
         return fns
+    x = dm.batch_data(args, args.batch)[0]
     for mode in ('eager', *args.compile):
         for lib in args.libs:
             model = models[lib].eval()
