@@ -206,19 +206,28 @@ def test_fp32_parity_with_mmpretrain_on_device(device, no_tf32):
                 torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
+def _training_step_pair(device: str, drop_rate: float, bf16: bool = False) -> list:
+    """One training step of the fast and of the reference backbone of :func:`_pair`, each with
+    stochastic depth ``drop_rate`` on ``device``, the same input and seed, under bf16 autocast
+    if ``bf16`` (default False): ``[(outputs, gradients) of fast, (...) of reference]``."""
+    results = []
+    for model in _pair():
+        model = _drop_path(model, drop_rate).to(device).train()
+        x = torch.randn(BATCH, 3, IMG, IMG, generator=torch.Generator().manual_seed(2))
+        torch.manual_seed(1)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            outs = _flat(model(x.to(device)))
+            loss = sum(o.float().square().mean() for o in outs)
+        loss.backward()
+        results.append((outs, [p.grad for p in model.parameters()]))
+    return results
+
+
 @pytest.mark.parametrize('device', DEVICES)
 def test_training_fast_equals_reference_on_device(device, no_tf32):
     """Stochastic depth 0.5: on CUDA the fast path multiplies by the mask (no host sync), on
     the CPU it skips the dropped samples; either way the reference's numbers, same draw."""
-    results = []
-    for model in _pair():
-        model = _drop_path(model, 0.5).to(device).train()
-        x = torch.randn(BATCH, 3, IMG, IMG, generator=torch.Generator().manual_seed(2))
-        torch.manual_seed(1)
-        outs = _flat(model(x.to(device)))
-        sum(o.square().mean() for o in outs).backward()
-        results.append((outs, [p.grad for p in model.parameters()]))
-    (got, got_grads), (want, want_grads) = results
+    (got, got_grads), (want, want_grads) = _training_step_pair(device, 0.5)
     for g, w in zip(got + got_grads, want + want_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
@@ -250,17 +259,7 @@ def _drop_path(model, rate: float):
 def test_bf16_autocast_training_fast_equals_reference_on_device(device):
     """The training step of the ``--amp`` recipes: stochastic depth, bf16 autocast, gradients.
     On CUDA the layers without ``num_queries`` run the reference's own ``_forward``."""
-    results = []
-    for model in _pair():
-        model = _drop_path(model, 0.25).to(device).train()
-        x = torch.randn(BATCH, 3, IMG, IMG, generator=torch.Generator().manual_seed(2))
-        torch.manual_seed(1)
-        with torch.autocast(device, dtype=torch.bfloat16):
-            outs = _flat(model(x.to(device)))
-            loss = sum(o.float().square().mean() for o in outs)
-        loss.backward()
-        results.append((outs, [p.grad for p in model.parameters()]))
-    (got, got_grads), (want, want_grads) = results
+    (got, got_grads), (want, want_grads) = _training_step_pair(device, 0.25, bf16=True)
     assert all(g is not None for g in got_grads)
     for g, w in zip(got + got_grads, want + want_grads, strict=True):
         torch.testing.assert_close(g.float(), w.float(), **BF16)
@@ -298,16 +297,7 @@ def test_training_q_rows_from_the_whole_qkv_are_the_reference(monkeypatch, preci
     monkeypatch.setattr(ftl.onednn, 'onednn_applies', lambda *a: False)  # as off the CPU
     monkeypatch.setattr(ftl, 'gemm_attention_applies', lambda *a: False)
     monkeypatch.setattr(ftl, 'skips_dropped_samples', lambda t: False)
-    results = []
-    for model in _pair():
-        model = _drop_path(model, 0.25).train()
-        x = torch.randn(BATCH, 3, IMG, IMG, generator=torch.Generator().manual_seed(2))
-        torch.manual_seed(1)
-        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=precision == 'bf16'):
-            outs = _flat(model(x))
-            loss = sum(o.float().square().mean() for o in outs)
-        loss.backward()
-        results.append((outs, [p.grad for p in model.parameters()]))
+    results = _training_step_pair('cpu', 0.25, bf16=precision == 'bf16')
     assert len(calls) == 1  # the last layer's, once
     (got, got_grads), (want, want_grads) = results
     assert all(g is not None for g in got_grads)
