@@ -21,8 +21,8 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
   there PyTorch's flash kernel is slower than bf16 GEMMs with the scores in memory.
 * **``num_queries``**: a layer can compute only its first ``num_queries`` output tokens (keys
   and values still come from every token). The backbone uses it in its last layer when only
-  the cls/dist tokens are read.
-
+  the cls/dist tokens are read. q's rows come from a GEMM on the first rows, or, with
+  autograd off the CPU, are sliced from the whole qkv GEMM (:func:`_q_rows_from_whole`).
 * **Kept weight copies for autocast inference on a GPU** (:meth:`FastTransformerEncoderLayer.
   _forward_kept_casts`). A GPU forward at small batches is bound by the host launching
   kernels, and autocast launches a cast of every weight and bias in every call (8 of a
