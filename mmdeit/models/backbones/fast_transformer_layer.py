@@ -308,6 +308,7 @@ class FastTransformerEncoderLayer(TransformerEncoderLayer):
         Made again when one of them changes: in place (an optimizer step, ``load_state_dict``
         bump its version), new storage (``.to()``), a mode switch (:meth:`train`, for a change
         through ``.data``). Not in the ``state_dict``; they cost half the fp32 weights' memory.
+        Not kept for weights made under ``torch.inference_mode`` (no version to tell a change).
         """
         # The modules' own dicts: ``self.attn.qkv.weight`` and the like took ~15 µs a layer
         # through ``nn.Module.__getattr__`` (this check now ~3.5; measured on a CPU), ~3 % of
@@ -315,6 +316,8 @@ class FastTransformerEncoderLayer(TransformerEncoderLayer):
         attn, mlp = self._modules['attn']._modules, self._modules['ffn']._modules['layers']
         linears = (attn['qkv'], attn['proj'], mlp._modules['0'][0], mlp._modules['1'])  # fc1, fc2
         params = [p for m in linears for p in m._parameters.values()]  # weight, bias (or None)
+        if any(p is not None and p.is_inference() for p in params):  # no version: not kept
+            return tuple(None if p is None else p.to(dtype) for p in params)
         key = [dtype] + [None if p is None else (p.data_ptr(), p._version) for p in params]
         kept = self.__dict__.get('_kept')
         if kept is None or kept[0] != key:
@@ -375,7 +378,7 @@ class FastTransformerEncoderLayer(TransformerEncoderLayer):
         loop's ``model.eval()``) also catches weights changed through ``.data`` (as mmengine's
         EMA hook swaps them), which leaves the weight's version unchanged.
         """
-        onednn.clear_bf16_params(self)
+        onednn.clear_weight_copies(self)
         self.__dict__.pop('_kept', None)
         return super().train(mode)
 

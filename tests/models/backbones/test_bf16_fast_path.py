@@ -138,7 +138,8 @@ def test_bf16_weight_copies_follow_the_weights():
 
     check()
     qkv = fast.layers[0].attn.qkv
-    assert onednn_linear._COPIES[qkv.weight][1].dtype == torch.bfloat16  # kept by the parameter
+    kept = onednn_linear._PACKED if onednn_linear.PREPACK else onednn_linear._COPIES
+    assert kept[qkv.weight][1].dtype == torch.bfloat16  # kept by the parameter
     assert not any('bf16' in key for key in fast.state_dict())  # not saved
     with torch.no_grad():  # in place, as an optimizer step
         for p in fast.parameters():
@@ -372,6 +373,20 @@ def test_kept_weights_follow_the_weights():
     check()
     layer.to(torch.float64).to(torch.float32)  # new storage
     check()
+
+
+def test_kept_casts_route_of_a_model_built_under_inference_mode(kept_cast_calls):
+    """Weights made under ``torch.inference_mode`` have no version: the route casts them at
+    every call instead of keeping copies (it raised before: "Inference tensors do not track
+    version counter")."""
+    with torch.inference_mode():
+        fast, ref = _pair()
+        x = torch.randn(BATCH, 3, IMG, IMG)
+        with _autocast():
+            got, want = _flat(fast(x)), _flat(ref(x))
+    assert kept_cast_calls and '_kept' not in fast.layers[0].__dict__
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize('device', DEVICES[1:])
