@@ -32,7 +32,7 @@ PyTorch's row-major layout, oneDNN reorders it into its blocked layout at every 
 weight is reordered once (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's
 ``freezing`` does) and kept by the parameter like the bf16 copies (:func:`packed_weight`); the
 outputs are bit for bit those of the row-major weight (the same kernel; tested). Measured on an
-AVX-512 BF16 host (docs/benchmarks.md): 3-9 % off each GEMM, DeiT-S inference 4 % faster in
+AVX-512 BF16 host (docs/benchmarks.md): 3-9 % off each GEMM, DeiT-S inference 3-5 % faster in
 fp32 and in bf16. The cost is memory: a kept copy of every weight in the compute dtype (in fp32
 inference a second copy of the weights; in bf16 it replaces the plain bf16 copy, which only the
 weight slices of :func:`linear_rows` still use). ``PREPACK = False`` turns it off.
