@@ -213,6 +213,32 @@ def test_deployment_peers_join_the_inference_section(tmp_path):
         assert math.isfinite(inference[name]['shapes_roofline_fraction'])
 
 
+def test_prepack_ablation_joins_the_inference_section(tmp_path, monkeypatch):
+    """``--prepack-ablation``: mmdeit once more in the inference rounds, its oneDNN linears on
+    row-major weights (the switch off during its calls only), with mmdeit's FLOPs."""
+    from mmdeit.models.utils import onednn_linear
+
+    monkeypatch.setattr(onednn_linear, 'FP32_ONEDNN', onednn_linear._HAS_OP)  # AVX-512's choice
+    seen = []
+    real = onednn_linear._whole_weight
+    monkeypatch.setattr(
+        onednn_linear,
+        '_whole_weight',
+        lambda *a: seen.append(onednn_linear.PREPACK) or real(*a),
+    )
+    argv = [*ARGV[:-2], '--teacher', 'none', '--no-ablation', '--prepack-ablation']
+    prepack = onednn_linear.PREPACK
+    report = benchmark.main([*argv, '--out', str(tmp_path / 'r.json')])
+    inference = report['inference']['results']
+    assert set(inference) == {'mmdeit', *PEERS, benchmark.NO_PREPACK}
+    assert set(report['train']['results']) == {'mmdeit', *PEERS}
+    mmdeit, ablation = inference['mmdeit'], inference[benchmark.NO_PREPACK]
+    assert ablation['flops_per_image'] == mmdeit['flops_per_image']
+    assert onednn_linear.PREPACK is prepack  # restored
+    if prepack:  # both forms ran
+        assert set(seen) == {True, False}
+
+
 @pytest.mark.parametrize(
     'argv, message',
     [

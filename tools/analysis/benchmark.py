@@ -13,7 +13,8 @@ library (a multiply and an add are 2 FLOPs). ``--dtype bf16`` runs everything un
 autocast, ``bf16-model`` with the models and inputs cast to bf16 (several values: one run
 each, in turn); ``--sdpa`` allows one attention kernel only. ``--compile`` and
 ``--onnxruntime`` add deployment peers to the inference section (``deploy_peers.py``):
-``torch.compile`` of mmdeit and timm, and ONNX Runtime on mmdeit's export. The tool reports
+``torch.compile`` of mmdeit and timm, and ONNX Runtime on mmdeit's export;
+``--prepack-ablation`` adds mmdeit with its oneDNN weights row-major. The tool reports
 numbers and judges none; see ``docs/benchmarks.md``. Example::
 
     python tools/analysis/benchmark.py --arch deit-small --out work_dirs/benchmark.json
@@ -46,6 +47,23 @@ except ImportError:  # run as a script: this folder is on sys.path
     from step_memory import bench_memory
 
 Fn = dm.Fn
+#: ``--prepack-ablation``: mmdeit with its oneDNN weights row-major (reordered in every call).
+NO_PREPACK = 'mmdeit (PREPACK=False)'
+
+
+def without_prepack(fn: Fn) -> Fn:
+    """``fn`` with ``onednn_linear.PREPACK`` off during its call (the weights handed to oneDNN
+    row-major, as before the packing), restored after."""
+    from mmdeit.models.utils import onednn_linear
+
+    def call():
+        saved, onednn_linear.PREPACK = onednn_linear.PREPACK, False
+        try:
+            return fn()
+        finally:
+            onednn_linear.PREPACK = saved
+
+    return call
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,6 +90,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--teacher-channels-last', action='store_true')
     p.add_argument('--no-ablation', action='store_true', help=f'leave out {dm.REFERENCE}')
     p.add_argument('--profile', action='store_true', help="profile mmdeit's calls")
+    p.add_argument(
+        '--prepack-ablation',
+        action='store_true',
+        help=f'inference: also {NO_PREPACK}, its oneDNN weights reordered in every call',
+    )
     p.add_argument(
         '--compile',
         nargs='+',
@@ -344,6 +367,9 @@ def run(args: argparse.Namespace) -> dict:
         report['peers_max_abs_diff'] = compiled_diff
         for mode in args.compile:
             flops_of.update({peers.compile_name(lib, mode): lib for lib in ('mmdeit', 'timm')})
+    if args.prepack_ablation:
+        fns[NO_PREPACK] = without_prepack(fns['mmdeit'])
+        flops_of[NO_PREPACK] = 'mmdeit'
     if args.onnxruntime:
         state = {k: v.float() for k, v in models['mmdeit'].state_dict().items()}
         fns[peers.ONNXRUNTIME], ort_diff, exported = peers.onnxruntime_peer(args, state)
