@@ -371,8 +371,9 @@ class FastTransformerEncoderLayer(TransformerEncoderLayer):
         return _add_residual(x, x, self.ln2, self.ffn, self.ffn.dropout_layer, inplace=True)
 
     def train(self, mode: bool = True) -> 'FastTransformerEncoderLayer':
-        """Set the mode, and drop the weight copies of autocast inference (bf16 on the CPU,
-        :meth:`_kept_weights` on a GPU).
+        """Set the mode, and drop the weight copies of inference (on the CPU the bf16 copies
+        and the weights packed for oneDNN, fp32 ones too: ``onednn_linear.clear_weight_copies``;
+        on a GPU :meth:`_kept_weights`).
 
         They are made again at the next such call: so a switch of mode (e.g. the validation
         loop's ``model.eval()``) also catches weights changed through ``.data`` (as mmengine's
