@@ -4,7 +4,8 @@ What is exported (see ``docs/deployment.md``):
 
 - the student alone (a distilled config loses its teacher, as in :func:`~mmdeit.apis.init_model`),
   with the reference layers (``fast_path=False``: the fast path's oneDNN calls have no ONNX
-  form, and in fp32 it computes the same function);
+  form, and in fp32 it computes the same function); as in PyTorch, the last layer computes only
+  the cls/dist tokens the head reads;
 - the head as it predicts: for DeiT's two heads the average of the class-token and the
   distillation-token heads ('fused', the default of the shipped configs), or one of them;
 - input ``input``: (batch, 3, H, W) float32, the data preprocessor's output (mean/std

@@ -90,6 +90,20 @@ def test_head_selection_and_logits_at_another_batch_size(head, tiny_distilled, t
     assert (meta['head'], meta['output']) == (head, 'logits')
 
 
+def test_the_exported_last_layer_computes_the_read_tokens_only(tiny_distilled, tmp_path):
+    """The graph's last FFN works on the cls and dist tokens alone (as the PyTorch model's),
+    the other layers' on all 2 + 14 x 14 tokens (shapes inferred by onnx)."""
+    import onnx
+
+    out = export_onnx(config_path(TINY_DISTILLED), tiny_distilled[1], tmp_path / 'm.onnx')
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(out))).graph
+    shapes = {v.name: v.type.tensor_type.shape.dim for v in graph.value_info}
+    # The FFN's GELU: an Erf node (opsets before 20) or a Gelu node; its input (B, n, 4C).
+    gelus = [n for n in graph.node if n.op_type in ('Erf', 'Gelu')]
+    tokens = [shapes[n.input[0]][1].dim_value for n in gelus]
+    assert tokens == [2 + 14 * 14] * 11 + [2], tokens
+
+
 def _cli(*args):
     with pytest.raises(SystemExit) as exit_info:
         mmdeit_main(['export', *map(str, args)])

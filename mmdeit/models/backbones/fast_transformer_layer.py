@@ -19,10 +19,11 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
   ``torch.compile``) the mask-multiply form runs, with the same draw.
 * **Attention as two GEMMs in bf16 on the CPU** (``mmdeit/models/utils/gemm_attention.py``):
   there PyTorch's flash kernel is slower than bf16 GEMMs with the scores in memory.
-* **``num_queries``**: a layer can compute only its first ``num_queries`` output tokens (keys
-  and values still come from every token). The backbone uses it in its last layer when only
-  the cls/dist tokens are read. q's rows come from a GEMM on the first rows, or, with
-  autograd off the CPU, are sliced from the whole qkv GEMM (:func:`_q_rows_from_whole`).
+* **q of the first tokens only**: given ``num_queries`` (the reference's too: the backbone's
+  last layer gives only the cls/dist tokens it reads), the reference slices q from the whole
+  qkv GEMM; here q's rows come from a GEMM on the first rows, k and v from the rest of the
+  weight, except with autograd off the CPU (sliced from the whole GEMM there too,
+  :func:`_q_rows_from_whole`).
 * **Kept weight copies for autocast inference on a GPU** (:meth:`FastTransformerEncoderLayer.
   _forward_kept_casts`). A GPU forward at small batches is bound by the host launching
   kernels, and autocast launches a cast of every weight and bias in every call (8 of a
@@ -295,8 +296,8 @@ def _add_residual(
 class FastTransformerEncoderLayer(TransformerEncoderLayer):
     """:class:`TransformerEncoderLayer` with the speed measures of this module.
 
-    Same arguments, state_dict and function as the parent; :meth:`forward` also takes
-    ``num_queries``. :meth:`forward_with_attention` is the parent's.
+    Same arguments, state_dict and function as the parent; :meth:`forward` and
+    :meth:`forward_with_attention` are the parent's.
     """
 
     attn_cls = FastMultiheadAttention
@@ -382,13 +383,3 @@ class FastTransformerEncoderLayer(TransformerEncoderLayer):
         onednn.clear_weight_copies(self)
         self.__dict__.pop('_kept', None)
         return super().train(mode)
-
-    def forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
-        """(B, N, C) -> (B, n, C).
-
-        Args:
-            x: The tokens (B, N, C).
-            num_queries: Compute only the first ``num_queries`` output tokens (they still
-                attend to all N tokens); None for all. Defaults to None.
-        """
-        return self._run(self._forward, x, num_queries)

@@ -8,9 +8,12 @@ mmpretrain, layer scale and stochastic depth live inside the attention and FFN m
     x = x + attn(ln1(x))    # attn(t) = out_drop(gamma1(proj_drop(proj(SDPA(qkv(t))))))
     x = x + ffn(ln2(x))     # ffn(t) = dropout_layer(gamma2(fc2(GELU(fc1(t)))))
 
-This is the reference. The speed measures (oneDNN linears, shortcuts summed inside GEMMs,
-skipping the samples stochastic depth drops, computing only some output tokens) are
-subclasses in ``fast_transformer_layer.py``, chosen by the backbone's ``fast_path`` switch.
+This is the reference. A layer can give the outputs of its first ``num_queries`` tokens only
+(they still attend to every token): the backbone asks its last layer for the tokens it reads.
+Here that is the formula on those rows (q, the shortcut, the projection and the FFN); the
+speed measures (oneDNN linears, shortcuts summed inside GEMMs, skipping the samples stochastic
+depth drops, q's rows alone through the qkv GEMM) are subclasses in
+``fast_transformer_layer.py``, chosen by the backbone's ``fast_path`` switch.
 """
 
 from typing import Optional, Tuple, Type
@@ -89,16 +92,21 @@ class MultiheadAttention(BaseModule):
         # SDPA's output is (B, n, h, d) in memory, so this is a view, not a copy.
         return out.transpose(1, 2).reshape(B, n, self.embed_dims)  # (B, n, C)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
         """The residual branch ``out_drop(gamma1(proj_drop(proj(attention(x)))))``.
 
         Args:
             x: The (normalized) tokens (B, N, C).
+            num_queries: The branch of the first ``num_queries`` tokens only (their queries
+                attend to all N keys); None for all. Defaults to None.
 
         Returns:
-            The branch (B, N, C), without the shortcut.
+            The branch (B, n, C), n = ``num_queries`` or N, without the shortcut.
         """
-        out = self._attend(*self._qkv(x))  # (B, N, C)
+        q, k, v = self._qkv(x)  # 3 x (B, h, N, d)
+        if num_queries is not None:
+            q = q[:, :, :num_queries]  # (B, h, n, d)
+        out = self._attend(q, k, v)  # (B, n, C)
         return self.out_drop(self.gamma1(self.proj_drop(self.proj(out))))
 
     def forward_with_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -227,9 +235,10 @@ class TransformerEncoderLayer(BaseModule):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.normal_(m.bias, std=1e-6)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))  # (B, N, C)
-        return x + self.ffn(self.ln2(x))  # (B, N, C)
+    def _forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
+        identity = x if num_queries is None else x[:, :num_queries]  # (B, n, C)
+        x = identity + self.attn(self.ln1(x), num_queries)  # (B, n, C)
+        return x + self.ffn(self.ln2(x))  # (B, n, C)
 
     def _run(self, fn, x: torch.Tensor, *args) -> torch.Tensor:
         """``fn(x, *args)``, recomputed in the backward pass when ``with_cp`` is set."""
@@ -237,9 +246,15 @@ class TransformerEncoderLayer(BaseModule):
             return checkpoint(fn, x, *args, use_reentrant=False)
         return fn(x, *args)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) -> (B, N, C)."""
-        return self._run(self._forward, x)
+    def forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
+        """(B, N, C) -> (B, n, C).
+
+        Args:
+            x: The tokens (B, N, C).
+            num_queries: Compute only the first ``num_queries`` output tokens (they still
+                attend to all N tokens); None for all. Defaults to None.
+        """
+        return self._run(self._forward, x, num_queries)
 
     def forward_with_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Like :meth:`forward`, also returning the attention probabilities (B, h, N, N)."""

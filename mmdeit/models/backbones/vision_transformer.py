@@ -63,13 +63,13 @@ class VisionTransformer(BaseBackbone):
         with_cp: Gradient checkpointing in every layer. Defaults to False.
         fast_path: Build the layers with the speed measures of ``fast_transformer_layer.py``
             (oneDNN linears and fused GELU in fp32 CPU inference, shortcuts summed inside the
-            GEMMs, stochastic depth that skips the dropped samples) and let the last layer
-            compute only the tokens :meth:`_format_output` reads. Exact in fp32: the same
+            GEMMs, stochastic depth that skips the dropped samples). Exact in fp32: the same
             function, parameters and stochastic depth draws; only the rounding order of sums
             differs (with ``drop_rate`` > 0 in training the dropout masks are drawn in another
             order, equally distributed). False (``backbone=dict(..., fast_path=False)`` in a
             config) builds the reference layers of ``transformer_layer.py``, which read as
-            the formula, and computes every token. Defaults to True.
+            the formula (what the ONNX export traces). On both paths the last layer computes
+            only the tokens :meth:`_format_output` reads. Defaults to True.
         init_cfg: Initialization config. Defaults to None.
     """
 
@@ -344,8 +344,8 @@ class VisionTransformer(BaseBackbone):
         None means all. With ``out_type='cls_token'`` only the extra tokens are read, so the
         last layer computes only their outputs (they still attend to every token): the same
         result without the patch tokens' queries, projections and FFN, which nothing uses.
-        A subclass whose ``_format_output`` reads other tokens overrides this. Used only with
-        ``fast_path`` (the reference layers compute every token).
+        A subclass whose ``_format_output`` reads other tokens overrides this. Used on both
+        paths (fast and reference layers).
         """
         return self.num_extra_tokens if self.out_type == 'cls_token' else None
 
@@ -358,7 +358,7 @@ class VisionTransformer(BaseBackbone):
                 x, attn = layer.forward_with_attention(x)
                 hidden_states.append(x)
                 attentions.append(attn)
-            elif i == last and self.fast_path:
+            elif i == last:
                 x = layer(x, num_queries=self._last_layer_queries())  # (B, n, C)
             else:
                 x = layer(x)

@@ -108,6 +108,27 @@ def test_num_queries_computes_the_first_tokens_only(train, kwargs):
 
 
 @pytest.mark.parametrize('fast_path', [False, True])
+@pytest.mark.parametrize('kwargs', [dict(), dict(drop_path_rate=0.5, layer_scale_init_value=0.1)])
+def test_num_queries_gives_the_first_tokens_of_the_whole_layer(fast_path, kwargs):
+    """Either layer with ``num_queries=3``: the first 3 tokens of its output on all tokens, and
+    the same gradients (stochastic depth drawn from the same seed: one draw per sample)."""
+    layer = _layer(fast_path, **kwargs).train()
+    x = torch.randn(4, 10, 48)
+
+    def run(**kw):
+        layer.zero_grad()
+        torch.manual_seed(2)
+        x_grad = x.clone().requires_grad_(True)
+        out = layer(x_grad, **kw)[:, :3]
+        out.square().mean().backward()
+        return out, x_grad.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}
+
+    got, want = run(num_queries=3), run()
+    assert got[0].shape == (4, 3, 48)
+    _assert_same_run(got, want)
+
+
+@pytest.mark.parametrize('fast_path', [False, True])
 def test_dropped_samples_are_not_computed_on_the_fast_path_only(fast_path):
     layer = _layer(fast_path, drop_path_rate=0.5).train()
     batches = []
