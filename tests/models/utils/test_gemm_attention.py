@@ -51,6 +51,28 @@ def test_gradients_are_sdpa_gradients():
     torch.testing.assert_close(got, qkv.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('tokens, queries', [(N, N), (N, 2), (198, 198), (198, 2)])
+@pytest.mark.parametrize('grad_mode', [torch.no_grad, torch.inference_mode])
+def test_softmax_in_the_scores_memory_is_bit_for_bit_the_new_tensors(
+    monkeypatch, dtype, tokens, queries, grad_mode
+):
+    """Without autograd the softmax writes into the scores (``IN_PLACE_SOFTMAX``): the same
+    bits as into a new tensor, rows of any length (198: DeiT's tokens, not a multiple of the
+    vector width)."""
+    torch.manual_seed(1)
+    qkv = 3 * torch.randn(B, tokens, 3 * H * D, dtype=dtype)  # wide scores: a peaked softmax
+    q, k, v = qkv.reshape(B, tokens, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+    q = q[:, :, :queries]
+    with grad_mode():
+        got = ga.gemm_attention(q, k, v, D**-0.5)
+        monkeypatch.setattr(ga, 'IN_PLACE_SOFTMAX', False)
+        want = ga.gemm_attention(q, k, v, D**-0.5)
+    assert torch.equal(got, want)
+    if dtype == torch.float32:  # bf16 against SDPA: the tests above, at unit-scale scores
+        torch.testing.assert_close(got, _sdpa(q, k, v), rtol=1e-5, atol=1e-5)
+
+
 def test_applies_to_bf16_on_the_cpu_without_attention_dropout():
     _, q, _, _ = _qkv()
     assert ga.gemm_attention_applies(q.bfloat16())
