@@ -12,7 +12,9 @@ from mmengine.runner import Runner
 import mmdeit  # noqa: F401  (registers modules)
 from mmdeit.datasets import check_data_roots
 from mmdeit.engine import (
+    KEEP_FREED_HELP,
     destroy_process_group_on_success,
+    keep_freed_memory,
     setup_cpu_distributed,
     setup_engine,
 )
@@ -29,6 +31,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction, help='override config entries, key=value'
     )
+    parser.add_argument('--no-keep-freed-memory', action='store_true', help=KEEP_FREED_HELP)
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
@@ -39,6 +42,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if not args.no_keep_freed_memory:
+        keep_freed_memory()  # fewer page faults for the tensors of every step
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

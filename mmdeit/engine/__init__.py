@@ -1,6 +1,8 @@
 """mmdeit's engine parts. Importing this package registers its hooks, loop and optim wrapper and
 changes nothing in mmengine; :func:`setup_engine` turns on the safe checkpoint loader and
-atomic local writes (mmdeit's tools and :class:`AtomicCheckpointHook` call it)."""
+atomic local writes (mmdeit's tools and :class:`AtomicCheckpointHook` call it), and
+:func:`keep_freed_memory` has glibc keep freed memory for the next tensors (mmdeit's tools
+call it)."""
 
 from .atomic_file_backend import AtomicLocalBackend, atomic_write, register_atomic_local_backend
 from .checkpoint_loader import (
@@ -15,6 +17,7 @@ from .cpu_distributed import setup_cpu_distributed
 from .distributed_exit import destroy_process_group, destroy_process_group_on_success
 from .engine_setup import engine_is_set_up, setup_engine
 from .exact_resume_loop import ExactResumeEpochBasedTrainLoop
+from .freed_memory import KEEP_FREED_HELP, freed_memory_setting, keep_freed_memory
 from .hooks import (
     AtomicCheckpointHook,
     DestroyProcessGroupHook,
@@ -26,6 +29,7 @@ from .optim_wrappers import CPUAmpOptimWrapper
 from .rng_state import RNGStateError, capture_rng_state, check_rng_state, restore_rng_state
 
 __all__ = [
+    'KEEP_FREED_HELP',
     'AtomicCheckpointHook',
     'AtomicLocalBackend',
     'CPUAmpOptimWrapper',
@@ -42,6 +46,8 @@ __all__ = [
     'destroy_process_group',
     'destroy_process_group_on_success',
     'engine_is_set_up',
+    'freed_memory_setting',
+    'keep_freed_memory',
     'load_checkpoint_file',
     'register_atomic_local_backend',
     'register_safe_checkpoint_loader',

@@ -14,7 +14,9 @@ autocast, ``bf16-model`` with the models and inputs cast to bf16 (several values
 each, in turn); ``--sdpa`` allows one attention kernel only. ``--compile`` and
 ``--onnxruntime`` add deployment peers to the inference section (``deploy_peers.py``):
 ``torch.compile`` of mmdeit and timm, and ONNX Runtime on mmdeit's export;
-``--prepack-ablation`` adds mmdeit with its oneDNN weights row-major. The tool reports
+``--prepack-ablation`` adds mmdeit with its oneDNN weights row-major. The process keeps freed
+memory for its next tensors as mmdeit's tools make it (``mmdeit.engine.keep_freed_memory``; every
+library runs under it), ``--malloc glibc`` leaves glibc's thresholds alone. The tool reports
 numbers and judges none; see ``docs/benchmarks.md``. Example::
 
     python tools/analysis/benchmark.py --arch deit-small --out work_dirs/benchmark.json
@@ -106,6 +108,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         '--onnxruntime',
         action='store_true',
         help="inference peer: ONNX Runtime (fp32) on mmdeit's ONNX export",
+    )
+    p.add_argument(
+        '--malloc',
+        default='keep',
+        choices=['keep', 'glibc'],
+        help="keep: glibc's malloc keeps freed memory (mmdeit.engine.keep_freed_memory, as "
+        "mmdeit's tools do; every library of the process runs with it); glibc: its own "
+        'thresholds. Set once for the process',
     )
     p.add_argument('--memory-archs', nargs='*', default=[], help='peak memory of a step, each arch')
     p.add_argument('--memory-jobs', type=int, default=1, help='memory processes at a time')
@@ -270,6 +280,8 @@ def bench_distill(args) -> dict:
 
 
 def machine_info(args) -> dict:
+    from mmdeit.engine import freed_memory_setting
+
     info = dict(
         cpu=platform.processor() or platform.machine(),
         logical_cpus=os.cpu_count(),
@@ -280,6 +292,8 @@ def machine_info(args) -> dict:
         dtype=args.dtype,
         sdpa=args.sdpa,
         loadavg_start=list(os.getloadavg()),
+        # the option, and the thresholds kept in this process (by this or an earlier call)
+        malloc=dict(option=args.malloc, kept=freed_memory_setting()),
     )
     with contextlib.suppress(OSError, AttributeError), open('/proc/cpuinfo') as f:
         info['cpu'] = re.search(r'model name\s*:\s*(.+)', f.read()).group(1).strip()
@@ -328,7 +342,11 @@ def main(argv=None) -> dict:
     """
     from mmengine.logging import MMLogger
 
+    from mmdeit.engine import keep_freed_memory
+
     args = parse_args(argv)
+    if args.malloc == 'keep':
+        keep_freed_memory()
     threads, mm_logger = torch.get_num_threads(), MMLogger.get_current_instance()
     level = mm_logger.level
     torch.set_num_threads(args.threads)

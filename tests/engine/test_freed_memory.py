@@ -1,0 +1,120 @@
+"""``keep_freed_memory``: glibc's malloc keeps freed memory, as mmdeit's tools set it.
+
+The behaviour is checked in fresh processes (the setting is the whole process's): a step that
+allocates and frees 128 MiB of tensors page-faults again after glibc trims its heap (its largest
+own trim threshold is 64 MiB), and does not once the memory is kept.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from mmdeit.engine import keep_freed_memory
+from mmdeit.engine.freed_memory import MAX_MMAP_THRESHOLD
+from tools import infer as infer_tool
+from tools import test as test_tool
+from tools import train as train_tool
+
+glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='glibc malloc only')
+
+STEPS = textwrap.dedent(
+    """
+    import json, resource, sys
+    import torch
+    from mmdeit.engine import freed_memory_setting, keep_freed_memory
+
+    kept = keep_freed_memory() if sys.argv[1] == 'keep' else None
+
+    def step():  # eight 16 MiB tensors, each touched, then all freed
+        tensors = [torch.ones(1 << 22) for _ in range(8)]
+        del tensors
+
+    for _ in range(3):
+        step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        step()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    print(json.dumps(dict(kept=kept, setting=freed_memory_setting(), faults=faults)))
+    """
+)
+
+
+def _steps(mode: str, **env) -> dict:
+    """Run :data:`STEPS` in a fresh process with glibc's malloc variables cleared, plus ``env``."""
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith('MALLOC_') and k not in ('GLIBC_TUNABLES', 'LD_PRELOAD')
+    }
+    out = subprocess.run(
+        [sys.executable, '-c', STEPS, mode],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@glibc_only
+def test_kept_memory_serves_the_next_steps_without_page_faults():
+    kept = _steps('keep')
+    assert kept['kept'] is True
+    assert kept['setting'] == dict(mmap_threshold=MAX_MMAP_THRESHOLD, trim_threshold=1024**3)
+    assert kept['faults'] < 200  # 5 steps x 32,768 pages, freed and reused
+    stock = _steps('glibc')  # glibc trims the freed memory: each step touches new pages
+    assert stock['setting'] is None
+    assert stock['faults'] > 5 * 16384  # at least the 64 MiB over glibc's threshold
+
+
+@glibc_only
+@pytest.mark.parametrize(
+    'variable', ['MALLOC_TRIM_THRESHOLD_', 'MALLOC_MMAP_THRESHOLD_', 'GLIBC_TUNABLES']
+)
+def test_a_process_told_how_to_malloc_keeps_it(variable):
+    value = 'glibc.malloc.trim_threshold=131072' if variable == 'GLIBC_TUNABLES' else '131072'
+    told = _steps('keep', **{variable: value})
+    assert told['kept'] is False and told['setting'] is None
+    assert told['faults'] > 5 * 16384  # the user's setting still trims
+
+
+@pytest.mark.parametrize(
+    'kwargs, error, field',
+    [
+        (dict(mmap_threshold=0), ValueError, 'mmap_threshold'),
+        (dict(mmap_threshold=MAX_MMAP_THRESHOLD + 1), ValueError, 'mmap_threshold'),
+        (dict(trim_threshold=-1), ValueError, 'trim_threshold'),
+        (dict(trim_threshold=2**31), ValueError, 'trim_threshold'),
+        (dict(mmap_threshold=1.5), TypeError, 'mmap_threshold'),
+        (dict(trim_threshold=True), TypeError, 'trim_threshold'),
+        (dict(trim_threshold='1G'), TypeError, 'trim_threshold'),
+    ],
+)
+def test_bad_thresholds_are_refused_naming_the_argument(kwargs, error, field):
+    with pytest.raises(error, match=field):
+        keep_freed_memory(**kwargs)
+
+
+@pytest.mark.parametrize(
+    'tool, argv',
+    [
+        (train_tool, ['no_such_config.py']),
+        (test_tool, ['no_such_config.py', 'no_such.pth']),
+        (infer_tool, ['img.png', 'no_such_config.py', 'no_such.pth']),
+    ],
+    ids=['train', 'test', 'infer'],
+)
+@pytest.mark.parametrize('flag', [False, True])
+def test_the_tools_keep_freed_memory_unless_told_not_to(monkeypatch, tool, argv, flag):
+    calls = []
+    monkeypatch.setattr(tool, 'keep_freed_memory', lambda: calls.append(1))
+    with pytest.raises((FileNotFoundError, OSError, SystemExit)):  # the missing config
+        tool.main([*argv, *(['--no-keep-freed-memory'] if flag else [])])
+    assert calls == ([] if flag else [1])
