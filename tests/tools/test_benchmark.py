@@ -5,6 +5,7 @@ Not a timed test: nothing here compares speeds.
 
 import json
 import math
+import platform
 
 import pytest
 import torch
@@ -36,6 +37,10 @@ def test_report_has_every_section(report):
     expected = {'machine', 'args', 'parity_max_abs_diff', 'inference', 'train', 'distillation'}
     assert expected | {'profile_inference', 'profile_train'} == set(report)
     assert report['machine']['threads'] >= 1 and report['machine']['dtype'] == 'fp32'
+    malloc = report['machine']['malloc']  # the default: freed memory kept, as mmdeit's tools do
+    assert malloc['option'] == 'keep'
+    if platform.libc_ver()[0] == 'glibc':
+        assert malloc['kept'] == dict(mmap_threshold=32 << 20, trim_threshold=1 << 30)
     libs = {'mmdeit', *PEERS, deit_models.REFERENCE}
     for section in ('inference', 'train'):
         assert report[section]['mm_peak_gflops'] > 0 and report[section]['mm_shapes_gflops'] > 0
