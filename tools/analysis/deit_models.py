@@ -64,6 +64,14 @@ def add_model_args(parser: ArgumentParser) -> None:
     parser.add_argument('--num-classes', type=int, default=1000)
 
 
+def require_positive(parser: ArgumentParser, args: Namespace, names: Tuple[str, ...]) -> None:
+    """Exit through ``parser.error`` naming the first option of ``names`` (attribute names of
+    ``args``) whose value is below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
+
+
 def build_deit(lib: str, args: Namespace, **backbone_kwargs) -> DeiTModel:
     """mmdeit's or mmpretrain's backbone and head, randomly initialised.
 

@@ -42,9 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--child', choices=MODES, help=argparse.SUPPRESS)
     p.add_argument('--out', help='write the results as JSON here')
     args = p.parse_args(argv)
-    for name in ('batch', 'calls', 'pairs', 'threads'):
-        if getattr(args, name) < 1:
-            p.error(f'--{name} must be >= 1, got {getattr(args, name)}')
+    dm.require_positive(p, args, ('batch', 'calls', 'pairs', 'threads'))
     return args
 
 

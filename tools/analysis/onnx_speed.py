@@ -22,8 +22,10 @@ import numpy as np
 import torch
 
 try:  # imported as tools.analysis.onnx_speed
+    from . import deit_models as dm
     from .deploy_peers import ort_session
 except ImportError:  # run as a script: this folder is on sys.path
+    import deit_models as dm
     from deploy_peers import ort_session
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,9 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument('--out', help='write the results as JSON here')
     args = p.parse_args(argv)
-    for name in ('batch', 'threads', 'rounds', 'calls'):
-        if getattr(args, name) < 1:
-            p.error(f'--{name} must be >= 1, got {getattr(args, name)}')
+    dm.require_positive(p, args, ('batch', 'threads', 'rounds', 'calls'))
     return args
 
 
