@@ -35,8 +35,9 @@ __all__ = ['KEEP_FREED_HELP', 'MAX_MMAP_THRESHOLD', 'freed_memory_setting', 'kee
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 #: The largest ``mmap_threshold`` glibc accepts on a 64-bit system (half its heap size).
 MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
+#: The largest ``trim_threshold``: mallopt takes a C int.
+_MAX_INT = 2**31 - 1
 #: The environment variables through which a user sets glibc's thresholds themselves.
-_MAX_INT = 2**31 - 1  # mallopt takes a C int
 _USER_SETTINGS = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_TOP_PAD_')
 
 #: The help of the tools' ``--no-keep-freed-memory`` option.
