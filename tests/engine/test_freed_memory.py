@@ -1,8 +1,10 @@
 """``keep_freed_memory``: glibc's malloc keeps freed memory, as mmdeit's tools set it.
 
-The behaviour is checked in fresh processes (the setting is the whole process's): a step that
-allocates and frees 128 MiB of tensors page-faults again after glibc trims its heap (its largest
-own trim threshold is 64 MiB), and does not once the memory is kept.
+The behaviour is checked in fresh processes (the setting is the whole process's). glibc's own
+thresholds move with what a process did before, so the baseline is made certain: a process first
+sets small thresholds itself (``mallopt``, 128 KiB: every 16 MiB block from ``mmap``), where a
+step that allocates and frees 128 MiB of tensors page-faults through all of it again; after
+``keep_freed_memory()`` the same steps reuse the memory.
 """
 
 import json
@@ -11,10 +13,12 @@ import platform
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 
-from mmdeit.engine import keep_freed_memory
+from mmdeit.engine import freed_memory
+from mmdeit.engine import freed_memory_setting, keep_freed_memory
 from mmdeit.engine.freed_memory import MAX_MMAP_THRESHOLD
 from tools import infer as infer_tool
 from tools import test as test_tool
@@ -24,11 +28,14 @@ glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='glibc
 
 STEPS = textwrap.dedent(
     """
-    import json, resource, sys
+    import ctypes, json, resource, sys
     import torch
     from mmdeit.engine import freed_memory_setting, keep_freed_memory
 
-    kept = keep_freed_memory() if sys.argv[1] == 'keep' else None
+    if sys.argv[1] in ('trim', 'trim+keep'):  # glibc returns every freed block at once
+        mallopt = ctypes.CDLL('libc.so.6').mallopt
+        assert mallopt(-3, 128 * 1024) == 1 and mallopt(-1, 128 * 1024) == 1
+    kept = keep_freed_memory() if sys.argv[1].endswith('keep') else None
 
     def step():  # eight 16 MiB tensors, each touched, then all freed
         tensors = [torch.ones(1 << 22) for _ in range(8)]
@@ -65,13 +72,12 @@ def _steps(mode: str, **env) -> dict:
 
 @glibc_only
 def test_kept_memory_serves_the_next_steps_without_page_faults():
-    kept = _steps('keep')
+    trimming = _steps('trim')  # 5 steps x 32,768 fresh pages
+    assert trimming['setting'] is None and trimming['faults'] > 5 * 16384
+    kept = _steps('trim+keep')
     assert kept['kept'] is True
     assert kept['setting'] == dict(mmap_threshold=MAX_MMAP_THRESHOLD, trim_threshold=1024**3)
-    assert kept['faults'] < 200  # 5 steps x 32,768 pages, freed and reused
-    stock = _steps('glibc')  # glibc trims the freed memory: each step touches new pages
-    assert stock['setting'] is None
-    assert stock['faults'] > 5 * 16384  # at least the 64 MiB over glibc's threshold
+    assert kept['faults'] < 200  # the pages freed by one step serve the next
 
 
 @glibc_only
@@ -118,3 +124,31 @@ def test_the_tools_keep_freed_memory_unless_told_not_to(monkeypatch, tool, argv,
     with pytest.raises((FileNotFoundError, OSError, SystemExit)):  # the missing config
         tool.main([*argv, *(['--no-keep-freed-memory'] if flag else [])])
     assert calls == ([] if flag else [1])
+
+
+class _FakeMallopt:
+    """glibc's ``mallopt`` as :func:`keep_freed_memory` calls it, recording its calls."""
+
+    def __init__(self, result: int):
+        self.calls, self.result = [], result
+
+    def __call__(self, param: int, value: int) -> int:
+        self.calls.append((param, value))
+        return self.result
+
+
+@pytest.mark.parametrize('result', [1, 0], ids=['taken', 'refused'])
+def test_both_thresholds_go_to_mallopt(monkeypatch, result):
+    mallopt = _FakeMallopt(result)
+    monkeypatch.setattr(freed_memory.platform, 'libc_ver', lambda: ('glibc', '2.35'))
+    monkeypatch.setattr(freed_memory.ctypes, 'CDLL', lambda name: SimpleNamespace(mallopt=mallopt))
+    monkeypatch.setattr(freed_memory, '_setting', None)
+    for name in (*freed_memory._USER_SETTINGS, 'GLIBC_TUNABLES'):
+        monkeypatch.delenv(name, raising=False)
+    kept = keep_freed_memory(mmap_threshold=1 << 20, trim_threshold=1 << 28)
+    if result:  # M_MMAP_THRESHOLD (-3), then M_TRIM_THRESHOLD (-1)
+        assert kept is True and mallopt.calls == [(-3, 1 << 20), (-1, 1 << 28)]
+        assert freed_memory_setting() == dict(mmap_threshold=1 << 20, trim_threshold=1 << 28)
+    else:  # refused: nothing is reported as set
+        assert kept is False and mallopt.calls == [(-3, 1 << 20)]
+        assert freed_memory_setting() is None
