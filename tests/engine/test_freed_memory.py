@@ -17,8 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mmdeit.engine import freed_memory
-from mmdeit.engine import freed_memory_setting, keep_freed_memory
+from mmdeit.engine import freed_memory, freed_memory_setting, keep_freed_memory
 from mmdeit.engine.freed_memory import MAX_MMAP_THRESHOLD
 from tools import infer as infer_tool
 from tools import test as test_tool
