@@ -109,14 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         action='store_true',
         help="inference peer: ONNX Runtime (fp32) on mmdeit's ONNX export",
     )
-    p.add_argument(
-        '--malloc',
-        default='keep',
-        choices=['keep', 'glibc'],
-        help="keep: glibc's malloc keeps freed memory (mmdeit.engine.keep_freed_memory, as "
-        "mmdeit's tools do; every library of the process runs with it); glibc: its own "
-        'thresholds. Set once for the process',
-    )
+    dm.add_malloc_arg(p)
     p.add_argument('--memory-archs', nargs='*', default=[], help='peak memory of a step, each arch')
     p.add_argument('--memory-jobs', type=int, default=1, help='memory processes at a time')
     p.add_argument('--seed', type=int, default=0)
@@ -342,11 +335,8 @@ def main(argv=None) -> dict:
     """
     from mmengine.logging import MMLogger
 
-    from mmdeit.engine import keep_freed_memory
-
     args = parse_args(argv)
-    if args.malloc == 'keep':
-        keep_freed_memory()
+    dm.apply_malloc(args)
     threads, mm_logger = torch.get_num_threads(), MMLogger.get_current_instance()
     level = mm_logger.level
     torch.set_num_threads(args.threads)

@@ -64,6 +64,28 @@ def add_model_args(parser: ArgumentParser) -> None:
     parser.add_argument('--num-classes', type=int, default=1000)
 
 
+def add_malloc_arg(parser: ArgumentParser) -> None:
+    """``--malloc keep|glibc`` (default keep), applied by :func:`apply_malloc`."""
+    parser.add_argument(
+        '--malloc',
+        default='keep',
+        choices=['keep', 'glibc'],
+        help="keep: glibc's malloc keeps freed memory (mmdeit.engine.keep_freed_memory, as "
+        "mmdeit's tools do; every library of the process runs with it); glibc: its own "
+        'thresholds. Set once for the process',
+    )
+
+
+def apply_malloc(args: Namespace) -> dict:
+    """Keep freed memory for the process if ``args.malloc`` is 'keep'; returns what a report
+    records: ``{'option': args.malloc, 'kept': the thresholds kept (bytes), or None}``."""
+    from mmdeit.engine import freed_memory_setting, keep_freed_memory
+
+    if args.malloc == 'keep':
+        keep_freed_memory()
+    return dict(option=args.malloc, kept=freed_memory_setting())
+
+
 def require_positive(parser: ArgumentParser, args: Namespace, names: Tuple[str, ...]) -> None:
     """Exit through ``parser.error`` naming the first option of ``names`` (attribute names of
     ``args``) whose value is below 1."""

@@ -4,7 +4,10 @@ Random weights (speed does not depend on them), the config's own input size; the
 exported with :func:`mmdeit.deployment.export_onnx` and run in ONNX Runtime (CPU provider, all
 graph optimisations, ``--threads`` intra-op threads) and in PyTorch as ``init_model`` gives it
 (``fast_path=True``, ``torch.set_num_threads(--threads)``). Rounds are interleaved in one
-process, the order rotating; images/s from the best round, the median beside it::
+process, the order rotating; images/s from the best round, the median beside it. The process
+keeps freed memory for its next tensors as mmdeit's tools and ``benchmark.py`` make it
+(``mmdeit.engine.keep_freed_memory``, both runtimes under it); ``--malloc glibc`` leaves glibc's
+thresholds alone::
 
     python tools/analysis/onnx_speed.py --config configs/deit/deit-small_8xb128_in1k.py
 """
@@ -41,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         '--compile', action='store_true', help='also init_model(..., compile=True) (inductor)'
     )
+    dm.add_malloc_arg(p)
     p.add_argument('--out', help='write the results as JSON here')
     args = p.parse_args(argv)
     dm.require_positive(p, args, ('batch', 'threads', 'rounds', 'calls'))
@@ -70,6 +74,7 @@ def measure(fns: Dict[str, Callable[[], object]], rounds: int, calls: int) -> Di
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    malloc = dm.apply_malloc(args)
     torch.set_num_threads(args.threads)
     from mmdeit.apis import init_model
     from mmdeit.deployment import export_onnx
@@ -112,6 +117,7 @@ def main(argv=None) -> dict:
     result = dict(
         cpu=_cpu_name(),
         threads=args.threads,
+        malloc=malloc,
         torch=torch.__version__,
         onnxruntime=ort.__version__,
         config=Path(args.config).name,
@@ -124,7 +130,8 @@ def main(argv=None) -> dict:
     )
     print(
         f'{result["cpu"]} | {args.threads} threads | torch {torch.__version__} | '
-        f'onnxruntime {ort.__version__} | {result["config"]} batch {args.batch} fp32'
+        f'onnxruntime {ort.__version__} | {result["config"]} batch {args.batch} fp32 | '
+        f'malloc {args.malloc}'
     )
     for name in times:
         print(
