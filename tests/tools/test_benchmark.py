@@ -6,6 +6,9 @@ Not a timed test: nothing here compares speeds.
 import json
 import math
 import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +25,7 @@ ARGV = [
     '--teacher', 'test_resnet',
 ]  # fmt: skip
 PEERS = ('mmpretrain', 'timm')
+TOOL = Path(benchmark.__file__).resolve()
 
 
 @pytest.fixture(scope='module')
@@ -274,3 +278,21 @@ def test_onnxruntime_on_cuda_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     with pytest.raises(ValueError, match='--onnxruntime runs on the CPU only'):
         benchmark.parse_args(['--device', 'cuda', '--onnxruntime'])
+
+
+def test_as_a_user_runs_it_with_glibc_malloc(tmp_path):
+    """The script as a subprocess from a folder outside the checkout, inference only: the
+    table printed, the report written, glibc's thresholds left alone (process-wide: only a
+    fresh process shows what the tool set)."""
+    out = tmp_path / 'report.json'
+    argv = [*ARGV, '--train-rounds', '1', '--teacher', 'none', '--no-ablation']
+    run = subprocess.run(
+        [sys.executable, str(TOOL), *argv, '--malloc', 'glibc', '--out', str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "at the model's GEMM shapes: mmdeit at" in run.stdout
+    report = json.loads(out.read_text())
+    assert report['machine']['malloc'] == dict(option='glibc', kept=None)
+    assert set(report['inference']['results']) == {'mmdeit', *PEERS}
+
