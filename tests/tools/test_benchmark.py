@@ -295,4 +295,3 @@ def test_as_a_user_runs_it_with_glibc_malloc(tmp_path):
     report = json.loads(out.read_text())
     assert report['machine']['malloc'] == dict(option='glibc', kept=None)
     assert set(report['inference']['results']) == {'mmdeit', *PEERS}
-
