@@ -18,7 +18,7 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
   only: on CUDA finding them would sync the host in every layer, so there (and under
   ``torch.compile``) the mask-multiply form runs, with the same draw.
 * **Attention as two GEMMs in bf16 on the CPU** (``mmdeit/models/utils/gemm_attention.py``):
-  there PyTorch's flash kernel is slower than bf16 GEMMs with the scores in memory.
+  faster there than PyTorch's flash kernel; in inference ``1/sqrt(d)`` scales q in its GEMM.
 * **q of the first tokens only**: given ``num_queries`` (the reference's too: the backbone's
   last layer gives only the cls/dist tokens it reads), the reference slices q from the whole
   qkv GEMM; here q's rows come from a GEMM on the first rows, k and v from the rest of the
@@ -49,7 +49,7 @@ from mmcv.cnn.bricks.drop import DropPath
 
 from ..utils import onednn_linear as onednn
 from ..utils.drop_path import multiply_dropped, skip_dropped_samples, skips_dropped_samples
-from ..utils.gemm_attention import gemm_attention, gemm_attention_applies
+from ..utils.gemm_attention import gemm_attention, gemm_attention_applies, q_scale_folds
 from .transformer_layer import FFN, MultiheadAttention, TransformerEncoderLayer
 
 
@@ -147,20 +147,27 @@ class FastMultiheadAttention(MultiheadAttention):
     """:class:`MultiheadAttention` that can compute the first output tokens only and sum the
     shortcut inside its output projection. Arguments as the parent's."""
 
-    def _qkv(self, x: torch.Tensor, num_queries: Optional[int] = None) -> Tuple[torch.Tensor, ...]:
+    def _qkv(
+        self,
+        x: torch.Tensor,
+        num_queries: Optional[int] = None,
+        scale_rows: Optional[Tuple[int, float]] = None,
+    ) -> Tuple[torch.Tensor, ...]:
         """q (B, h, n, d) of the first ``num_queries`` tokens (None: all N), k and v
-        (B, h, N, d) of all; oneDNN GEMMs where they apply."""
+        (B, h, N, d) of all; oneDNN GEMMs where they apply (``scale_rows``, for q scaled by
+        the GEMM: only there)."""
         if num_queries is None:
             if not onednn.onednn_applies(x, self.qkv):
                 return super()._qkv(x)
-            return self._split_heads(onednn.onednn_linear(x, self.qkv), 3)
+            return self._split_heads(onednn.onednn_linear(x, self.qkv, scale_rows=scale_rows), 3)
         if _q_rows_from_whole(x):
             q, k, v = super()._qkv(x)  # 3 x (B, h, N, d), one GEMM
             return q[:, :, :num_queries], k, v  # q (B, h, n, d), a view
         B, C, h, d = x.shape[0], self.embed_dims, self.num_heads, self.head_dims
-        q = onednn.linear_rows(x[:, :num_queries], self.qkv, slice(C))  # (B, n, C)
+        q = onednn.linear_rows(x[:, :num_queries], self.qkv, slice(C), scale_rows)  # (B, n, C)
         q = q.reshape(B, num_queries, h, d).transpose(1, 2)  # (B, h, n, d), a view
-        k, v = self._split_heads(onednn.linear_rows(x, self.qkv, slice(C, 3 * C)), 2)
+        kv = onednn.linear_rows(x, self.qkv, slice(C, 3 * C), scale_rows)  # the same copy
+        k, v = self._split_heads(kv, 2)
         return q, k, v  # (B, h, n, d), 2 x (B, h, N, d)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -169,9 +176,16 @@ class FastMultiheadAttention(MultiheadAttention):
             return gemm_attention(q, k, v, self.scale)  # (B, n, C)
         return super()._attend(q, k, v)
 
+    def _attention(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
+        """q k v and the attention, heads merged: (B, N, C) -> (B, n, C); the scale in q's
+        projection where :func:`q_scale_folds` holds."""
+        if not q_scale_folds(x, self.qkv, self.scale, self.attn_drop if self.training else 0.0):
+            return self._attend(*self._qkv(x, num_queries))
+        return gemm_attention(*self._qkv(x, num_queries, (self.embed_dims, self.scale)), 1.0)
+
     def branch(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
         """The residual branch without stochastic depth: (B, N, C) -> (B, n, C)."""
-        out = self._attend(*self._qkv(x, num_queries))  # (B, n, C)
+        out = self._attention(x, num_queries)  # (B, n, C)
         return self.gamma1(self.proj_drop(self.proj(out)))
 
     def add_branch(
@@ -190,7 +204,7 @@ class FastMultiheadAttention(MultiheadAttention):
                 Defaults to None.
             inplace: See :func:`_fused_residual_linear`. Defaults to False.
         """
-        out = self._attend(*self._qkv(x, num_queries))  # (B, n, C)
+        out = self._attention(x, num_queries)  # (B, n, C)
         return _fused_residual_linear(
             identity, out, self.proj, self.proj_drop, self.gamma1, self.out_drop, inplace
         )

@@ -17,15 +17,31 @@ Without autograd the softmax writes its output into the scores' memory (:data:`I
 bits (tested), one tensor of (B*h, n, N) less per layer, and that memory still in cache for the
 second GEMM. Measured on an AVX-512 BF16 host (docs/benchmarks.md): DeiT-S bf16 inference
 0.90-0.98x the time at batch 8, 0.97-0.99x at batch 1.
+
+**The scale folded into q's projection** (:data:`FOLD_Q_SCALE`, :func:`q_scale_folds`): without
+autograd, where the qkv projection runs through oneDNN in bf16 and ``1/sqrt(d)`` is a power of
+two (d = 4, 16, 64, 256), the projection's kept weight copies have their q rows scaled
+(``onednn_linear(..., scale_rows=...)``), so q leaves the GEMM scaled and is only made
+contiguous here (``scale=1``), instead of a bf16 multiply of a strided view (79 against 19 µs
+for DeiT-S at batch 8, alone). A power-of-two factor commutes with every rounding, so q has
+the same bits (tested).
 """
 
+import math
+
 import torch
+import torch.nn as nn
+
+from . import onednn_linear as onednn
 
 #: Device types where the GEMM form replaces SDPA for bf16.
 GEMM_DEVICE_TYPES = frozenset({'cpu'})
 #: Without autograd the softmax writes into the scores' memory instead of a new tensor; set
 #: to False for a new tensor (the same numbers).
 IN_PLACE_SOFTMAX = True
+#: Where :func:`q_scale_folds` holds, q comes out of the qkv GEMM already scaled; set to False
+#: to scale it here (the same numbers).
+FOLD_Q_SCALE = True
 
 
 def gemm_attention_applies(q: torch.Tensor, dropout_p: float = 0.0) -> bool:
@@ -40,6 +56,22 @@ def gemm_attention_applies(q: torch.Tensor, dropout_p: float = 0.0) -> bool:
     )
 
 
+def q_scale_folds(x: torch.Tensor, qkv: nn.Linear, scale: float, dropout_p: float) -> bool:
+    """Whether the attention's ``scale`` can be folded into the q rows of ``qkv`` for the input
+    ``x`` (:data:`FOLD_Q_SCALE`): the projection runs through oneDNN in bf16 (no autograd,
+    eager), ``scale`` is a power of two and no attention dropout is active, so that q is bf16
+    on the CPU and the attention is :func:`gemm_attention`'s."""
+    return (
+        FOLD_Q_SCALE
+        and math.frexp(scale)[0] == 0.5  # a power of two: exact
+        and dropout_p == 0.0
+        and 'cpu' in GEMM_DEVICE_TYPES
+        and not torch.compiler.is_compiling()
+        and onednn.onednn_applies(x, qkv)
+        and onednn.computes_in_bf16(x, qkv)
+    )
+
+
 def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """``softmax(q k^T * scale) v``, heads merged: q (B, h, n, d), k/v (B, h, N, d) -> (B, n, h*d).
 
@@ -51,7 +83,7 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
         q: Queries (B, h, n, d), any strides.
         k: Keys (B, h, N, d), any strides.
         v: Values (B, h, N, d), any strides.
-        scale: The factor of the scores, ``d ** -0.5`` in ViT.
+        scale: The factor of the scores, ``d ** -0.5`` in ViT; 1 for a q already scaled.
     """
     if torch.compiler.is_compiling():
         return torch.ops.mmdeit.gemm_attention(q, k, v, scale)
@@ -67,6 +99,8 @@ def _gemm_attention(
     with torch.autocast(q.device.type, enabled=False):  # the inputs' dtype throughout
         if torch.is_grad_enabled() and q.requires_grad:  # out= has no autograd
             q = (q * scale).contiguous().view(B * h, n, d)
+        elif scale == 1.0:  # scaled by its projection (q_scale_folds)
+            q = q.contiguous().view(B * h, n, d)
         else:  # scaled and made contiguous in one pass
             q = torch.mul(q, scale, out=q.new_empty(B, h, n, d)).view(B * h, n, d)
         k = k.contiguous().view(B * h, N, d)

@@ -58,6 +58,9 @@ _GELU = {'none': ('gelu', 'none'), 'tanh': ('gelu', 'tanh')}
 _COPIES = WeakTensorKeyDictionary()
 #: The weights in oneDNN's blocked layout, by parameter: ``{param: (key, packed)}``.
 _PACKED = WeakTensorKeyDictionary()
+#: The copies with their first rows scaled (``scale_rows``), row-major and packed, by parameter.
+_SCALED = WeakTensorKeyDictionary()
+_PACKED_SCALED = WeakTensorKeyDictionary()
 #: Linear weights go to oneDNN in its blocked layout, reordered once and kept
 #: (:func:`packed_weight`) instead of at every call; set to False to keep no such copies.
 PREPACK = _HAS_OP and hasattr(torch.ops.mkldnn, '_reorder_linear_weight')
@@ -105,13 +108,19 @@ def onednn_applies(x: torch.Tensor, linear: nn.Module) -> bool:
     return BF16_SUPPORTED and x.dtype == bf16 and w_dtype == bf16
 
 
-def _kept(
-    store: WeakTensorKeyDictionary, t: torch.Tensor, dtype: torch.dtype, make
-) -> torch.Tensor:
+def computes_in_bf16(x: torch.Tensor, linear: nn.Linear) -> bool:
+    """Whether :func:`onednn_linear` computes ``linear(x)`` in bf16 (a bf16 model, or autocast)
+    rather than fp32; meaningful where :func:`onednn_applies` holds."""
+    fp32 = x.dtype == torch.float32 and linear.weight.dtype == torch.float32
+    return not fp32 or torch.is_autocast_enabled('cpu')
+
+
+def _kept(store: WeakTensorKeyDictionary, t: torch.Tensor, dtype, make) -> torch.Tensor:
     """``make(t)``, kept in ``store`` by the tensor ``t`` while it lives and made again when its
-    storage, version or the wanted ``dtype`` change (an optimizer step, ``load_state_dict`` and
-    ``.to()`` change one of the first two). Made at every call for an inference tensor (a
-    model built under ``torch.inference_mode``): it has no version to tell a change by."""
+    storage, version or ``dtype`` (the wanted dtype, with anything else ``make`` depends on)
+    change (an optimizer step, ``load_state_dict`` and ``.to()`` change one of the first two).
+    Made at every call for an inference tensor (a model built under ``torch.inference_mode``):
+    it has no version to tell a change by."""
     if t.is_inference():
         return make(t)
     key = (t.data_ptr(), t._version, dtype)
@@ -145,17 +154,48 @@ def packed_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     )
 
 
+def _scale_rows(t: torch.Tensor, dtype: torch.dtype, scale_rows: Tuple[int, float]) -> torch.Tensor:
+    """A copy of ``t`` in ``dtype`` whose first ``n`` rows (entries of a bias) are multiplied by
+    ``s``, for ``scale_rows = (n, s)``."""
+    n, s = scale_rows
+    out = t.detach().to(dtype, copy=True)
+    out[:n].mul_(s)
+    return out
+
+
+def scaled_copy(
+    t: Optional[torch.Tensor], dtype: torch.dtype, scale_rows: Tuple[int, float]
+) -> Optional[torch.Tensor]:
+    """:func:`_scale_rows` of a parameter (None stays None), row-major, kept by it as
+    :func:`bf16_copy` keeps its copies."""
+    if t is None:
+        return None
+    return _kept(_SCALED, t, (dtype, *scale_rows), lambda w: _scale_rows(w, dtype, scale_rows))
+
+
+def packed_scaled_weight(
+    weight: torch.Tensor, dtype: torch.dtype, scale_rows: Tuple[int, float]
+) -> torch.Tensor:
+    """:func:`_scale_rows` of a weight in oneDNN's blocked layout, kept by the parameter."""
+    return _kept(
+        _PACKED_SCALED,
+        weight,
+        (dtype, *scale_rows),
+        lambda w: torch.ops.mkldnn._reorder_linear_weight(_scale_rows(w, dtype, scale_rows)),
+    )
+
+
 def bf16_params(linear: nn.Linear) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The layer's weight and bias in bf16 (:func:`bf16_copy`)."""
     return bf16_copy(linear.weight), bf16_copy(linear.bias)
 
 
 def clear_weight_copies(module: nn.Module) -> None:
-    """Drop the copies :func:`bf16_copy` and :func:`packed_weight` keep of ``module``'s
-    parameters."""
+    """Drop the copies :func:`bf16_copy`, :func:`packed_weight`, :func:`scaled_copy` and
+    :func:`packed_scaled_weight` keep of ``module``'s parameters."""
     for p in module.parameters():
-        _COPIES.pop(p, None)
-        _PACKED.pop(p, None)
+        for store in (_COPIES, _PACKED, _SCALED, _PACKED_SCALED):
+            store.pop(p, None)
 
 
 def _linear_pointwise(
@@ -195,7 +235,11 @@ def _whole_weight(
 
 
 def onednn_linear(
-    x: torch.Tensor, linear: nn.Linear, gelu: Optional[str] = None, rows: slice = slice(None)
+    x: torch.Tensor,
+    linear: nn.Linear,
+    gelu: Optional[str] = None,
+    rows: slice = slice(None),
+    scale_rows: Optional[Tuple[int, float]] = None,
 ) -> torch.Tensor:
     """``linear(x)``, optionally followed by GELU, as one oneDNN call; (..., C_in) -> (..., C_out).
 
@@ -210,14 +254,30 @@ def onednn_linear(
             Defaults to None.
         rows: Compute only these output channels (rows of the weight, as views). Defaults to
             all.
+        scale_rows: ``(n, s)``: the first ``n`` output channels come out multiplied by ``s``,
+            computed with kept copies of the weight and bias whose rows are scaled
+            (:func:`scaled_copy`, :func:`packed_scaled_weight`); for a power of two ``s`` the
+            outputs are exactly the unscaled ones times ``s``. Not while ``torch.compile``
+            traces. Defaults to None (no scaling).
     """
-    fp32 = x.dtype == torch.float32 and linear.weight.dtype == torch.float32
-    if not fp32 or torch.is_autocast_enabled('cpu'):  # bf16: a bf16 model, or autocast
+    if computes_in_bf16(x, linear):  # a bf16 model, or autocast
         x = x.to(torch.bfloat16)
     weight, bias = linear.weight, linear.bias
     if torch.compiler.is_compiling():  # the parameters themselves: their bf16 copies are kept
+        if scale_rows is not None:
+            raise ValueError(
+                'onednn_linear: scale_rows is not supported while torch.compile traces'
+            )
         out = torch.ops.mmdeit.onednn_linear(x, weight, bias, gelu)
         return out if rows == slice(None) else out[..., rows]
+    if scale_rows is not None:  # kept copies with the rows scaled
+        bias = scaled_copy(bias, x.dtype, scale_rows)
+        if rows == slice(None) and PREPACK:
+            return _linear_pointwise(
+                x, packed_scaled_weight(weight, x.dtype, scale_rows), bias, gelu
+            )
+        weight = scaled_copy(weight, x.dtype, scale_rows)
+        return _linear_pointwise(x, weight[rows], None if bias is None else bias[rows], gelu)
     if rows == slice(None):
         return _linear_pointwise(x, *_whole_weight(weight, bias, x.dtype), gelu)
     if x.dtype == torch.bfloat16:  # the whole weight's copy, then the rows (views)
@@ -226,8 +286,14 @@ def onednn_linear(
     return _linear_pointwise(x, weight[rows], bias, gelu)
 
 
-def linear_rows(x: torch.Tensor, linear: nn.Linear, rows: slice = slice(None)) -> torch.Tensor:
-    """Output channels ``rows`` of ``linear(x)``, computing only those; oneDNN where it applies.
+def linear_rows(
+    x: torch.Tensor,
+    linear: nn.Linear,
+    rows: slice = slice(None),
+    scale_rows: Optional[Tuple[int, float]] = None,
+) -> torch.Tensor:
+    """Output channels ``rows`` of ``linear(x)``, computing only those; oneDNN where it applies
+    (``scale_rows``: :func:`onednn_linear`'s, only there).
 
     While ``torch.compile`` traces, the whole layer is computed and its output sliced: inductor's
     CPU GEMM template (``mode='max-autotune'`` with ``freezing``; seen with torch 2.13) reads a
@@ -235,7 +301,9 @@ def linear_rows(x: torch.Tensor, linear: nn.Linear, rows: slice = slice(None)) -
     wrong numbers (tested). The extra columns cost little: this serves the last layer's q, k, v.
     """
     if onednn_applies(x, linear):
-        return onednn_linear(x, linear, rows=rows)
+        return onednn_linear(x, linear, rows=rows, scale_rows=scale_rows)
+    if scale_rows is not None:
+        raise ValueError('linear_rows: scale_rows only where onednn_applies holds')
     if torch.compiler.is_compiling():
         return F.linear(x, linear.weight, linear.bias)[..., rows]
     bias = None if linear.bias is None else linear.bias[rows]

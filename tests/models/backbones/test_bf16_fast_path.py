@@ -52,8 +52,8 @@ def onednn_calls(monkeypatch) -> list:
     calls = []
     real = onednn_linear.onednn_linear
 
-    def spy(x, linear, gelu=None, rows=slice(None)):
-        out = real(x, linear, gelu, rows)
+    def spy(x, linear, gelu=None, rows=slice(None), scale_rows=None):
+        out = real(x, linear, gelu, rows, scale_rows)
         calls.append(out.dtype)
         return out
 
@@ -137,9 +137,12 @@ def test_bf16_weight_copies_follow_the_weights():
             torch.testing.assert_close(g.float(), w.float(), **BF16)
 
     check()
-    qkv = fast.layers[0].attn.qkv
+    attn = fast.layers[0].attn
     kept = onednn_linear._PACKED if onednn_linear.PREPACK else onednn_linear._COPIES
-    assert kept[qkv.weight][1].dtype == torch.bfloat16  # kept by the parameter
+    assert kept[attn.proj.weight][1].dtype == torch.bfloat16  # kept by the parameter
+    # qkv's copy has q's rows scaled by 1/sqrt(d) (gemm_attention.q_scale_folds)
+    scaled = onednn_linear._PACKED_SCALED if onednn_linear.PREPACK else onednn_linear._SCALED
+    assert scaled[attn.qkv.weight][1].dtype == torch.bfloat16
     assert not any('bf16' in key for key in fast.state_dict())  # not saved
     with torch.no_grad():  # in place, as an optimizer step
         for p in fast.parameters():

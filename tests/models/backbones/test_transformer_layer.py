@@ -151,9 +151,9 @@ def onednn_calls(monkeypatch) -> list:
     calls = []
     real = onednn_linear.onednn_linear
 
-    def spy(x, linear, gelu=None, rows=slice(None)):
+    def spy(x, linear, gelu=None, rows=slice(None), scale_rows=None):
         calls.append((linear, gelu))
-        return real(x, linear, gelu, rows)
+        return real(x, linear, gelu, rows, scale_rows)
 
     monkeypatch.setattr(onednn_linear, 'onednn_linear', spy)
     return calls
