@@ -115,15 +115,15 @@ def computes_in_bf16(x: torch.Tensor, linear: nn.Linear) -> bool:
     return not fp32 or torch.is_autocast_enabled('cpu')
 
 
-def _kept(store: WeakTensorKeyDictionary, t: torch.Tensor, dtype, make) -> torch.Tensor:
+def _kept(store: WeakTensorKeyDictionary, t: torch.Tensor, tag, make) -> torch.Tensor:
     """``make(t)``, kept in ``store`` by the tensor ``t`` while it lives and made again when its
-    storage, version or ``dtype`` (the wanted dtype, with anything else ``make`` depends on)
+    storage, version or ``tag`` (the wanted dtype, with anything else ``make`` depends on)
     change (an optimizer step, ``load_state_dict`` and ``.to()`` change one of the first two).
     Made at every call for an inference tensor (a model built under ``torch.inference_mode``):
     it has no version to tell a change by."""
     if t.is_inference():
         return make(t)
-    key = (t.data_ptr(), t._version, dtype)
+    key = (t.data_ptr(), t._version, tag)
     cached = store.get(t)
     if cached is None or cached[0] != key:
         with torch.no_grad():
