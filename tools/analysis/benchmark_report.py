@@ -8,13 +8,20 @@ import re
 import torch
 
 
+def cpu_name(default: str) -> str:
+    """The CPU's model name from ``/proc/cpuinfo``, or ``default`` where it cannot be read."""
+    with contextlib.suppress(OSError, AttributeError), open('/proc/cpuinfo') as f:
+        return re.search(r'model name\s*:\s*(.+)', f.read()).group(1).strip()
+    return default
+
+
 def machine_info(args) -> dict:
     """The host, versions, thread count, dtype, attention kernel, load and malloc setting of
     this run (``args``: benchmark.py's); the GPU with ``--device cuda``."""
     from mmdeit.engine import freed_memory_setting
 
     info = dict(
-        cpu=platform.processor() or platform.machine(),
+        cpu=cpu_name(default=platform.processor() or platform.machine()),
         logical_cpus=os.cpu_count(),
         threads=torch.get_num_threads(),
         torch=torch.__version__,
@@ -26,8 +33,6 @@ def machine_info(args) -> dict:
         # the option, and the thresholds kept in this process (by this or an earlier call)
         malloc=dict(option=args.malloc, kept=freed_memory_setting()),
     )
-    with contextlib.suppress(OSError, AttributeError), open('/proc/cpuinfo') as f:
-        info['cpu'] = re.search(r'model name\s*:\s*(.+)', f.read()).group(1).strip()
     if args.device == 'cuda':
         info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
     return info

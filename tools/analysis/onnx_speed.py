@@ -15,7 +15,6 @@ thresholds alone::
 import argparse
 import json
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -26,9 +25,11 @@ import torch
 
 try:  # imported as tools.analysis.onnx_speed
     from . import deit_models as dm
+    from .benchmark_report import cpu_name
     from .deploy_peers import ort_session
 except ImportError:  # run as a script: this folder is on sys.path
     import deit_models as dm
+    from benchmark_report import cpu_name
     from deploy_peers import ort_session
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,14 +50,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     dm.require_positive(p, args, ('batch', 'threads', 'rounds', 'calls'))
     return args
-
-
-def _cpu_name() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            return re.search(r'model name\s*:\s*(.+)', f.read()).group(1).strip()
-    except (OSError, AttributeError):
-        return 'unknown CPU'
 
 
 def measure(fns: Dict[str, Callable[[], object]], rounds: int, calls: int) -> Dict[str, list]:
@@ -115,7 +108,7 @@ def main(argv=None) -> dict:
     import onnxruntime as ort
 
     result = dict(
-        cpu=_cpu_name(),
+        cpu=cpu_name(default='unknown CPU'),
         threads=args.threads,
         malloc=malloc,
         torch=torch.__version__,
