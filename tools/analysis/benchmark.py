@@ -14,10 +14,12 @@ autocast, ``bf16-model`` with the models and inputs cast to bf16 (several values
 each, in turn); ``--sdpa`` allows one attention kernel only. ``--compile`` and
 ``--onnxruntime`` add deployment peers to the inference section (``deploy_peers.py``):
 ``torch.compile`` of mmdeit and timm, and ONNX Runtime on mmdeit's export;
-``--prepack-ablation`` adds mmdeit with its oneDNN weights row-major. The process keeps freed
-memory for its next tensors as mmdeit's tools make it (``mmdeit.engine.keep_freed_memory``; every
-library runs under it), ``--malloc glibc`` leaves glibc's thresholds alone. The tool reports
-numbers and judges none; see ``docs/benchmarks.md``. Example::
+``--ablate SWITCH ...`` adds mmdeit with each named fast-path switch off to the sections the
+switch changes (``switch_ablation.py``; ``--prepack-ablation`` is ``--ablate prepack``). The
+process keeps freed memory for its next tensors as mmdeit's tools make it
+(``mmdeit.engine.keep_freed_memory``; every library runs under it), ``--malloc glibc`` leaves
+glibc's thresholds alone. The tool reports numbers and judges none; see
+``docs/benchmarks.md``. Example::
 
     python tools/analysis/benchmark.py --arch deit-small --out work_dirs/benchmark.json
 """
@@ -40,31 +42,18 @@ try:  # imported as tools.analysis.benchmark
     from .benchmark_report import machine_info, print_report
     from .op_profile import profile_summary
     from .step_memory import bench_memory
+    from .switch_ablation import SWITCHES, ablation_name, ablations
 except ImportError:  # run as a script: this folder is on sys.path
     import deit_models as dm
     import deploy_peers as peers
     from benchmark_report import machine_info, print_report
     from op_profile import profile_summary
     from step_memory import bench_memory
+    from switch_ablation import SWITCHES, ablation_name, ablations
 
 Fn = dm.Fn
-#: ``--prepack-ablation``: mmdeit with its oneDNN weights row-major (reordered in every call).
-NO_PREPACK = 'mmdeit (PREPACK=False)'
-
-
-def without_prepack(fn: Fn) -> Fn:
-    """``fn`` with ``onednn_linear.PREPACK`` off during its call (the weights handed to oneDNN
-    row-major, as before the packing), restored after."""
-    from mmdeit.models.utils import onednn_linear
-
-    def call():
-        saved, onednn_linear.PREPACK = onednn_linear.PREPACK, False
-        try:
-            return fn()
-        finally:
-            onednn_linear.PREPACK = saved
-
-    return call
+#: ``--prepack-ablation`` (``--ablate prepack``): mmdeit with its oneDNN weights row-major.
+NO_PREPACK = ablation_name('prepack')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -92,9 +81,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--no-ablation', action='store_true', help=f'leave out {dm.REFERENCE}')
     p.add_argument('--profile', action='store_true', help="profile mmdeit's calls")
     p.add_argument(
+        '--ablate',
+        nargs='+',
+        default=[],
+        choices=list(SWITCHES),
+        metavar='SWITCH',
+        help='also mmdeit with each of these fast-path switches off, in the sections it '
+        'changes: ' + '; '.join(f'{k}: {v.doc}' for k, v in SWITCHES.items()),
+    )
+    p.add_argument(
         '--prepack-ablation',
         action='store_true',
-        help=f'inference: also {NO_PREPACK}, its oneDNN weights reordered in every call',
+        help=f'the same as --ablate prepack: also {NO_PREPACK}',
     )
     p.add_argument(
         '--compile',
@@ -119,6 +117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument('--out', help='write the report as JSON here')
     args = p.parse_args(argv)
+    if args.prepack_ablation and 'prepack' not in args.ablate:
+        args.ablate.append('prepack')
     if args.mm_size is None:
         args.mm_size = 8192 if args.device == 'cuda' else 2048
     counts = ('infer_batch', 'train_batch', 'rounds', 'train_rounds', 'threads', 'mm_size')
@@ -318,9 +318,9 @@ def run(args: argparse.Namespace) -> dict:
         report['peers_max_abs_diff'] = compiled_diff
         for mode in args.compile:
             flops_of.update({peers.compile_name(lib, mode): lib for lib in ('mmdeit', 'timm')})
-    if args.prepack_ablation:
-        fns[NO_PREPACK] = without_prepack(fns['mmdeit'])
-        flops_of[NO_PREPACK] = 'mmdeit'
+    switched = ablations(args.ablate, fns['mmdeit'], 'inference')
+    fns.update(switched)
+    flops_of.update(dict.fromkeys(switched, 'mmdeit'))
     if args.onnxruntime:
         state = {k: v.float() for k, v in models['mmdeit'].state_dict().items()}
         fns[peers.ONNXRUNTIME], ort_diff, exported = peers.onnxruntime_peer(args, state)
@@ -337,8 +337,15 @@ def run(args: argparse.Namespace) -> dict:
         flops_of,
     )
     fns = {n: dm.train_step(args, m, args.train_batch) for n, m in models.items()}
+    switched = ablations(args.ablate, fns['mmdeit'], 'train')  # mmdeit's step, switch off
     report['train'] = bench_section(
-        args, fns, args.train_batch, args.train_rounds, 'train', shapes(args.train_batch)
+        args,
+        {**fns, **switched},
+        args.train_batch,
+        args.train_rounds,
+        'train',
+        shapes(args.train_batch),
+        dict.fromkeys(switched, 'mmdeit'),
     )
     if args.teacher.lower() != 'none':
         report['distillation'] = bench_distill(args)

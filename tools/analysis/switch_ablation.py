@@ -1,0 +1,116 @@
+"""mmdeit with one switch of its fast path off, timed next to mmdeit (``benchmark.py --ablate``).
+
+Each measure of the fast path that depends on the hardware has a module-level switch, read at
+every call (``docs/design.md``). Which setting is faster was measured on the hosts of
+``docs/benchmarks.md``; on another CPU (AMX, where the GEMMs are nearly free and PyTorch's CPU
+flash attention runs its products on the tile unit) the answer can differ. ``--ablate NAME``
+times mmdeit once more per switch, with that switch off during its calls only, in the same
+interleaved rounds, so one run of the benchmark tells which setting a host wants.
+"""
+
+import importlib
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterable, Iterator, NamedTuple, Tuple
+
+Fn = Callable[[], object]
+
+
+class Switch(NamedTuple):
+    """A fast-path switch: ``module.attribute`` set to ``off`` turns the measure off."""
+
+    module: str
+    attribute: str
+    off: object
+    sections: Tuple[str, ...]  # the benchmark's sections whose calls it changes
+    doc: str
+
+
+_UTILS = 'mmdeit.models.utils.'
+#: The switches ``--ablate`` can turn off, by name.
+SWITCHES: Dict[str, Switch] = {
+    'gemm-attention': Switch(
+        _UTILS + 'gemm_attention',
+        'GEMM_DEVICE_TYPES',
+        frozenset(),
+        ('inference', 'train'),
+        "bf16 attention as two GEMMs and a softmax; off: SDPA (the CPU's flash kernel)",
+    ),
+    'in-place-softmax': Switch(
+        _UTILS + 'gemm_attention',
+        'IN_PLACE_SOFTMAX',
+        False,
+        ('inference',),
+        "the GEMM attention's softmax into the scores' memory; off: a new tensor",
+    ),
+    'q-scale-fold': Switch(
+        _UTILS + 'gemm_attention',
+        'FOLD_Q_SCALE',
+        False,
+        ('inference',),
+        "1/sqrt(d) in q's projection; off: q scaled in the attention",
+    ),
+    'prepack': Switch(
+        _UTILS + 'onednn_linear',
+        'PREPACK',
+        False,
+        ('inference',),
+        "oneDNN's weights kept in its blocked layout; off: row-major, reordered in every call",
+    ),
+    'bf16-onednn': Switch(
+        _UTILS + 'onednn_linear',
+        'BF16_SUPPORTED',
+        False,
+        ('inference',),
+        "bf16 linears through oneDNN (GELU fused, weight copies kept); off: autocast's ops",
+    ),
+    'fp32-onednn': Switch(
+        _UTILS + 'onednn_linear',
+        'FP32_ONEDNN',
+        False,
+        ('inference',),
+        "fp32 linears through oneDNN (GELU fused); off: ATen's (MKL)",
+    ),
+    'skip-dropped': Switch(
+        _UTILS + 'drop_path',
+        'SKIP_DEVICE_TYPES',
+        frozenset(),
+        ('train',),
+        "stochastic depth skips the dropped samples' branches; off: computed, multiplied by 0",
+    ),
+}
+
+
+def ablation_name(switch: str) -> str:
+    """The benchmark's name for mmdeit with ``switch`` off, e.g. ``'mmdeit (no prepack)'``."""
+    return f'mmdeit (no {switch})'
+
+
+@contextmanager
+def switched_off(switch: str) -> Iterator[None]:
+    """``switch`` (a key of :data:`SWITCHES`) off inside the block, restored after."""
+    s = SWITCHES[switch]
+    module = importlib.import_module(s.module)
+    saved = getattr(module, s.attribute)
+    setattr(module, s.attribute, s.off)
+    try:
+        yield
+    finally:
+        setattr(module, s.attribute, saved)
+
+
+def without(fn: Fn, switch: str) -> Fn:
+    """``fn`` with ``switch`` off during its call."""
+
+    def call():
+        with switched_off(switch):
+            return fn()
+
+    return call
+
+
+def ablations(switches: Iterable[str], mmdeit: Fn, section: str) -> Dict[str, Fn]:
+    """``{ablation_name(s): mmdeit's call with s off}`` for the switches that change
+    ``section`` ('inference' or 'train')."""
+    return {
+        ablation_name(s): without(mmdeit, s) for s in switches if section in SWITCHES[s].sections
+    }
