@@ -114,6 +114,32 @@ def test_inference_compiles_with_inductor_calling_our_onednn_op(monkeypatch, dty
                 p.mul_(1.25)
 
 
+def test_compiled_bf16_inference_folds_the_scale_into_q_with_the_same_bits(monkeypatch):
+    """The compiled graph folds the attention's ``1/sqrt(d)`` into q's projection (the op's
+    scale rows) as eager does: each attention op is called with scale 1, and the outputs are
+    the bits of the graph compiled with the fold off (q scaled by the attention op)."""
+    from mmdeit.models.utils import gemm_attention, onednn_linear
+
+    if not onednn_linear.BF16_SUPPORTED:
+        pytest.skip('no native bf16 GEMMs in oneDNN on this CPU')
+    scales, real = [], gemm_attention._gemm_attention
+    monkeypatch.setattr(
+        gemm_attention, '_gemm_attention', lambda *a: scales.append(a[3]) or real(*a)
+    )
+    model, x = _backbone().eval(), torch.randn(4, 3, IMG, IMG)
+    outs = {}
+    for fold in (True, False):
+        monkeypatch.setattr(gemm_attention, 'FOLD_Q_SCALE', fold)
+        torch._dynamo.reset()
+        scales.clear()
+        with torch.inference_mode(), torch.autocast('cpu', torch.bfloat16):
+            outs[fold] = torch.compile(model, fullgraph=True)(x)[-1]
+        head_dims = TINY_ARCH['embed_dims'] // TINY_ARCH['num_heads']  # 16: 1/4 folds
+        assert scales == [1.0 if fold else head_dims**-0.5] * TINY_ARCH['num_layers']
+    for folded, unfolded in zip(outs[True], outs[False], strict=True):
+        assert torch.equal(folded, unfolded)
+
+
 def test_bf16_training_compiles_without_the_inference_ops():
     """With autograd the compiled graph keeps differentiable ops: the attention is not the
     ``mmdeit::gemm_attention`` op (it has no backward), the gradients are eager's."""

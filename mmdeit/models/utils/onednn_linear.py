@@ -40,9 +40,10 @@ weight slices of :func:`linear_rows` still use). ``PREPACK = False`` turns it of
 **Under ``torch.compile``** the layer is one opaque op of this package, ``torch.ops.mmdeit.
 onednn_linear`` (a ``torch.library.custom_op``): inductor compiles what lies between the
 linears (layer norms, casts, residual adds, attention) and calls this op for each linear, with
-the same kept bf16 weight copies. Traced as plain ops instead, the compiled model ran slower
-than the eager one (docs/benchmarks.md): under autocast every call cast every weight again, and
-without ``freezing`` inductor calls the BLAS GEMM without the fused GELU.
+the same kept bf16 weight copies (``scale_rows`` too: its last two arguments). Traced as plain
+ops instead, the compiled model ran slower than the eager one (docs/benchmarks.md): under
+autocast every call cast every weight again, and without ``freezing`` inductor calls the BLAS
+GEMM without the fused GELU.
 """
 
 from typing import Optional, Tuple
@@ -211,14 +212,22 @@ if _HAS_OP:
 
     @torch.library.custom_op('mmdeit::onednn_linear', mutates_args=())
     def _onednn_linear_op(
-        x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gelu: Optional[str]
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        gelu: Optional[str],
+        scale_n: int = 0,
+        scale: float = 1.0,
     ) -> torch.Tensor:
         """:func:`_linear_pointwise` as one op of a compiled graph: (..., C_in) -> (..., C_out);
-        a bf16 ``x`` takes the parameters' kept bf16 copies, packed where :data:`PREPACK`."""
+        a bf16 ``x`` takes the parameters' kept bf16 copies, packed where :data:`PREPACK`; with
+        ``scale_n`` > 0, :func:`onednn_linear`'s ``scale_rows=(scale_n, scale)``."""
+        if scale_n:
+            return _scaled_linear(x, weight, bias, gelu, (scale_n, scale))
         return _linear_pointwise(x, *_whole_weight(weight, bias, x.dtype), gelu)
 
     @_onednn_linear_op.register_fake
-    def _(x, weight, bias, gelu):
+    def _(x, weight, bias, gelu, scale_n=0, scale=1.0):
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
@@ -257,25 +266,20 @@ def onednn_linear(
         scale_rows: ``(n, s)``: the first ``n`` output channels come out multiplied by ``s``,
             computed with kept copies of the weight and bias whose rows are scaled
             (:func:`scaled_copy`, :func:`packed_scaled_weight`); for a power of two ``s`` the
-            outputs are exactly the unscaled ones times ``s``. Not while ``torch.compile``
-            traces. Defaults to None (no scaling).
+            outputs are exactly the unscaled ones times ``s``. Defaults to None (no
+            scaling).
     """
     if computes_in_bf16(x, linear):  # a bf16 model, or autocast
         x = x.to(torch.bfloat16)
     weight, bias = linear.weight, linear.bias
-    if torch.compiler.is_compiling():  # the parameters themselves: their bf16 copies are kept
-        if scale_rows is not None:
-            raise ValueError(
-                'onednn_linear: scale_rows is not supported while torch.compile traces'
-            )
-        out = torch.ops.mmdeit.onednn_linear(x, weight, bias, gelu)
+    if torch.compiler.is_compiling():  # the parameters themselves: their copies are kept
+        scale_n, scale = scale_rows or (0, 1.0)
+        out = torch.ops.mmdeit.onednn_linear(x, weight, bias, gelu, scale_n, scale)
         return out if rows == slice(None) else out[..., rows]
     if scale_rows is not None:  # kept copies with the rows scaled
+        if rows == slice(None):
+            return _scaled_linear(x, weight, bias, gelu, scale_rows)
         bias = scaled_copy(bias, x.dtype, scale_rows)
-        if rows == slice(None) and PREPACK:
-            return _linear_pointwise(
-                x, packed_scaled_weight(weight, x.dtype, scale_rows), bias, gelu
-            )
         weight = scaled_copy(weight, x.dtype, scale_rows)
         return _linear_pointwise(x, weight[rows], None if bias is None else bias[rows], gelu)
     if rows == slice(None):
@@ -284,6 +288,23 @@ def onednn_linear(
         weight, bias = bf16_params(linear)
     bias = None if bias is None else bias[rows]
     return _linear_pointwise(x, weight[rows], bias, gelu)
+
+
+def _scaled_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    gelu: Optional[str],
+    scale_rows: Tuple[int, float],
+) -> torch.Tensor:
+    """The whole layer with its first rows scaled (:func:`onednn_linear`'s ``scale_rows``),
+    from the kept scaled copies: packed where :data:`PREPACK`, else row-major."""
+    dtype = x.dtype
+    if PREPACK:
+        weight = packed_scaled_weight(weight, dtype, scale_rows)
+    else:
+        weight = scaled_copy(weight, dtype, scale_rows)
+    return _linear_pointwise(x, weight, scaled_copy(bias, dtype, scale_rows), gelu)
 
 
 def linear_rows(

@@ -56,7 +56,7 @@ def test_applies_for_a_power_of_two_scale_without_autograd(precision, head_dims,
         assert not ga.q_scale_folds(x, attn.qkv, attn.scale, 0.0)
 
 
-def test_not_in_fp32_nor_switched_off_nor_while_compiling(monkeypatch):
+def test_not_in_fp32_nor_switched_off_but_while_compiling(monkeypatch):
     attn, x = FastMultiheadAttention(32, 2).eval(), torch.randn(2, 5, 32)
     monkeypatch.setattr(onednn_linear, 'FP32_ONEDNN', True)  # oneDNN in fp32 too
     with torch.no_grad():
@@ -67,8 +67,8 @@ def test_not_in_fp32_nor_switched_off_nor_while_compiling(monkeypatch):
             monkeypatch.setattr(ga, 'FOLD_Q_SCALE', False)
             assert not ga.q_scale_folds(x, attn.qkv, attn.scale, 0.0)
             monkeypatch.setattr(ga, 'FOLD_Q_SCALE', True)
-            monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
-            assert not ga.q_scale_folds(x, attn.qkv, attn.scale, 0.0)
+            monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)  # the op takes it
+            assert ga.q_scale_folds(x, attn.qkv, attn.scale, 0.0)
 
 
 @pytest.mark.parametrize('precision', PRECISIONS)
@@ -147,10 +147,27 @@ def test_scale_rows_scales_exactly_the_first_rows(monkeypatch, precision, rows, 
     assert torch.equal(got[..., ~scaled], want[..., ~scaled])
 
 
-def test_scale_rows_where_it_cannot_apply_is_refused(monkeypatch):
+def test_scale_rows_where_it_cannot_apply_is_refused():
     linear, x = torch.nn.Linear(16, 24), torch.randn(3, 16)
     with pytest.raises(ValueError, match='scale_rows only where onednn_applies'):
         onednn_linear.linear_rows(x, linear, slice(8), scale_rows=(8, 0.125))  # autograd on
-    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
-    with torch.no_grad(), pytest.raises(ValueError, match='scale_rows is not supported while'):
-        onednn_linear.onednn_linear(x.bfloat16(), linear.bfloat16(), scale_rows=(8, 0.125))
+
+
+@pytest.mark.parametrize('precision', PRECISIONS)
+@pytest.mark.parametrize('rows', [slice(None), slice(0, 16), slice(16, 24)])
+@pytest.mark.parametrize('prepack', [True, False])
+def test_scale_rows_while_compiling_is_the_ops_argument(monkeypatch, precision, rows, prepack):
+    """While ``torch.compile`` traces, ``scale_rows`` goes to the op ``mmdeit::onednn_linear``
+    (the whole layer, then the rows): the eager function's bits."""
+    monkeypatch.setattr(onednn_linear, 'PREPACK', prepack and onednn_linear.PREPACK)
+    torch.manual_seed(0)
+    linear, x = _inputs(precision, torch.nn.Linear(16, 24), torch.randn(3, 5, 16))
+    with torch.inference_mode(), _autocast(precision):
+        want = onednn_linear.onednn_linear(x, linear, rows=rows, scale_rows=(8, 0.125))
+        monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)  # the op is called
+        got = onednn_linear.onednn_linear(x, linear, rows=rows, scale_rows=(8, 0.125))
+        plain = onednn_linear.onednn_linear(x, linear, rows=rows)
+    assert torch.equal(got, want)
+    scaled = torch.arange(24)[rows] < 8  # the output channels among the first 8
+    assert torch.equal(got[..., scaled], plain[..., scaled] * 0.125)
+    assert torch.equal(got[..., ~scaled], plain[..., ~scaled])
