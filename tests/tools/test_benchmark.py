@@ -22,6 +22,7 @@ ARGV = [
     '--arch', TINY, '--img-size', '32', '--patch-size', '8', '--num-classes', '10',
     '--infer-batch', '2', '--train-batch', '2', '--rounds', '2', '--train-rounds', '1',
     '--mm-size', '128',  # the n x n roofline: 2048 (the default) takes minutes in emulated bf16
+    '--settle', '0',  # no pause between calls (tested below)
     '--teacher', 'test_resnet',
 ]  # fmt: skip
 PEERS = ('mmpretrain', 'timm')
@@ -160,6 +161,7 @@ def test_memory_of_a_step_in_this_process():
         (['--warmup', '-1'], '--warmup must be >= 0'),
         (['--memory-jobs', '0'], '--memory-jobs must be >= 1'),
         (['--mm-size', '0'], '--mm-size must be >= 1, got 0'),
+        (['--settle', '-0.5'], '--settle must be >= 0, got -0.5'),
     ],
 )
 def test_bad_counts_are_refused_naming_the_flag(argv, match):
@@ -199,6 +201,20 @@ def test_bf16_runs_with_one_attention_kernel(tmp_path):
             assert report[section]['mm_peak_gflops'] > 0
             for r in report[section]['results'].values():
                 assert math.isfinite(r['best_s']) and r['flops_per_image'] > 0
+
+
+def test_each_timed_call_starts_after_the_pause(monkeypatch):
+    """``--settle``: a pause before every call of every round (warm-up included), so no call
+    starts while the previous one's threads still spin; the default 0.1 s."""
+    assert benchmark.parse_args([]).settle == 0.1
+    events = []
+    monkeypatch.setattr(benchmark.time, 'sleep', lambda s: events.append(s))
+    args = benchmark.parse_args([*ARGV[:-2], '--settle', '0.25', '--warmup', '1'])
+    fns = {name: lambda name=name: events.append(name) for name in ('a', 'b', 'c')}
+    res = benchmark.run_rounds(args, fns, 2, 'test')
+    assert events[0::2] == [0.25] * 9  # 3 rounds of 3 calls, each after a pause
+    assert events[1::2] == ['a', 'b', 'c', 'b', 'c', 'a', 'c', 'a', 'b']  # rotating order
+    assert all(len(r['times_s']) == 2 for r in res.values())
 
 
 def test_mm_size_defaults_to_2048_on_cpu():

@@ -14,7 +14,7 @@ from tools.analysis import onnx_speed
 from ..deployment.conftest import TINY, config_path
 
 TOOL = Path(onnx_speed.__file__).resolve()
-ARGV = ['--batch', '1', '--threads', '1', '--rounds', '1', '--calls', '1']
+ARGV = ['--batch', '1', '--threads', '1', '--rounds', '1', '--calls', '1', '--settle', '0']
 
 
 def test_report_fields_and_agreement(tmp_path, capsys):
@@ -63,3 +63,34 @@ def test_counts_below_one_are_refused_naming_the_flag(flag, capsys):
     with pytest.raises(SystemExit):
         onnx_speed.parse_args([flag, '0'])
     assert f'{flag[2:]} must be >= 1, got 0' in capsys.readouterr().err
+
+
+def test_a_negative_pause_is_refused_naming_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        onnx_speed.parse_args(['--settle', '-1'])
+    assert 'settle must be >= 0, got -1.0' in capsys.readouterr().err
+
+
+def test_each_runtimes_calls_start_after_the_pause(monkeypatch):
+    """``--settle`` (default 0.1 s): a pause before each runtime's block of calls, the warm-up
+    round included, so neither starts while the other's threads still spin."""
+    assert onnx_speed.parse_args([]).settle == 0.1
+    events = []
+    monkeypatch.setattr(onnx_speed.time, 'sleep', lambda s: events.append(s))
+    fns = {name: lambda name=name: events.append(name) for name in ('torch', 'ort')}
+    times = onnx_speed.measure(fns, rounds=2, calls=2, settle=0.3)
+    assert events == [0.3, 'torch', 'torch', 0.3, 'ort', 'ort'] + [
+        0.3,
+        'ort',
+        'ort',
+        0.3,
+        'torch',
+        'torch',
+        0.3,
+        'torch',
+        'torch',
+        0.3,
+        'ort',
+        'ort',
+    ]
+    assert {name: len(t) for name, t in times.items()} == {'torch': 2, 'ort': 2}

@@ -3,10 +3,13 @@
 Every library is built here holding mmdeit's random weights (strict loads; the logits are
 compared), gets the same inputs and thread count, and is timed in interleaved rounds: each round
 calls every library once, in a rotating order, and a large ``torch.mm`` whose best time is the
-matmul peak of the roofline, sampled under the same load. Timed: inference (``predict`` under
-``inference_mode``), a training step (forward, mean cross-entropy of both heads, backward,
-fused AdamW) and a hard-distillation step with the teacher's call timed inside it; optionally a
-profile of mmdeit's calls and its peak memory in a step (a fresh process each). ``mmdeit
+matmul peak of the roofline, sampled under the same load; each call starts ``--settle`` seconds
+(0.1) after the previous one ended, on idle cores (ONNX Runtime's threads spin on for tens of
+ms after a run: a DeiT-S forward right after it took 1.2x its time). Timed: inference
+(``predict`` under ``inference_mode``), a training step (forward, mean cross-entropy of both
+heads, backward, fused AdamW) and a hard-distillation step with the teacher's call timed inside
+it; optionally a profile of mmdeit's calls and its peak memory in a step (a fresh process
+each). ``mmdeit
 (fast_path=False)``, the same backbone with its speed measures off, runs as one more library
 (the ablation). FLOPs are what torch's ``FlopCounterMode`` counts in one untimed call of each
 library (a multiply and an add are 2 FLOPs). ``--dtype bf16`` runs everything under bf16
@@ -30,6 +33,7 @@ import json
 import logging
 import os
 import statistics
+import time
 from typing import Dict, List, Optional, Union
 
 import torch
@@ -64,6 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--rounds', type=int, default=7, help='timed inference rounds')
     p.add_argument('--train-rounds', type=int, default=5, help='timed training rounds')
     p.add_argument('--warmup', type=int, default=1, help='untimed rounds after the counted call')
+    dm.add_settle_arg(p)
     p.add_argument('--threads', type=int, default=torch.get_num_threads())
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     dtypes = ['fp32', 'bf16', 'bf16-model']  # bf16-model: models and inputs cast to bf16
@@ -122,8 +127,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.mm_size is None:
         args.mm_size = 8192 if args.device == 'cuda' else 2048
     counts = ('infer_batch', 'train_batch', 'rounds', 'train_rounds', 'threads', 'mm_size')
-    for name in (*counts, 'memory_jobs', 'warmup'):
-        low = 0 if name == 'warmup' else 1
+    for name in (*counts, 'memory_jobs', 'warmup', 'settle'):
+        low = 0 if name in ('warmup', 'settle') else 1
         if getattr(args, name) < low:
             flag = name.replace('_', '-')
             raise ValueError(f'--{flag} must be >= {low}, got {getattr(args, name)}')
@@ -138,12 +143,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_rounds(args, fns: Dict[str, Fn], rounds: int, label: str) -> Dict[str, dict]:
-    """``args.warmup`` untimed rounds, then ``rounds`` timed ones; each calls every function."""
+    """``args.warmup`` untimed rounds, then ``rounds`` timed ones; each calls every function,
+    ``args.settle`` seconds after the previous call ended."""
     names = list(fns)
     wall: Dict[str, List[float]] = {n: [] for n in names}
     cpu: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(args.warmup + rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:  # the order rotates
+            time.sleep(args.settle)  # the previous call's spinning threads go to sleep
             wall_s, cpu_s = dm.timed(args, fns[name])
             if r >= args.warmup:
                 wall[name].append(wall_s)

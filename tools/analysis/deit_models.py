@@ -76,6 +76,18 @@ def add_malloc_arg(parser: ArgumentParser) -> None:
     )
 
 
+def add_settle_arg(parser: ArgumentParser) -> None:
+    """``--settle SECONDS`` (default 0.1): the pause before each timed call (or block of calls)
+    of an interleaved measurement, read by the tool's timing loop."""
+    parser.add_argument(
+        '--settle',
+        type=float,
+        default=0.1,
+        help='seconds of pause before each timed call, so that it starts on idle cores: '
+        "ONNX Runtime's threads spin for tens of ms after a run and slow whatever runs next",
+    )
+
+
 def apply_malloc(args: Namespace) -> dict:
     """Keep freed memory for the process if ``args.malloc`` is 'keep'; returns what a report
     records: ``{'option': args.malloc, 'kept': the thresholds kept (bytes), or None}``."""

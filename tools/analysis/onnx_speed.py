@@ -7,7 +7,9 @@ graph optimisations, ``--threads`` intra-op threads) and in PyTorch as ``init_mo
 process, the order rotating; images/s from the best round, the median beside it. The process
 keeps freed memory for its next tensors as mmdeit's tools and ``benchmark.py`` make it
 (``mmdeit.engine.keep_freed_memory``, both runtimes under it); ``--malloc glibc`` leaves glibc's
-thresholds alone::
+thresholds alone. Each runtime's calls start ``--settle`` seconds (0.1) after the other's ended:
+ONNX Runtime's threads spin on for tens of ms after a run, and a PyTorch forward right after it
+took 1.2x its time::
 
     python tools/analysis/onnx_speed.py --config configs/deit/deit-small_8xb128_in1k.py
 """
@@ -46,17 +48,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         '--compile', action='store_true', help='also init_model(..., compile=True) (inductor)'
     )
     dm.add_malloc_arg(p)
+    dm.add_settle_arg(p)
     p.add_argument('--out', help='write the results as JSON here')
     args = p.parse_args(argv)
     dm.require_positive(p, args, ('batch', 'threads', 'rounds', 'calls'))
+    if args.settle < 0:
+        p.error(f'--settle must be >= 0, got {args.settle}')
     return args
 
 
-def measure(fns: Dict[str, Callable[[], object]], rounds: int, calls: int) -> Dict[str, list]:
-    """Seconds per call of each function, per round; one untimed round first."""
+def measure(
+    fns: Dict[str, Callable[[], object]], rounds: int, calls: int, settle: float
+) -> Dict[str, list]:
+    """Seconds per call of each function, per round; one untimed round first. Each function's
+    ``calls`` start ``settle`` seconds after the previous function's ended (idle cores)."""
     names, times = list(fns), {n: [] for n in fns}
     for r in range(rounds + 1):
         for name in names[r % len(names) :] + names[: r % len(names)]:
+            time.sleep(settle)  # the previous runtime's spinning threads go to sleep
             start = time.perf_counter()
             for _ in range(calls):
                 fns[name]()
@@ -104,13 +113,14 @@ def main(argv=None) -> dict:
         print(f'  init_model(compile=True): first forward {time.perf_counter() - start:.0f} s')
         fns['mmdeit init_model(compile=True)'] = mmdeit_compiled
     diff = float(np.abs(mmdeit_eager().numpy() - onnxruntime()).max())
-    times = measure(fns, args.rounds, args.calls)
+    times = measure(fns, args.rounds, args.calls, args.settle)
     import onnxruntime as ort
 
     result = dict(
         cpu=cpu_name(default='unknown CPU'),
         threads=args.threads,
         malloc=malloc,
+        settle_s=args.settle,
         torch=torch.__version__,
         onnxruntime=ort.__version__,
         config=Path(args.config).name,
