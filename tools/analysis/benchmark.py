@@ -2,27 +2,26 @@
 
 Every library is built here holding mmdeit's random weights (strict loads; the logits are
 compared), gets the same inputs and thread count, and is timed in interleaved rounds: each round
-calls every library once, in a rotating order, and a large ``torch.mm`` whose best time is the
-matmul peak of the roofline, sampled under the same load; each call starts ``--settle`` seconds
-(0.1) after the previous one ended, on idle cores (ONNX Runtime's threads spin on for tens of
-ms after a run: a DeiT-S forward right after it took 1.2x its time). Timed: inference
-(``predict`` under ``inference_mode``), a training step (forward, mean cross-entropy of both
-heads, backward, fused AdamW) and a hard-distillation step with the teacher's call timed inside
-it; optionally a profile of mmdeit's calls and its peak memory in a step (a fresh process
-each). ``mmdeit
-(fast_path=False)``, the same backbone with its speed measures off, runs as one more library
-(the ablation). FLOPs are what torch's ``FlopCounterMode`` counts in one untimed call of each
-library (a multiply and an add are 2 FLOPs). ``--dtype bf16`` runs everything under bf16
-autocast, ``bf16-model`` with the models and inputs cast to bf16 (several values: one run
-each, in turn); ``--sdpa`` allows one attention kernel only. ``--compile`` and
-``--onnxruntime`` add deployment peers to the inference section (``deploy_peers.py``):
-``torch.compile`` of mmdeit and timm, and ONNX Runtime on mmdeit's export;
-``--ablate SWITCH ...`` adds mmdeit with each named fast-path switch off to the sections the
-switch changes (``switch_ablation.py``; ``--prepack-ablation`` is ``--ablate prepack``). The
+calls every library once, in an order drawn anew each round (seeded), and a large ``torch.mm``
+whose best time is the matmul peak of the roofline, sampled under the same load; each call
+starts ``--settle`` seconds (0.1) after the previous one ended, on idle cores (ONNX Runtime's
+threads spin on for tens of ms after a run: a DeiT-S forward right after it took 1.2x its time).
+Timed: inference (``predict`` under ``inference_mode``), a training step (forward, mean
+cross-entropy of both heads, backward, fused AdamW) and a hard-distillation step with the
+teacher's call timed inside it; optionally a profile of mmdeit's calls and its peak memory in a
+step (a fresh process each). ``mmdeit (fast_path=False)``, the same backbone with its speed
+measures off, runs as one more library (the ablation). FLOPs are what torch's
+``FlopCounterMode`` counts in one untimed call of each library (a multiply and an add are 2
+FLOPs). ``--dtype bf16`` runs everything under bf16 autocast, ``bf16-model`` with the models and
+inputs cast to bf16 (several values: one run each, in turn); ``--sdpa`` allows one attention
+kernel only. ``--compile`` and ``--onnxruntime`` add deployment peers to the inference section
+(``deploy_peers.py``): ``torch.compile`` of mmdeit and timm, and ONNX Runtime on mmdeit's
+export; ``--ablate SWITCH ...`` adds mmdeit with each named fast-path switch off to the sections
+the switch changes (``switch_ablation.py``; ``--prepack-ablation`` is ``--ablate prepack``). The
 process keeps freed memory for its next tensors as mmdeit's tools make it
 (``mmdeit.engine.keep_freed_memory``; every library runs under it), ``--malloc glibc`` leaves
-glibc's thresholds alone. The tool reports numbers and judges none; see
-``docs/benchmarks.md``. Example::
+glibc's thresholds alone. The tool reports numbers and judges none; see ``docs/benchmarks.md``.
+Example::
 
     python tools/analysis/benchmark.py --arch deit-small --out work_dirs/benchmark.json
 """
@@ -32,6 +31,7 @@ import functools
 import json
 import logging
 import os
+import random
 import statistics
 import time
 from typing import Dict, List, Optional, Union
@@ -144,12 +144,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run_rounds(args, fns: Dict[str, Fn], rounds: int, label: str) -> Dict[str, dict]:
     """``args.warmup`` untimed rounds, then ``rounds`` timed ones; each calls every function,
-    ``args.settle`` seconds after the previous call ended."""
-    names = list(fns)
+    ``args.settle`` seconds after the previous call ended, in an order drawn for the round
+    (``args.seed``): in a fixed cyclic order each function always follows the same one, and the
+    first (mmdeit) followed the roofline's large GEMMs, which left it ~1 % slower than an
+    identical function elsewhere in the order (fp32, DeiT-S, measured)."""
+    names, rng = list(fns), random.Random(args.seed)
     wall: Dict[str, List[float]] = {n: [] for n in names}
     cpu: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(args.warmup + rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:  # the order rotates
+        for name in rng.sample(names, len(names)):
             time.sleep(args.settle)  # the previous call's spinning threads go to sleep
             wall_s, cpu_s = dm.timed(args, fns[name])
             if r >= args.warmup:
