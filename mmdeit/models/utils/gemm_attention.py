@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from . import onednn_linear as onednn
+from .cpu_ops import define_cpu_op
 
 #: Device types where the GEMM form replaces SDPA for bf16.
 GEMM_DEVICE_TYPES = frozenset({'cpu'})
@@ -117,15 +118,21 @@ def _gemm_attention(
     return out.transpose(1, 2).reshape(B, n, h * d)  # (B, n, C), a copy
 
 
-@torch.library.custom_op('mmdeit::gemm_attention', mutates_args=())
-def _gemm_attention_op(
+def _gemm_attention_kernel(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """:func:`_gemm_attention` as one op of a compiled graph (inference only: no backward)."""
+    """The op ``mmdeit::gemm_attention``: :func:`_gemm_attention` as one op of a compiled graph
+    (inference only: no backward)."""
     return _gemm_attention(q, k, v, scale)
 
 
-@_gemm_attention_op.register_fake
-def _(q, k, v, scale):
+def _gemm_attention_fake(q, k, v, scale):
     B, h, n, d = q.shape
     return q.new_empty((B, n, h * d))
+
+
+define_cpu_op(
+    'gemm_attention(Tensor q, Tensor k, Tensor v, float scale) -> Tensor',
+    _gemm_attention_kernel,
+    _gemm_attention_fake,
+)

@@ -38,7 +38,7 @@ inference a second copy of the weights; in bf16 it replaces the plain bf16 copy,
 weight slices of :func:`linear_rows` still use). ``PREPACK = False`` turns it off.
 
 **Under ``torch.compile``** the layer is one opaque op of this package, ``torch.ops.mmdeit.
-onednn_linear`` (a ``torch.library.custom_op``): inductor compiles what lies between the
+onednn_linear`` (``cpu_ops.define_cpu_op``): inductor compiles what lies between the
 linears (layer norms, casts, residual adds, attention) and calls this op for each linear, with
 the same kept bf16 weight copies (``scale_rows`` too: its last two arguments). Traced as plain
 ops instead, the compiled model ran slower than the eager one (docs/benchmarks.md): under
@@ -52,6 +52,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.weak import WeakTensorKeyDictionary
+
+from .cpu_ops import define_cpu_op
 
 _HAS_OP = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_linear_pointwise')
 _GELU = {'none': ('gelu', 'none'), 'tanh': ('gelu', 'tanh')}
@@ -208,27 +210,34 @@ def _linear_pointwise(
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algorithm)
 
 
+def _onednn_linear_kernel(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    gelu: Optional[str],
+    scale_n: int = 0,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """The op ``mmdeit::onednn_linear``: :func:`_linear_pointwise` as one op of a compiled
+    graph, (..., C_in) -> (..., C_out); a bf16 ``x`` takes the parameters' kept bf16 copies,
+    packed where :data:`PREPACK`; with ``scale_n`` > 0, :func:`onednn_linear`'s
+    ``scale_rows=(scale_n, scale)``."""
+    if scale_n:
+        return _scaled_linear(x, weight, bias, gelu, (scale_n, scale))
+    return _linear_pointwise(x, *_whole_weight(weight, bias, x.dtype), gelu)
+
+
+def _onednn_linear_fake(x, weight, bias, gelu, scale_n=0, scale=1.0):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
 if _HAS_OP:
-
-    @torch.library.custom_op('mmdeit::onednn_linear', mutates_args=())
-    def _onednn_linear_op(
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: Optional[torch.Tensor],
-        gelu: Optional[str],
-        scale_n: int = 0,
-        scale: float = 1.0,
-    ) -> torch.Tensor:
-        """:func:`_linear_pointwise` as one op of a compiled graph: (..., C_in) -> (..., C_out);
-        a bf16 ``x`` takes the parameters' kept bf16 copies, packed where :data:`PREPACK`; with
-        ``scale_n`` > 0, :func:`onednn_linear`'s ``scale_rows=(scale_n, scale)``."""
-        if scale_n:
-            return _scaled_linear(x, weight, bias, gelu, (scale_n, scale))
-        return _linear_pointwise(x, *_whole_weight(weight, bias, x.dtype), gelu)
-
-    @_onednn_linear_op.register_fake
-    def _(x, weight, bias, gelu, scale_n=0, scale=1.0):
-        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+    define_cpu_op(
+        'onednn_linear(Tensor x, Tensor weight, Tensor? bias, str? gelu, int scale_n=0, '
+        'float scale=1.0) -> Tensor',
+        _onednn_linear_kernel,
+        _onednn_linear_fake,
+    )
 
 
 def _whole_weight(
