@@ -4,8 +4,9 @@ The fast path's oneDNN linear and bf16 GEMM attention are single opaque ops of a
 ``torch.compile`` graph (``onednn_linear.py``, ``gemm_attention.py``). They are defined with
 ``torch.library.Library`` and a kernel for the CPU dispatch key only, not with
 ``torch.library.custom_op``: the latter's Python wrapping cost ~15 µs a call (35.8 against 20.7
-µs for a tiny linear, measured on an AVX-512 host), this form ~4 (24.7), ~0.7 ms a DeiT forward
-of 61 such calls. Both ops have no backward; they are called only without autograd.
+µs for a tiny linear, measured on an AVX-512 host), this form ~4 (24.7); compiled DeiT-S in
+bf16 at batch 8 took 188-197 against 202 ms (docs/benchmarks.md). Both ops have no backward;
+they are called only without autograd.
 """
 
 from typing import Callable
