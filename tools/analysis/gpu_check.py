@@ -237,6 +237,7 @@ def tests_command(args) -> List[str]:
     """The per-device parity tests, selected by the device's name."""
     files = [
         'tests/models/backbones/test_bf16_fast_path.py',
+        'tests/models/backbones/test_kept_casts.py',
         'tests/models/utils/test_drop_path_device.py',
     ]
     return [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *files, '-k', 'device']
