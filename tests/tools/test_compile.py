@@ -172,17 +172,21 @@ def test_distillation_loss_compiles(teacher_ckpt):  # noqa: F811
 
 
 @pytest.mark.parametrize('fp32_onednn', [False, True])  # AVX2-only / AVX-512 CPUs' choice
-def test_output_rows_are_right_under_max_autotune_with_freezing(monkeypatch, fp32_onednn):
+@pytest.mark.parametrize('plain_when_frozen', [False, True])  # without / with AMX
+def test_output_rows_are_right_under_max_autotune_with_freezing(
+    monkeypatch, fp32_onednn, plain_when_frozen
+):
     """``linear_rows`` of the last layer's k and v (``weight[C:]``): inductor's CPU GEMM template
     (max-autotune with freezing) read such a weight view at the wrong place (errors of ~3 on
     this test, torch 2.13); the traced form slices the whole layer's output instead (inductor's
     GEMM without oneDNN, our oneDNN op with it)."""
     from torch._inductor import config as inductor_config
 
-    from mmdeit.models.utils import onednn_linear
+    from mmdeit.models.utils import cpu_ops, onednn_linear
     from mmdeit.models.utils.onednn_linear import linear_rows
 
     monkeypatch.setattr(onednn_linear, 'FP32_ONEDNN', fp32_onednn and onednn_linear._HAS_OP)
+    monkeypatch.setattr(cpu_ops, 'PLAIN_OPS_WHEN_FROZEN', plain_when_frozen)
 
     torch.manual_seed(0)
     qkv = torch.nn.Linear(32, 96).eval()

@@ -30,6 +30,8 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
   layer's ~23 kernels on an H200). Without autograd, in eval mode, the layer keeps its weights
   in the autocast dtype (made once, remade when a weight changes) and runs its formula as
   plain functions on them: the casts autocast would make, not repeated; the same products.
+* **None under inductor's ``freezing`` on an AMX CPU**: the reference's formula, which inductor
+  packs, fuses and tunes faster there (``plain_ops_traced`` in ``mmdeit/models/utils/cpu_ops.py``).
 
 Under autocast on a GPU with autograd no measure but ``num_queries`` applies, and the layers
 without it run the reference's ``_forward`` (fewer Python calls for the same kernels).
@@ -48,6 +50,7 @@ import torch.nn.functional as F
 from mmcv.cnn.bricks.drop import DropPath
 
 from ..utils import onednn_linear as onednn
+from ..utils.cpu_ops import plain_ops_traced
 from ..utils.drop_path import multiply_dropped, skip_dropped_samples, skips_dropped_samples
 from ..utils.gemm_attention import gemm_attention, gemm_attention_applies, q_scale_folds
 from .transformer_layer import FFN, MultiheadAttention, TransformerEncoderLayer
@@ -69,9 +72,7 @@ def _autocast_on(x: torch.Tensor) -> bool:
 
 def _active_dropout(module: nn.Module) -> bool:
     """Whether a dropout-like module (Dropout, DropPath or ``nn.Identity``) changes its input
-    now. Called several times per layer: no attribute lookup that can fail (a failed lookup on
-    a module raises and catches an AttributeError, microseconds in a GPU forward that is
-    bound by the host's launching)."""
+    now; no attribute lookup that can fail (a failed one costs microseconds: raised, caught)."""
     if not module.training or type(module) is nn.Identity:
         return False
     if isinstance(module, nn.Dropout):
@@ -251,10 +252,9 @@ class FastFFN(FFN):
 def _measures_apply(x: torch.Tensor) -> bool:
     """Whether a measure of this module other than ``num_queries`` can change this layer's
     work: on the CPU (oneDNN, skipped samples, GEMM attention), or without autocast (the
-    shortcuts summed inside the GEMMs). Under autocast on a GPU none does (each branch runs
-    its formula), and the reference layer runs instead: it launches the same kernels through
-    fewer Python calls, which is what bounds a GPU forward at small batches (measured on an
-    H200: docs/benchmarks.md)."""
+    shortcuts summed inside the GEMMs). Under autocast on a GPU none does, and the reference
+    layer runs instead: the same kernels through fewer Python calls, which is what bounds a
+    GPU forward at small batches (measured on an H200: docs/benchmarks.md)."""
     return x.device.type == 'cpu' or not _autocast_on(x)
 
 
@@ -326,8 +326,7 @@ class FastTransformerEncoderLayer(TransformerEncoderLayer):
         Not kept for weights made under ``torch.inference_mode`` (no version to tell a change).
         """
         # The modules' own dicts: ``self.attn.qkv.weight`` and the like took ~15 µs a layer
-        # through ``nn.Module.__getattr__`` (this check now ~3.5; measured on a CPU), ~3 % of
-        # a small forward's host time.
+        # through ``nn.Module.__getattr__`` (now ~3.5 µs; ~3 % of a small forward's host time).
         attn, mlp = self._modules['attn']._modules, self._modules['ffn']._modules['layers']
         linears = (attn['qkv'], attn['proj'], mlp._modules['0'][0], mlp._modules['1'])  # fc1, fc2
         params = [p for m in linears for p in m._parameters.values()]  # weight, bias (or None)
@@ -375,8 +374,9 @@ class FastTransformerEncoderLayer(TransformerEncoderLayer):
     def _forward(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
         if _keeps_casts(x, self):
             return self._forward_kept_casts(x, num_queries)
-        if num_queries is None and not _measures_apply(x):
-            return super()._forward(x)  # the same ops with fewer Python calls
+        # The reference: the same ops with fewer Python calls, or inductor's own (freezing).
+        if plain_ops_traced() or (num_queries is None and not _measures_apply(x)):
+            return super()._forward(x, num_queries)
         identity = x if num_queries is None else x[:, :num_queries]  # (B, n, C)
         # A new tensor: the input is never modified.
         x = _add_residual(

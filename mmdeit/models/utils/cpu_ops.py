@@ -7,13 +7,50 @@ The fast path's oneDNN linear and bf16 GEMM attention are single opaque ops of a
 µs for a tiny linear, measured on an AVX-512 host), this form ~4 (24.7); compiled DeiT-S in
 bf16 at batch 8 took 188-197 against 202 ms (docs/benchmarks.md). Both ops have no backward;
 they are called only without autograd.
+
+**Where inductor freezes the weights they step aside on AMX CPUs** (:data:`PLAIN_OPS_WHEN_FROZEN`,
+:func:`plain_ops_traced`). With ``torch._inductor.config.freezing`` on, inductor folds the
+weights in as constants, packs them for oneDNN itself and, under ``mode='max-autotune'``, picks
+among its own GEMM kernels (AMX micro-kernels with the bias, GELU and residual add fused in);
+these ops are opaque to it. Measured on an AMX host (DeiT-S, bf16 autocast, batch 8,
+docs/benchmarks.md), the compiled model with freezing took 0.95x the time with the plain ops
+(default mode) and 0.85-0.93x with ``max-autotune`` (fp32: 0.93x); without freezing the ops are
+faster (plain: 1.25x the time), so there they stay. Not measured on a CPU without AMX, where
+the ops stay. Chosen once at import; set it to False to keep the ops under freezing too.
 """
 
 from typing import Callable
 
 import torch
+from torch._inductor import config as inductor_config
 
 _LIB = torch.library.Library('mmdeit', 'FRAGMENT')  # kept alive with the module
+
+
+def _has_amx() -> bool:
+    """Whether this CPU has AMX tiles (False where torch cannot tell)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+#: The fast path's ops give way to the plain ones while inductor traces with ``freezing`` on
+#: (see the module's docstring): True on CPUs with AMX, checked once at import.
+PLAIN_OPS_WHEN_FROZEN = _has_amx()
+
+
+def plain_ops_traced() -> bool:
+    """Whether the fast path runs the reference's plain ops instead of its own here: while
+    ``torch.compile`` traces an inference graph (no autograd) with inductor's ``freezing``
+    on (``torch._inductor.config.freezing``, read at tracing), where
+    :data:`PLAIN_OPS_WHEN_FROZEN`."""
+    return (
+        PLAIN_OPS_WHEN_FROZEN
+        and torch.compiler.is_compiling()
+        and not torch.is_grad_enabled()
+        and bool(inductor_config.freezing)
+    )
 
 
 def define_cpu_op(schema: str, kernel: Callable, fake: Callable) -> torch._ops.OpOverloadPacket:

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from . import onednn_linear as onednn
-from .cpu_ops import define_cpu_op
+from .cpu_ops import define_cpu_op, plain_ops_traced
 
 #: Device types where the GEMM form replaces SDPA for bf16.
 GEMM_DEVICE_TYPES = frozenset({'cpu'})
@@ -49,12 +49,14 @@ FOLD_Q_SCALE = True
 def gemm_attention_applies(q: torch.Tensor, dropout_p: float = 0.0) -> bool:
     """Whether :func:`gemm_attention` is the faster form: bf16 on the CPU, no attention
     dropout; while ``torch.compile`` traces, only without autograd (then it is one op of the
-    graph, which has no backward; with autograd the compiler picks its own kernels)."""
+    graph, which has no backward; with autograd the compiler picks its own kernels), and not
+    where :func:`~.cpu_ops.plain_ops_traced` holds."""
     return (
         q.dtype == torch.bfloat16
         and q.device.type in GEMM_DEVICE_TYPES
         and dropout_p == 0.0
         and not (torch.compiler.is_compiling() and torch.is_grad_enabled())
+        and not plain_ops_traced()  # inductor's freezing on an AMX CPU: SDPA (cpu_ops.py)
     )
 
 

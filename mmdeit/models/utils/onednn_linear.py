@@ -53,7 +53,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from .cpu_ops import define_cpu_op
+from .cpu_ops import define_cpu_op, plain_ops_traced
 
 _HAS_OP = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_linear_pointwise')
 _GELU = {'none': ('gelu', 'none'), 'tanh': ('gelu', 'tanh')}
@@ -97,9 +97,12 @@ def onednn_applies(x: torch.Tensor, linear: nn.Module) -> bool:
     True without autograd, for an ``nn.Linear`` on the CPU, in fp32 (no autocast) when
     :data:`FP32_ONEDNN` or in bf16 (a bf16 model and input without autocast, or bf16 autocast
     of an fp32 or bf16 model) when :data:`BF16_SUPPORTED`; also while ``torch.compile``
-    traces (then :func:`onednn_linear` is one opaque op of the graph).
+    traces (then :func:`onednn_linear` is one opaque op of the graph), except where
+    :func:`~.cpu_ops.plain_ops_traced` holds (inductor's ``freezing`` on an AMX CPU).
     """
     if not _HAS_OP or torch.is_grad_enabled() or type(linear) is not nn.Linear:
+        return False
+    if plain_ops_traced():  # inductor packs frozen weights itself (cpu_ops.py)
         return False
     if x.device.type != 'cpu':
         return False
