@@ -40,6 +40,15 @@ def _has_amx() -> bool:
 PLAIN_OPS_WHEN_FROZEN = _has_amx()
 
 
+@torch.compiler.assume_constant_result
+def _freezing() -> bool:
+    """Inductor's ``freezing`` setting, a constant of the traced graph: no guard on it, so a
+    graph traced inside ``inductor_config.patch(freezing=True)`` is not traced again when
+    called after the block (its weights stay frozen; a guard made dynamo trace it again, as
+    a graph with the ops and without freezing)."""
+    return bool(inductor_config.freezing)
+
+
 def plain_ops_traced() -> bool:
     """Whether the fast path runs the reference's plain ops instead of its own here: while
     ``torch.compile`` traces an inference graph (no autograd) with inductor's ``freezing``
@@ -49,7 +58,7 @@ def plain_ops_traced() -> bool:
         PLAIN_OPS_WHEN_FROZEN
         and torch.compiler.is_compiling()
         and not torch.is_grad_enabled()
-        and bool(inductor_config.freezing)
+        and _freezing()
     )
 
 

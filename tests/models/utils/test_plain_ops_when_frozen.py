@@ -99,3 +99,25 @@ def test_frozen_compiled_model_predicts_as_eager(monkeypatch, precision, tol):
     torch._dynamo.reset()
     assert got.shape == expected.shape == (3, 64)
     torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+
+
+def test_graph_traced_under_freezing_is_kept_after_the_setting(monkeypatch):
+    """The setting is read once, at tracing: a graph traced inside
+    ``inductor_config.patch(freezing=True)`` (as ``benchmark.py --compile max-autotune``
+    compiles) is called after the block without being traced again (no guard on it)."""
+    monkeypatch.setattr(cpu_ops, 'PLAIN_OPS_WHEN_FROZEN', True)
+    model, x = _backbone(), torch.randn(2, 3, 32, 32)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend)
+    with torch.no_grad():
+        with inductor_config.patch(freezing=True):
+            compiled(x)
+        compiled(x)
+    torch._dynamo.reset()
+    assert len(graphs) == 1
