@@ -375,7 +375,7 @@ class FastTransformerEncoderLayer(TransformerEncoderLayer):
         if _keeps_casts(x, self):
             return self._forward_kept_casts(x, num_queries)
         # The reference: the same ops with fewer Python calls, or inductor's own (freezing).
-        if plain_ops_traced() or (num_queries is None and not _measures_apply(x)):
+        if plain_ops_traced(x) or (num_queries is None and not _measures_apply(x)):
             return super()._forward(x, num_queries)
         identity = x if num_queries is None else x[:, :num_queries]  # (B, n, C)
         # A new tensor: the input is never modified.

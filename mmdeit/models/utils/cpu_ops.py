@@ -49,13 +49,14 @@ def _freezing() -> bool:
     return bool(inductor_config.freezing)
 
 
-def plain_ops_traced() -> bool:
-    """Whether the fast path runs the reference's plain ops instead of its own here: while
-    ``torch.compile`` traces an inference graph (no autograd) with inductor's ``freezing``
-    on (``torch._inductor.config.freezing``, read at tracing), where
+def plain_ops_traced(x: torch.Tensor) -> bool:
+    """Whether the fast path runs the reference's plain ops on ``x`` instead of its own: a CPU
+    tensor, while ``torch.compile`` traces an inference graph (no autograd) with inductor's
+    ``freezing`` on (``torch._inductor.config.freezing``, read at tracing), where
     :data:`PLAIN_OPS_WHEN_FROZEN`."""
     return (
         PLAIN_OPS_WHEN_FROZEN
+        and x.device.type == 'cpu'
         and torch.compiler.is_compiling()
         and not torch.is_grad_enabled()
         and _freezing()

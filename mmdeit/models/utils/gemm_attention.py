@@ -56,7 +56,7 @@ def gemm_attention_applies(q: torch.Tensor, dropout_p: float = 0.0) -> bool:
         and q.device.type in GEMM_DEVICE_TYPES
         and dropout_p == 0.0
         and not (torch.compiler.is_compiling() and torch.is_grad_enabled())
-        and not plain_ops_traced()  # inductor's freezing on an AMX CPU: SDPA (cpu_ops.py)
+        and not plain_ops_traced(q)  # inductor's freezing on an AMX CPU: SDPA (cpu_ops.py)
     )
 
 

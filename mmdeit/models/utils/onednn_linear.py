@@ -102,7 +102,7 @@ def onednn_applies(x: torch.Tensor, linear: nn.Module) -> bool:
     """
     if not _HAS_OP or torch.is_grad_enabled() or type(linear) is not nn.Linear:
         return False
-    if plain_ops_traced():  # inductor packs frozen weights itself (cpu_ops.py)
+    if plain_ops_traced(x):  # inductor packs frozen weights itself (cpu_ops.py)
         return False
     if x.device.type != 'cpu':
         return False

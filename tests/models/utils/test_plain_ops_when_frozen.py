@@ -68,16 +68,18 @@ def test_ops_step_aside_only_under_freezing_with_the_switch(
             assert 'mmdeit.gemm_attention' in own
 
 
-def test_not_outside_tracing_nor_with_autograd(monkeypatch):
+def test_not_outside_tracing_nor_with_autograd_nor_off_the_cpu(monkeypatch):
     monkeypatch.setattr(cpu_ops, 'PLAIN_OPS_WHEN_FROZEN', True)
+    x, meta = torch.zeros(1), torch.zeros(1, device='meta')
     with inductor_config.patch(freezing=True):
-        assert not cpu_ops.plain_ops_traced()  # eager: the fast path's own ops
+        assert not cpu_ops.plain_ops_traced(x)  # eager: the fast path's own ops
         monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
-        assert not cpu_ops.plain_ops_traced()  # autograd on (a training graph)
+        assert not cpu_ops.plain_ops_traced(x)  # autograd on (a training graph)
         with torch.no_grad():
-            assert cpu_ops.plain_ops_traced()
+            assert cpu_ops.plain_ops_traced(x)
+            assert not cpu_ops.plain_ops_traced(meta)  # another device: measured on CPUs only
     with torch.no_grad():
-        assert not cpu_ops.plain_ops_traced()  # no freezing
+        assert not cpu_ops.plain_ops_traced(x)  # no freezing
 
 
 def test_switch_is_on_where_the_cpu_has_amx():
