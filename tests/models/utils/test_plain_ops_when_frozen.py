@@ -10,7 +10,8 @@ from torch._inductor import config as inductor_config
 from mmdeit.models.backbones import DistilledVisionTransformer
 from mmdeit.models.utils import cpu_ops, onednn_linear
 
-TINY = dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)
+from ...conftest import TINY_ARCH
+
 PRECISIONS = [
     pytest.param(
         'bf16 autocast',
@@ -25,7 +26,9 @@ PRECISIONS = [
 
 def _backbone() -> torch.nn.Module:
     torch.manual_seed(0)
-    model = DistilledVisionTransformer(arch=TINY, img_size=32, patch_size=8, out_type='cls_token')
+    model = DistilledVisionTransformer(
+        arch=TINY_ARCH, img_size=32, patch_size=8, out_type='cls_token'
+    )
     model.init_weights()
     return model.eval()
 
@@ -34,20 +37,26 @@ def _autocast(precision: str):
     return torch.autocast('cpu', dtype=torch.bfloat16, enabled=precision == 'bf16 autocast')
 
 
-def _traced_ops(model, x, precision: str, freezing: bool) -> set:
-    """The call targets of the graph dynamo traces for ``model(x)`` without autograd."""
-    targets = set()
+def _capturing(model, fullgraph: bool = False):
+    """``model`` compiled with a backend that runs each graph dynamo traces as it is and
+    records it; returns the compiled model and the list of graphs (dynamo's caches reset)."""
+    graphs = []
 
     def backend(gm, example_inputs):
-        targets.update(str(node.target) for node in gm.graph.nodes if node.op == 'call_function')
+        graphs.append(gm)
         return gm.forward
 
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    return torch.compile(model, backend=backend, fullgraph=fullgraph), graphs
+
+
+def _traced_ops(model, x, precision: str, freezing: bool) -> set:
+    """The call targets of the graph dynamo traces for ``model(x)`` without autograd."""
+    compiled, graphs = _capturing(model, fullgraph=True)
     with torch.no_grad(), _autocast(precision), inductor_config.patch(freezing=freezing):
         compiled(x)
     torch._dynamo.reset()
-    return targets
+    return {str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == 'call_function'}
 
 
 @pytest.mark.parametrize('precision', PRECISIONS)
@@ -108,15 +117,8 @@ def test_graph_traced_under_freezing_is_kept_after_the_setting(monkeypatch):
     ``inductor_config.patch(freezing=True)`` (as ``benchmark.py --compile max-autotune``
     compiles) is called after the block without being traced again (no guard on it)."""
     monkeypatch.setattr(cpu_ops, 'PLAIN_OPS_WHEN_FROZEN', True)
-    model, x = _backbone(), torch.randn(2, 3, 32, 32)
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    torch._dynamo.reset()
-    compiled = torch.compile(model, backend=backend)
+    compiled, graphs = _capturing(_backbone())
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         with inductor_config.patch(freezing=True):
             compiled(x)
