@@ -49,6 +49,13 @@ SWITCHES: Dict[str, Switch] = {
         ('inference',),
         "1/sqrt(d) in q's projection; off: q scaled in the attention",
     ),
+    'cpu-kernels': Switch(
+        _UTILS + 'cpu_kernels',
+        'USE_CPU_KERNELS',
+        False,
+        ('inference',),
+        "mmdeit's C++ softmax, bf16 pre-norm and bf16 add (bf16 autocast); off: ATen's ops",
+    ),
     'prepack': Switch(
         _UTILS + 'onednn_linear',
         'PREPACK',

@@ -19,11 +19,11 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
   ``torch.compile``) the mask-multiply form runs, with the same draw.
 * **Attention as two GEMMs in bf16 on the CPU** (``mmdeit/models/utils/gemm_attention.py``):
   faster there than PyTorch's flash kernel; in inference ``1/sqrt(d)`` scales q in its GEMM.
-* **q of the first tokens only**: given ``num_queries`` (the reference's too: the backbone's
-  last layer gives only the cls/dist tokens it reads), the reference slices q from the whole
-  qkv GEMM; here q's rows come from a GEMM on the first rows, k and v from the rest of the
-  weight, except with autograd off the CPU (sliced from the whole GEMM there too,
-  :func:`_q_rows_from_whole`).
+* **mmdeit's C++ kernels for bf16 autocast inference** on AVX-512 BF16 CPUs: the softmax, the
+  pre-norms written in bf16, the bf16 branch added (``mmdeit/models/utils/cpu_kernels.py``).
+* **q of the first tokens only**: given ``num_queries`` (the backbone's last layer gives only
+  the cls/dist tokens it reads) the reference slices q from the whole qkv GEMM; here q's rows
+  come from a GEMM on the first rows, except with autograd off the CPU (:func:`_q_rows_from_whole`).
 * **Kept weight copies for autocast inference on a GPU** (:meth:`FastTransformerEncoderLayer.
   _forward_kept_casts`). A GPU forward at small batches is bound by the host launching
   kernels, and autocast launches a cast of every weight and bias in every call (8 of a
@@ -36,10 +36,9 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
 Under autocast on a GPU with autograd no measure but ``num_queries`` applies, and the layers
 without it run the reference's ``_forward`` (fewer Python calls for the same kernels).
 
-Each measure applies only where it is exact (fp32, erf GELU: only the rounding order of the
-sums changes; in bf16, the products autocast or the bf16 model computes); everywhere else the
-reference code runs (``super()``). Under autocast the shortcut stays in full precision; with
-autograd on the ordinary (autocast) ops run.
+Each measure applies only where it is exact (fp32, erf GELU: only the sums' rounding order
+changes; in bf16, the products autocast or the bf16 model computes); elsewhere the reference
+runs (``super()``). Under autocast the shortcut stays fp32; with autograd, autocast's ops run.
 """
 
 from typing import Optional, Tuple
@@ -49,6 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn.bricks.drop import DropPath
 
+from ..utils import cpu_kernels
 from ..utils import onednn_linear as onednn
 from ..utils.cpu_ops import plain_ops_traced
 from ..utils.drop_path import multiply_dropped, skip_dropped_samples, skips_dropped_samples
@@ -119,7 +119,7 @@ def _fused_residual_linear(
         if out.dtype == identity.dtype:
             return out.add_(identity)  # summed in place
         # Autocast: a bf16 branch into the fp32 stream, summed in the stream's dtype.
-        return identity.add_(out) if inplace else torch.add(identity, out)
+        return cpu_kernels.add(identity, out, inplace)
     if _autocast_on(x):  # keep the shortcut in full precision
         return identity + linear(x)  # the formula: dropout, layer scale, drop path are identities
     shape = identity.shape  # (B, n, C_out)
@@ -304,7 +304,7 @@ def _add_residual(
         if not skips_dropped_samples(x):  # CUDA (no host sync per layer), torch.compile
             return multiply_dropped(identity, x, branch, drop_path.drop_prob)
         return skip_dropped_samples(identity, x, branch, drop_path.drop_prob)
-    return module.add_branch(identity, norm(x), inplace=inplace, **kwargs)
+    return module.add_branch(identity, cpu_kernels.pre_norm(norm, x), inplace=inplace, **kwargs)
 
 
 class FastTransformerEncoderLayer(TransformerEncoderLayer):

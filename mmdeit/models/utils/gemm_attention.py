@@ -33,6 +33,7 @@ import math
 import torch
 import torch.nn as nn
 
+from . import cpu_kernels
 from . import onednn_linear as onednn
 from .cpu_ops import define_cpu_op, plain_ops_traced
 
@@ -112,7 +113,9 @@ def _gemm_attention(
         attn = torch.bmm(q, k.transpose(1, 2))  # (B*h, n, N)
         # over the rows of a 2-D view: CPU softmax splits its work better there (1.4x here)
         rows = attn.view(-1, N)  # (B*h*n, N)
-        if IN_PLACE_SOFTMAX and not (torch.is_grad_enabled() and rows.requires_grad):
+        if cpu_kernels.softmax_applies(rows):  # in place, one pass a row (cpu_kernels.py)
+            cpu_kernels.softmax_(rows)
+        elif IN_PLACE_SOFTMAX and not (torch.is_grad_enabled() and rows.requires_grad):
             torch.softmax(rows, dim=-1, out=rows)  # into the scores' memory
         else:
             attn = rows.softmax(dim=-1).view(B * h, n, N)

@@ -1,0 +1,196 @@
+"""Three small C++ kernels for bf16 autocast inference on CPUs with AVX-512 BF16 (AMX too).
+
+With the GEMMs on the tile unit, what is left around them sets the pace of a bf16 forward:
+measured on an AMX host (DeiT-S, batch 8, docs/benchmarks.md) the softmax took ~15 % of it,
+the LayerNorms with their casts to bf16 ~8 %, the residual adds ~4 %. ATen has no kernel for
+the forms the fast path needs: its bf16 softmax runs at 2x an exp pass, LayerNorm cannot write
+bf16 from fp32 input (a second pass casts it), and adding a bf16 branch into the fp32 shortcut
+first copies the branch to fp32. The kernels of ``csrc/cpu_kernels.cpp`` do each in one pass
+over a row held in registers, in fp32, rounding to bf16 once, as the ops they replace:
+
+* :func:`softmax_` over the attention scores' rows, in place (``exp_u20``, ATen's fast exp of
+  its CPU flash attention: the same bf16 result but in about 1 of 10^5 elements, one bf16 unit);
+* :func:`layer_norm_bf16`: the pre-norm written in bf16, the dtype the linear after it computes
+  in under autocast (the fp32 values rounded once; 1 bf16 unit apart from ATen's in about
+  2 of 10^5 elements: the sums' order);
+* :func:`add_bf16`: ``shortcut (fp32) + branch (bf16)``, the same bits as ATen's add.
+
+Built once per machine with PyTorch's C++ extension builder (``torch.utils.cpp_extension``,
+ninja and a C++ compiler, as ``torch.compile`` on the CPU needs; ~25 s on 2 cores, then loaded
+from PyTorch's extension cache), at the first call that can use them, never at import. Where the
+build fails the ATen ops run (one warning). :data:`USE_CPU_KERNELS` is the switch; it is off on
+CPUs without AVX-512 BF16 and where the environment variable ``MMDEIT_CPU_KERNELS=0`` is set.
+Inference only (no autograd), never while ``torch.compile`` traces (inductor writes its own).
+"""
+
+import logging
+import os
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name('csrc') / 'cpu_kernels.cpp'
+_FLAGS = [
+    '-O3',
+    '-mavx512f',
+    '-mavx512bw',
+    '-mavx512vl',
+    '-mavx512dq',
+    '-mavx512bf16',
+    '-mfma',
+    '-fopenmp',  # at::parallel_for over PyTorch's OpenMP threads (its libgomp, loaded already)
+    '-DCPU_CAPABILITY=AVX512',  # at::vec's AVX-512 types (exp_u20)
+    '-DCPU_CAPABILITY_AVX512',
+]
+
+
+def _avx512_bf16() -> bool:
+    """Whether this CPU has AVX-512 BF16 (False where torch cannot tell)."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+#: This CPU can run the kernels (checked once, at import); they are never built or run elsewhere.
+SUPPORTED = _avx512_bf16()
+#: The kernels replace the ATen ops where they apply: on CPUs with AVX-512 BF16 unless the
+#: environment sets ``MMDEIT_CPU_KERNELS=0``; chosen once, at import. Read at every call: set
+#: to False for ATen's ops (the same function).
+USE_CPU_KERNELS = SUPPORTED and os.environ.get('MMDEIT_CPU_KERNELS', '1') != '0'
+
+_lock = threading.Lock()
+_built: Optional[ModuleType] = None
+_failed = False
+
+
+def kernels() -> Optional[ModuleType]:
+    """The compiled kernels, built on the first call (then taken from PyTorch's extension
+    cache); None where the build failed (logged once) or :data:`USE_CPU_KERNELS` is off."""
+    global _built, _failed
+    if not (USE_CPU_KERNELS and SUPPORTED) or _failed:
+        return None
+    if _built is not None:
+        return _built
+    with _lock:
+        if _built is None and not _failed:
+            from torch.utils.cpp_extension import load
+
+            logger.info('mmdeit: loading its CPU kernels (built once per machine, ~25 s)')
+            try:
+                _built = load(
+                    name='mmdeit_cpu_kernels',
+                    sources=[str(_SOURCE)],
+                    extra_cflags=_FLAGS,
+                    extra_ldflags=['-fopenmp'],
+                )
+            except Exception as e:  # no compiler or ninja, a failed build: ATen's ops run
+                _failed = True
+                logger.warning(
+                    'mmdeit: its CPU kernels could not be built (%s: %s); ATen ops run '
+                    'instead (set MMDEIT_CPU_KERNELS=0 to skip the attempt)',
+                    type(e).__name__,
+                    str(e).splitlines()[0] if str(e) else '',
+                )
+    return _built
+
+
+def _on_cpu_no_grad(*tensors: torch.Tensor) -> bool:
+    """The common condition: the switch is on, CPU tensors, no autograd, not tracing."""
+    return (
+        USE_CPU_KERNELS
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and all(t.device.type == 'cpu' for t in tensors)
+    )
+
+
+def softmax_applies(rows: torch.Tensor) -> bool:
+    """Whether :func:`softmax_` applies to ``rows``: a contiguous 2-D bf16 CPU tensor of rows of
+    up to 1,024 elements, without autograd, and the kernels are built (the first call builds)."""
+    return (
+        _on_cpu_no_grad(rows)
+        and rows.dtype == torch.bfloat16
+        and rows.dim() == 2
+        and 0 < rows.shape[1] <= 1024
+        and rows.is_contiguous()
+        and kernels() is not None
+    )
+
+
+def softmax_(rows: torch.Tensor) -> torch.Tensor:
+    """``softmax(rows, dim=-1)`` written into ``rows`` (R, N), computed in fp32; where
+    :func:`softmax_applies` holds. Returns ``rows``."""
+    kernels().softmax_bf16_(rows)
+    return rows
+
+
+def layer_norm_applies(x: torch.Tensor, norm: nn.Module) -> bool:
+    """Whether :func:`layer_norm_bf16` applies: bf16 CPU autocast without autograd, a contiguous
+    fp32 ``x`` (..., C) with C up to 1,024, ``norm`` an ``nn.LayerNorm`` over the last dim with
+    fp32 weight and bias, and the kernels are built."""
+    return (
+        _on_cpu_no_grad(x)
+        and type(norm) is nn.LayerNorm
+        and torch.is_autocast_enabled('cpu')
+        and torch.get_autocast_dtype('cpu') == torch.bfloat16
+        and x.dtype == torch.float32
+        and x.is_contiguous()
+        and norm.normalized_shape == (x.shape[-1],)
+        and 0 < x.shape[-1] <= 1024
+        and norm.weight is not None
+        and norm.bias is not None
+        and norm.weight.dtype == torch.float32
+        and norm.bias.dtype == torch.float32
+        and kernels() is not None
+    )
+
+
+def layer_norm_bf16(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """``norm(x).to(torch.bfloat16)`` in one pass: (..., C) fp32 -> (..., C) bf16; where
+    :func:`layer_norm_applies` holds."""
+    return kernels().layer_norm_bf16(x, norm.weight, norm.bias, norm.eps)
+
+
+def add_applies(identity: torch.Tensor, branch: torch.Tensor) -> bool:
+    """Whether :func:`add_bf16` applies: a contiguous fp32 ``identity`` and bf16 ``branch`` of
+    one shape on the CPU, without autograd, and the kernels are built."""
+    return (
+        _on_cpu_no_grad(identity, branch)
+        and identity.dtype == torch.float32
+        and branch.dtype == torch.bfloat16
+        and identity.shape == branch.shape
+        and identity.is_contiguous()
+        and branch.is_contiguous()
+        and kernels() is not None
+    )
+
+
+def add_bf16(identity: torch.Tensor, branch: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``identity + branch`` in fp32 (fp32 + bf16), without a copy of the branch; into
+    ``identity`` if ``inplace`` (default False: a new tensor); where :func:`add_applies`
+    holds."""
+    out = identity if inplace else torch.empty_like(identity)
+    kernels().add_bf16_out(identity, branch, out)
+    return out
+
+
+def pre_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` for a linear layer that computes in bf16 under autocast: in bf16 by
+    :func:`layer_norm_bf16` where :func:`layer_norm_applies` holds (the rounding the linear's
+    autocast would do), else ``norm(x)``. (..., C) -> (..., C)."""
+    return layer_norm_bf16(x, norm) if layer_norm_applies(x, norm) else norm(x)
+
+
+def add(identity: torch.Tensor, branch: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``identity + branch`` (into ``identity`` if ``inplace``; default False): by
+    :func:`add_bf16` where :func:`add_applies` holds, else ATen's add (the same bits)."""
+    if add_applies(identity, branch):
+        return add_bf16(identity, branch, inplace)
+    return identity.add_(branch) if inplace else torch.add(identity, branch)

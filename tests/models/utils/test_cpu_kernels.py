@@ -1,0 +1,233 @@
+"""mmdeit's C++ kernels for bf16 autocast inference (``mmdeit/models/utils/cpu_kernels.py``):
+each against the ATen ops it replaces, where it applies and where not, the build's fallback, the
+model with the kernels against the model without, and a user's bf16 inference as a subprocess
+from a folder outside the checkout with the switch's environment variable on and off.
+
+On CPUs without AVX-512 BF16 the kernels are never built or run: the tests that need them skip
+there; the ones about the switch and the fallback run everywhere.
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmdeit.models.backbones import DistilledVisionTransformer
+from mmdeit.models.utils import cpu_kernels
+
+from ...conftest import TINY_ARCH
+
+needs_kernels = pytest.mark.skipif(not cpu_kernels.SUPPORTED, reason='no AVX-512 BF16')
+BF16_UNIT = 2.0**-7  # one bf16 unit in the last place, relative
+
+
+def _within_one_bf16_unit(got: torch.Tensor, want: torch.Tensor, share: float) -> None:
+    """``got`` equals ``want`` (both bf16) but in at most ``share`` of the elements, and there by
+    at most one bf16 unit of the value."""
+    assert got.dtype == want.dtype == torch.bfloat16 and got.shape == want.shape
+    g, w = got.float(), want.float()
+    assert torch.all((g - w).abs() <= BF16_UNIT * w.abs() + 1e-30), (g - w).abs().max()
+    assert (got != want).float().mean().item() <= share
+
+
+@pytest.fixture
+def kernels_on(monkeypatch):
+    """The switch on and the kernels built (a failed build fails the test: on this CPU they
+    should build)."""
+    monkeypatch.setattr(cpu_kernels, 'USE_CPU_KERNELS', True)
+    assert cpu_kernels.kernels() is not None, 'the CPU kernels did not build'
+
+
+@needs_kernels
+@pytest.mark.parametrize('n', [1, 7, 16, 17, 198, 577, 1024])
+def test_softmax_is_atens_within_one_bf16_unit(kernels_on, n):
+    torch.manual_seed(n)
+    scores = (torch.randn(67, n) * 4).bfloat16()  # 67 rows: uneven over the threads
+    scores[0] = 0.0  # a constant row
+    want = torch.softmax(scores.float(), dim=-1).bfloat16()  # fp32 inside, one rounding
+    got = scores.clone()
+    assert cpu_kernels.softmax_(got) is got  # in place
+    _within_one_bf16_unit(got, want, share=1e-3)
+    assert torch.allclose(got.float().sum(-1), torch.ones(67), atol=n * 2e-3)
+
+
+@needs_kernels
+@pytest.mark.parametrize('c', [1, 24, 384, 1000])
+def test_layer_norm_in_bf16_is_atens_rounded(kernels_on, c):
+    torch.manual_seed(c)
+    x = torch.randn(3, 50, c) * 3 + 1
+    norm = nn.LayerNorm(c, eps=1e-6)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    with torch.no_grad():
+        want = F.layer_norm(x, (c,), norm.weight, norm.bias, norm.eps).bfloat16()
+        got = cpu_kernels.layer_norm_bf16(x, norm)
+    assert got.shape == x.shape
+    _within_one_bf16_unit(got, want, share=2e-3)
+
+
+@needs_kernels
+@pytest.mark.parametrize('inplace', [False, True])
+@pytest.mark.parametrize('numel', [5, 16, 8 * 198 * 384 + 3])
+def test_add_gives_atens_bits(kernels_on, inplace, numel):
+    x = torch.randn(numel)
+    y = torch.randn(numel).bfloat16()
+    want = x + y
+    got = cpu_kernels.add_bf16(x, y, inplace=inplace)
+    assert torch.equal(got, want)
+    assert (got is x) == inplace
+
+
+@needs_kernels
+def test_where_the_kernels_apply(kernels_on):
+    rows = torch.randn(4, 198).bfloat16()
+    x = torch.randn(2, 5, 24)
+    norm = nn.LayerNorm(24)
+    branch = torch.randn(2, 5, 24).bfloat16()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        assert cpu_kernels.softmax_applies(rows)
+        assert cpu_kernels.layer_norm_applies(x, norm)
+        assert cpu_kernels.add_applies(x, branch)
+        # not: another dtype, strides, size or module
+        assert not cpu_kernels.softmax_applies(rows.float())
+        assert not cpu_kernels.softmax_applies(rows.t())
+        assert not cpu_kernels.softmax_applies(torch.zeros(2, 1025, dtype=torch.bfloat16))
+        assert not cpu_kernels.layer_norm_applies(x.transpose(0, 1), norm)
+        assert not cpu_kernels.layer_norm_applies(x, nn.LayerNorm(24, elementwise_affine=False))
+        assert not cpu_kernels.layer_norm_applies(x, nn.GroupNorm(1, 24))
+        assert not cpu_kernels.add_applies(x, branch.float())
+        assert not cpu_kernels.add_applies(x[:, :3], branch[:, :3])
+    with torch.no_grad():  # the LayerNorm only under bf16 autocast: its output is bf16
+        assert not cpu_kernels.layer_norm_applies(x, norm)
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # autograd on: none
+        assert not cpu_kernels.softmax_applies(rows)
+        assert not cpu_kernels.layer_norm_applies(x, norm)
+        assert not cpu_kernels.add_applies(x, branch)
+
+
+def test_switch_off_means_atens_ops(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, 'USE_CPU_KERNELS', False)
+    assert cpu_kernels.kernels() is None
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not cpu_kernels.softmax_applies(torch.randn(4, 8).bfloat16())
+        x, norm = torch.randn(2, 5, 24), nn.LayerNorm(24)
+        assert not cpu_kernels.layer_norm_applies(x, norm)
+        assert cpu_kernels.pre_norm(norm, x).dtype == torch.float32  # ATen's LayerNorm
+        branch = torch.randn(2, 5, 24).bfloat16()
+        assert torch.equal(cpu_kernels.add(x, branch), x + branch)
+
+
+def test_a_failed_build_warns_once_and_atens_ops_run(monkeypatch, caplog):
+    import torch.utils.cpp_extension as cpp_extension
+
+    calls = []
+
+    def failing_load(**kwargs):
+        calls.append(kwargs['name'])
+        raise RuntimeError('Ninja is required to load C++ extensions\nmore lines')
+
+    monkeypatch.setattr(cpp_extension, 'load', failing_load)
+    monkeypatch.setattr(cpu_kernels, 'SUPPORTED', True)
+    monkeypatch.setattr(cpu_kernels, 'USE_CPU_KERNELS', True)
+    monkeypatch.setattr(cpu_kernels, '_built', None)
+    monkeypatch.setattr(cpu_kernels, '_failed', False)
+    with caplog.at_level(logging.WARNING, logger=cpu_kernels.__name__):
+        assert cpu_kernels.kernels() is None
+        assert cpu_kernels.kernels() is None
+    assert calls == ['mmdeit_cpu_kernels']  # tried once
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert 'could not be built' in warnings[0] and 'Ninja is required' in warnings[0]
+    assert 'MMDEIT_CPU_KERNELS=0' in warnings[0]
+    with torch.no_grad():
+        assert not cpu_kernels.softmax_applies(torch.randn(4, 8).bfloat16())
+
+
+def _backbone() -> nn.Module:
+    torch.manual_seed(0)
+    model = DistilledVisionTransformer(
+        arch=TINY_ARCH, img_size=32, patch_size=8, out_type='cls_token'
+    )
+    model.init_weights()
+    return model.eval()
+
+
+@needs_kernels
+@pytest.mark.parametrize('batch', [1, 3])
+def test_model_with_kernels_is_the_model_without_within_bf16(kernels_on, monkeypatch, batch):
+    """The fast path's bf16 autocast inference with and without the kernels; all three ran."""
+    model = _backbone()
+    x = torch.randn(batch, 3, 32, 32)
+    ran = []
+    built = cpu_kernels.kernels()
+
+    class Spy:
+        def __getattr__(self, name):
+            ran.append(name)
+            return getattr(built, name)
+
+    monkeypatch.setattr(cpu_kernels, 'kernels', lambda: Spy())
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        got = torch.stack(model(x)[-1])  # (cls, dist) of the last layer
+        monkeypatch.setattr(cpu_kernels, 'USE_CPU_KERNELS', False)
+        want = torch.stack(model(x)[-1])
+    assert {'softmax_bf16_', 'layer_norm_bf16', 'add_bf16_out'} <= set(ran)
+    assert got.shape == want.shape == (2, batch, TINY_ARCH['embed_dims'])
+    torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=3e-2)
+
+
+USER_SCRIPT = """
+import json, sys
+import numpy as np, torch
+from mmdeit.apis import inference_model, init_model
+from mmdeit.models.utils import cpu_kernels
+
+torch.manual_seed(0)
+model = init_model('my_digits.py')
+rng = np.random.default_rng(0)
+images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(4)]
+with torch.autocast('cpu', dtype=torch.bfloat16):
+    out = inference_model(model, images)
+print(json.dumps(dict(
+    switch=cpu_kernels.USE_CPU_KERNELS,
+    built=cpu_kernels._built is not None,
+    scores=[o['pred_scores'].tolist() for o in out],
+)))
+"""
+
+
+def _user_run(tmp_path, setting: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTEST_CURRENT_TEST')}
+    env.update(CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='2', MMDEIT_CPU_KERNELS=setting)
+    base = 'mmdeit::digits/deit-digits-tiny_1xb64_digits.py'
+    (tmp_path / 'my_digits.py').write_text(f"_base_ = '{base}'\n")
+    script = tmp_path / 'bf16_inference.py'
+    script.write_text(USER_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_user_bf16_inference_with_and_without_the_kernels(tmp_path):
+    """As a user runs it: a shipped config through ``init_model``/``inference_model`` under
+    bf16 autocast, in a subprocess from a temp folder; ``MMDEIT_CPU_KERNELS=0`` turns them off."""
+    on, off = _user_run(tmp_path, '1'), _user_run(tmp_path, '0')
+    assert on['switch'] == on['built'] == cpu_kernels.SUPPORTED
+    assert off['switch'] is False and off['built'] is False
+    torch.testing.assert_close(
+        torch.tensor(on['scores']), torch.tensor(off['scores']), rtol=0, atol=2e-2
+    )
