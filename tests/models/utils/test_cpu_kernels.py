@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -147,6 +148,37 @@ def test_a_failed_build_warns_once_and_atens_ops_run(monkeypatch, caplog):
     assert 'MMDEIT_CPU_KERNELS=0' in warnings[0]
     with torch.no_grad():
         assert not cpu_kernels.softmax_applies(torch.randn(4, 8).bfloat16())
+
+
+def test_a_stale_build_lock_is_removed_before_the_build(monkeypatch, tmp_path, caplog):
+    """A lock left by a process that died while building would make PyTorch's builder wait
+    forever: one older than ``STALE_LOCK_SECONDS`` is removed (a fresh one is left alone)."""
+    import torch.utils.cpp_extension as cpp_extension
+
+    seen = []
+
+    def load(**kwargs):
+        lock = os.path.join(kwargs['build_directory'], 'lock')
+        seen.append((kwargs['build_directory'], os.path.exists(lock)))
+        raise RuntimeError('stop here')
+
+    monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
+    monkeypatch.setattr(cpp_extension, 'load', load)
+    for setting in ('SUPPORTED', 'USE_CPU_KERNELS'):
+        monkeypatch.setattr(cpu_kernels, setting, True)
+    build_dir = cpu_kernels._build_directory()
+    assert build_dir.parent == tmp_path and f'torch{torch.__version__}' in build_dir.name
+    lock = build_dir / 'lock'
+    for age, removed in ((cpu_kernels.STALE_LOCK_SECONDS + 60, True), (5, False)):
+        lock.touch()
+        os.utime(lock, (time.time() - age, time.time() - age))
+        monkeypatch.setattr(cpu_kernels, '_built', None)
+        monkeypatch.setattr(cpu_kernels, '_failed', False)
+        with caplog.at_level(logging.WARNING, logger=cpu_kernels.__name__):
+            assert cpu_kernels.kernels() is None
+        assert seen[-1] == (str(build_dir), not removed)
+        assert any('stale build lock' in r.getMessage() for r in caplog.records) == removed
+        caplog.clear()
 
 
 def _backbone() -> nn.Module:
