@@ -13,23 +13,19 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
   In fp32, and in bf16 on CPUs with native bf16 GEMMs: a model cast to bf16, or bf16
   autocast (bf16 copies of the weights made once, not per call; the branch is summed into
   the fp32 shortcut, as autocast's ``x + branch`` does).
-* **Stochastic depth skips the dropped samples** in training: their residual branch is not
-  computed at all (``mmdeit/models/utils/drop_path.py``), with mmcv's random draw. On the CPU
-  only: on CUDA finding them would sync the host in every layer, so there (and under
-  ``torch.compile``) the mask-multiply form runs, with the same draw.
+* **Stochastic depth skips the dropped samples** in training on the CPU (mmcv's draw; on CUDA
+  and in ``torch.compile`` the mask multiplies: ``mmdeit/models/utils/drop_path.py``).
 * **Attention as two GEMMs in bf16 on the CPU** (``mmdeit/models/utils/gemm_attention.py``):
   faster there than PyTorch's flash kernel; in inference ``1/sqrt(d)`` scales q in its GEMM.
 * **mmdeit's C++ kernels for bf16 autocast inference** on AVX-512 BF16 CPUs: the softmax, the
-  pre-norms written in bf16, the bf16 branch added (``mmdeit/models/utils/cpu_kernels.py``).
+  pre-norms written in bf16, the bf16 branch added, the heads split in one pass
+  (``mmdeit/models/utils/cpu_kernels.py``).
 * **q of the first tokens only**: given ``num_queries`` (the backbone's last layer gives only
   the cls/dist tokens it reads) the reference slices q from the whole qkv GEMM; here q's rows
   come from a GEMM on the first rows, except with autograd off the CPU (:func:`_q_rows_from_whole`).
 * **Kept weight copies for autocast inference on a GPU** (:meth:`FastTransformerEncoderLayer.
-  _forward_kept_casts`). A GPU forward at small batches is bound by the host launching
-  kernels, and autocast launches a cast of every weight and bias in every call (8 of a
-  layer's ~23 kernels on an H200). Without autograd, in eval mode, the layer keeps its weights
-  in the autocast dtype (made once, remade when a weight changes) and runs its formula as
-  plain functions on them: the casts autocast would make, not repeated; the same products.
+  _forward_kept_casts`): a small-batch GPU forward is bound by launches, and autocast casts
+  every weight in every call (8 of a layer's ~23 kernels on an H200); the layer keeps them.
 * **None under inductor's ``freezing`` on an AMX CPU**: the reference's formula, which inductor
   packs, fuses and tunes faster there (``plain_ops_traced`` in ``mmdeit/models/utils/cpu_ops.py``).
 
@@ -171,6 +167,13 @@ class FastMultiheadAttention(MultiheadAttention):
         k, v = self._split_heads(kv, 2)
         return q, k, v  # (B, h, n, d), 2 x (B, h, N, d)
 
+    def _split_heads(self, t: torch.Tensor, parts: int) -> Tuple[torch.Tensor, ...]:
+        """The parent's views; in bf16 CPU inference contiguous copies made in one pass
+        (``cpu_kernels.split_heads``), the layout the GEMM attention would copy them to."""
+        if cpu_kernels.split_applies(t):
+            return cpu_kernels.split_heads(t, parts, self.num_heads)
+        return super()._split_heads(t, parts)
+
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The parent's attention; two bf16 GEMMs instead of SDPA where those are faster."""
         if gemm_attention_applies(q, self.attn_drop if self.training else 0.0):
@@ -250,19 +253,16 @@ class FastFFN(FFN):
 
 
 def _measures_apply(x: torch.Tensor) -> bool:
-    """Whether a measure of this module other than ``num_queries`` can change this layer's
-    work: on the CPU (oneDNN, skipped samples, GEMM attention), or without autocast (the
-    shortcuts summed inside the GEMMs). Under autocast on a GPU none does, and the reference
-    layer runs instead: the same kernels through fewer Python calls, which is what bounds a
-    GPU forward at small batches (measured on an H200: docs/benchmarks.md)."""
+    """Whether a measure other than ``num_queries`` can change this layer's work: on the CPU,
+    or without autocast. Under autocast on a GPU none does: the reference runs, the same
+    kernels through fewer Python calls (what bounds a small GPU forward; an H200)."""
     return x.device.type == 'cpu' or not _autocast_on(x)
 
 
 def _keeps_casts(x: torch.Tensor, layer: nn.Module) -> bool:
-    """Whether ``layer`` runs :meth:`FastTransformerEncoderLayer._forward_kept_casts`: inference
-    (eval mode, no autograd) under autocast on a device other than the CPU (which has its own
-    measures), while ``torch.compile`` is not tracing (there the reference runs: the kept
-    copies are Python state, not ops of the graph)."""
+    """Whether ``layer`` runs :meth:`FastTransformerEncoderLayer._forward_kept_casts`: eval
+    mode, no autograd, autocast, off the CPU, not while ``torch.compile`` traces (the kept
+    copies are Python state, not ops of a graph: the reference runs there)."""
     return (
         x.device.type != 'cpu'
         and not layer.training

@@ -32,7 +32,7 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -213,6 +213,25 @@ def add_bf16(identity: torch.Tensor, branch: torch.Tensor, inplace: bool = False
     out = identity if inplace else torch.empty_like(identity)
     kernels().add_bf16_out(identity, branch, out)
     return out
+
+
+def split_applies(t: torch.Tensor) -> bool:
+    """Whether :func:`split_heads` applies: a contiguous 3-D bf16 CPU tensor, without autograd,
+    and the kernels are built."""
+    return (
+        _on_cpu_no_grad(t)
+        and t.dtype == torch.bfloat16
+        and t.dim() == 3
+        and t.is_contiguous()
+        and kernels() is not None
+    )
+
+
+def split_heads(t: torch.Tensor, parts: int, heads: int) -> Tuple[torch.Tensor, ...]:
+    """(B, N, parts*C) -> ``parts`` contiguous tensors (B, h, N, d), in one pass (the heads'
+    views of ``MultiheadAttention._split_heads``, copied as the GEMM attention needs them:
+    three strided copies otherwise); where :func:`split_applies` holds."""
+    return kernels().split_heads_bf16(t, parts, heads).unbind(0)
 
 
 def pre_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:

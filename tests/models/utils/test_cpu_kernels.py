@@ -86,6 +86,19 @@ def test_add_gives_atens_bits(kernels_on, inplace, numel):
 
 
 @needs_kernels
+@pytest.mark.parametrize('parts, heads, d', [(3, 6, 64), (2, 6, 64), (3, 2, 16), (1, 3, 5)])
+def test_split_heads_copies_the_heads_views(kernels_on, parts, heads, d):
+    torch.manual_seed(parts * heads + d)
+    t = torch.randn(3, 37, parts * heads * d).bfloat16()  # (B, N, parts*C)
+    views = t.reshape(3, 37, parts, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+    got = cpu_kernels.split_heads(t, parts, heads)
+    assert len(got) == parts
+    for g, w in zip(got, views, strict=True):
+        assert g.shape == (3, heads, 37, d) and g.is_contiguous()
+        assert torch.equal(g, w)
+
+
+@needs_kernels
 def test_where_the_kernels_apply(kernels_on):
     rows = torch.randn(4, 198).bfloat16()
     x = torch.randn(2, 5, 24)
@@ -104,9 +117,13 @@ def test_where_the_kernels_apply(kernels_on):
         assert not cpu_kernels.layer_norm_applies(x, nn.GroupNorm(1, 24))
         assert not cpu_kernels.add_applies(x, branch.float())
         assert not cpu_kernels.add_applies(x[:, :3], branch[:, :3])
+        assert cpu_kernels.split_applies(branch)
+        assert not cpu_kernels.split_applies(branch.float())
+        assert not cpu_kernels.split_applies(branch.transpose(0, 1))
     with torch.no_grad():  # the LayerNorm only under bf16 autocast: its output is bf16
         assert not cpu_kernels.layer_norm_applies(x, norm)
     with torch.autocast('cpu', dtype=torch.bfloat16):  # autograd on: none
+        assert not cpu_kernels.split_applies(branch)
         assert not cpu_kernels.softmax_applies(rows)
         assert not cpu_kernels.layer_norm_applies(x, norm)
         assert not cpu_kernels.add_applies(x, branch)
@@ -193,7 +210,7 @@ def _backbone() -> nn.Module:
 @needs_kernels
 @pytest.mark.parametrize('batch', [1, 3])
 def test_model_with_kernels_is_the_model_without_within_bf16(kernels_on, monkeypatch, batch):
-    """The fast path's bf16 autocast inference with and without the kernels; all three ran."""
+    """The fast path's bf16 autocast inference with and without the kernels; all four ran."""
     model = _backbone()
     x = torch.randn(batch, 3, 32, 32)
     ran = []
@@ -209,7 +226,7 @@ def test_model_with_kernels_is_the_model_without_within_bf16(kernels_on, monkeyp
         got = torch.stack(model(x)[-1])  # (cls, dist) of the last layer
         monkeypatch.setattr(cpu_kernels, 'USE_CPU_KERNELS', False)
         want = torch.stack(model(x)[-1])
-    assert {'softmax_bf16_', 'layer_norm_bf16', 'add_bf16_out'} <= set(ran)
+    assert {'softmax_bf16_', 'layer_norm_bf16', 'add_bf16_out', 'split_heads_bf16'} <= set(ran)
     assert got.shape == want.shape == (2, batch, TINY_ARCH['embed_dims'])
     torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=3e-2)
 

@@ -5,12 +5,14 @@
 //   softmax_bf16_    softmax over the last dim of a (R, N) bf16 tensor, in place (exp_u20)
 //   layer_norm_bf16  LayerNorm of a (..., C) fp32 tensor, written in bf16
 //   add_bf16_out     out = x (fp32) + y (bf16), out may be x
+//   split_heads_bf16 q, k, v of the qkv GEMM's (B, N, 3C) output, each (B, h, N, d) contiguous
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstring>
 
 namespace {
 
@@ -189,9 +191,36 @@ void add_bf16_out(at::Tensor x, at::Tensor y, at::Tensor out) {
   });
 }
 
+at::Tensor split_heads_bf16(at::Tensor t, int64_t parts, int64_t heads) {
+  TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.is_contiguous() && t.dim() == 3,
+              "split_heads_bf16: a contiguous (B, N, parts*C) bf16 tensor");
+  const int64_t B = t.size(0), N = t.size(1), width = t.size(2);
+  TORCH_CHECK(parts > 0 && heads > 0 && width % (parts * heads) == 0,
+              "split_heads_bf16: the last dim must split into parts x heads");
+  const int64_t d = width / (parts * heads);
+  at::Tensor out = at::empty({parts, B, heads, N, d}, t.options());
+  const at::BFloat16* src = t.data_ptr<at::BFloat16>();
+  at::BFloat16* dst = out.data_ptr<at::BFloat16>();
+  const size_t bytes = d * sizeof(at::BFloat16);
+  at::parallel_for(0, B * N, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {  // a token: parts*heads pieces of d
+      const int64_t b = row / N, n = row % N;
+      const at::BFloat16* in = src + row * width;
+      for (int64_t p = 0; p < parts; ++p) {
+        for (int64_t h = 0; h < heads; ++h) {
+          at::BFloat16* o = dst + (((p * B + b) * heads + h) * N + n) * d;
+          std::memcpy(o, in + (p * heads + h) * d, bytes);
+        }
+      }
+    }
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("softmax_bf16_", &softmax_bf16_, "softmax over the rows of a 2-D bf16 tensor, in place");
   m.def("layer_norm_bf16", &layer_norm_bf16, "LayerNorm of fp32 rows, written in bf16");
   m.def("add_bf16_out", &add_bf16_out, "out = x (fp32) + y (bf16)");
+  m.def("split_heads_bf16", &split_heads_bf16, "(B, N, parts*h*d) -> (parts, B, h, N, d)");
   m.attr("MAX_ROW") = kMaxRow;
 }
