@@ -280,3 +280,68 @@ def test_user_bf16_inference_with_and_without_the_kernels(tmp_path):
     torch.testing.assert_close(
         torch.tensor(on['scores']), torch.tensor(off['scores']), rtol=0, atol=2e-2
     )
+
+
+def _graph_ops(model, x, *, grad: bool = False, freezing: bool = False) -> set:
+    """The ``mmdeit::`` ops of the graph dynamo traces for bf16 autocast ``model(x)``."""
+    from torch._inductor import config as inductor_config
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    with torch.set_grad_enabled(grad), torch.autocast('cpu', dtype=torch.bfloat16):
+        with inductor_config.patch(freezing=freezing):
+            compiled(x)
+    torch._dynamo.reset()
+    targets = {str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == 'call_function'}
+    return {t for t in targets if t.startswith('mmdeit.')}
+
+
+@needs_kernels
+def test_compiled_inference_calls_the_kernels_as_ops(kernels_on, monkeypatch):
+    """Compiled bf16 inference: the pre-norm, the add and the split are ops of the graph (the
+    softmax runs inside the attention op); with autograd none; under inductor's freezing where
+    the plain ops are traced (AMX, ``cpu_ops.PLAIN_OPS_WHEN_FROZEN``) none."""
+    from mmdeit.models.utils import cpu_ops
+
+    model, x = _backbone(), torch.randn(2, 3, 32, 32)
+    kernel_ops = {'mmdeit.layer_norm_bf16', 'mmdeit.add_bf16', 'mmdeit.split_heads_bf16'}
+    assert kernel_ops | {'mmdeit.gemm_attention'} <= _graph_ops(model, x)
+    assert not kernel_ops & _graph_ops(model, x, grad=True)
+    monkeypatch.setattr(cpu_ops, 'PLAIN_OPS_WHEN_FROZEN', True)
+    assert not _graph_ops(model, x, freezing=True)
+    monkeypatch.setattr(cpu_kernels, 'USE_CPU_KERNELS', False)
+    assert not kernel_ops & _graph_ops(model, x)
+
+
+@needs_kernels
+def test_compiled_model_with_the_kernel_ops_is_eager(kernels_on):
+    """Inductor's graph with the ops gives eager's numbers (bf16 autocast, no autograd)."""
+    model, x = _backbone(), torch.randn(3, 3, 32, 32)
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        want = torch.stack(model(x)[-1]).float()
+        got = torch.stack(compiled(x)[-1]).float()
+    torch._dynamo.reset()
+    torch.testing.assert_close(got, want, rtol=0, atol=3e-2)
+
+
+def test_the_ops_fall_back_to_aten_without_the_kernels(monkeypatch):
+    """A graph run where the kernels are not built (another process, a failed build) computes
+    the same with ATen's ops."""
+    monkeypatch.setattr(cpu_kernels, 'kernels', lambda: None)
+    x, w, b = torch.randn(2, 5, 24), torch.randn(24), torch.randn(24)
+    want = F.layer_norm(x, (24,), w, b, 1e-6).bfloat16()
+    assert torch.equal(torch.ops.mmdeit.layer_norm_bf16(x, w, b, 1e-6), want)
+    y = torch.randn(2, 5, 24).bfloat16()
+    assert torch.equal(torch.ops.mmdeit.add_bf16(x, y), x + y)
+    t = torch.randn(2, 5, 3 * 24).bfloat16()
+    got = torch.ops.mmdeit.split_heads_bf16(t, 3, 4)  # (3, B, h, N, d)
+    want = t.reshape(2, 5, 3, 4, 6).permute(2, 0, 3, 1, 4)
+    assert got.is_contiguous() and torch.equal(got, want)
