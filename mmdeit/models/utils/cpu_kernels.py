@@ -1,4 +1,4 @@
-"""Three small C++ kernels for bf16 autocast inference on CPUs with AVX-512 BF16 (AMX too).
+"""Four small C++ kernels for bf16 autocast inference on CPUs with AVX-512 BF16 (AMX too).
 
 With the GEMMs on the tile unit, what is left around them sets the pace of a bf16 forward:
 measured on an AMX host (DeiT-S, batch 8, docs/benchmarks.md) the softmax took ~15 % of it,
@@ -6,14 +6,17 @@ the LayerNorms with their casts to bf16 ~8 %, the residual adds ~4 %. ATen has n
 the forms the fast path needs: its bf16 softmax runs at 2x an exp pass, LayerNorm cannot write
 bf16 from fp32 input (a second pass casts it), and adding a bf16 branch into the fp32 shortcut
 first copies the branch to fp32. The kernels of ``csrc/cpu_kernels.cpp`` do each in one pass
-over a row held in registers, in fp32, rounding to bf16 once, as the ops they replace:
+over rows held in registers (4 rows at once: their reductions overlap), in fp32, rounding to
+bf16 once, as the ops they replace:
 
 * :func:`softmax_` over the attention scores' rows, in place (``exp_u20``, ATen's fast exp of
   its CPU flash attention: the same bf16 result but in about 1 of 10^5 elements, one bf16 unit);
 * :func:`layer_norm_bf16`: the pre-norm written in bf16, the dtype the linear after it computes
   in under autocast (the fp32 values rounded once; 1 bf16 unit apart from ATen's in about
   2 of 10^5 elements: the sums' order);
-* :func:`add_bf16`: ``shortcut (fp32) + branch (bf16)``, the same bits as ATen's add.
+* :func:`add_bf16`: ``shortcut (fp32) + branch (bf16)``, the same bits as ATen's add;
+* :func:`split_heads`: q, k and v of the qkv GEMM's output in the heads' contiguous layout, one
+  pass instead of the attention's three strided copies (the same bits).
 
 Built once per machine with PyTorch's C++ extension builder (``torch.utils.cpp_extension``,
 ninja and a C++ compiler, as ``torch.compile`` on the CPU needs; ~25 s on 2 cores, then loaded
