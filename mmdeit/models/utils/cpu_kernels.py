@@ -43,10 +43,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.logging import print_log
 
 from .cpu_ops import define_cpu_op, plain_ops_traced
-
-logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name('csrc') / 'cpu_kernels.cpp'
 _FLAGS = [
@@ -106,7 +105,11 @@ def _remove_stale_lock(build_dir: Path) -> None:
     except FileNotFoundError:
         return
     if age > STALE_LOCK_SECONDS:
-        logger.warning('mmdeit: removing a stale build lock (%.0f s old): %s', age, lock)
+        print_log(
+            f'mmdeit: removing a stale build lock ({age:.0f} s old): {lock}',
+            logger='current',
+            level=logging.WARNING,
+        )
         lock.unlink(missing_ok=True)
 
 
@@ -122,7 +125,10 @@ def kernels() -> Optional[ModuleType]:
         if _built is None and not _failed:
             from torch.utils.cpp_extension import load
 
-            logger.info('mmdeit: loading its CPU kernels (built once per machine, ~25 s)')
+            print_log(
+                'mmdeit: loading its CPU kernels (built the first time on a machine, ~25 s)',
+                logger='current',
+            )
             try:
                 build_dir = _build_directory()
                 _remove_stale_lock(build_dir)
@@ -135,11 +141,12 @@ def kernels() -> Optional[ModuleType]:
                 )
             except Exception as e:  # no compiler or ninja, a failed build: ATen's ops run
                 _failed = True
-                logger.warning(
-                    'mmdeit: its CPU kernels could not be built (%s: %s); ATen ops run '
-                    'instead (set MMDEIT_CPU_KERNELS=0 to skip the attempt)',
-                    type(e).__name__,
-                    str(e).splitlines()[0] if str(e) else '',
+                reason = str(e).splitlines()[0] if str(e) else ''
+                print_log(
+                    f'mmdeit: its CPU kernels could not be built ({type(e).__name__}: '
+                    f'{reason}); ATen ops run instead (MMDEIT_CPU_KERNELS=0 skips the attempt)',
+                    logger='current',
+                    level=logging.WARNING,
                 )
     return _built
 
