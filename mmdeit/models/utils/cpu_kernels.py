@@ -45,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
 
-from .cpu_ops import define_cpu_op, plain_ops_traced
+from .cpu_ops import cpu_supports, define_cpu_op, plain_ops_traced
 
 _SOURCE = Path(__file__).with_name('csrc') / 'cpu_kernels.cpp'
 _FLAGS = [
@@ -62,16 +62,8 @@ _FLAGS = [
 ]
 
 
-def _avx512_bf16() -> bool:
-    """Whether this CPU has AVX-512 BF16 (False where torch cannot tell)."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 #: This CPU can run the kernels (checked once, at import); they are never built or run elsewhere.
-SUPPORTED = _avx512_bf16()
+SUPPORTED = cpu_supports('avx512_bf16')
 #: The kernels replace the ATen ops where they apply: on CPUs with AVX-512 BF16 unless the
 #: environment sets ``MMDEIT_CPU_KERNELS=0``; chosen once, at import. Read at every call: set
 #: to False for ATen's ops (the same function).

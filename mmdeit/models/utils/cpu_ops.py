@@ -27,17 +27,18 @@ from torch._inductor import config as inductor_config
 _LIB = torch.library.Library('mmdeit', 'FRAGMENT')  # kept alive with the module
 
 
-def _has_amx() -> bool:
-    """Whether this CPU has AMX tiles (False where torch cannot tell)."""
+def cpu_supports(feature: str) -> bool:
+    """Whether torch reports the CPU feature ``feature`` (``torch.cpu._is_<feature>_supported``,
+    e.g. 'amx_tile', 'avx512_bf16'); False where torch cannot tell."""
     try:
-        return bool(torch.cpu._is_amx_tile_supported())
+        return bool(getattr(torch.cpu, f'_is_{feature}_supported')())
     except (AttributeError, RuntimeError):
         return False
 
 
 #: The fast path's ops give way to the plain ones while inductor traces with ``freezing`` on
 #: (see the module's docstring): True on CPUs with AMX, checked once at import.
-PLAIN_OPS_WHEN_FROZEN = _has_amx()
+PLAIN_OPS_WHEN_FROZEN = cpu_supports('amx_tile')
 
 
 @torch.compiler.assume_constant_result

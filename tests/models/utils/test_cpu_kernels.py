@@ -141,6 +141,15 @@ def test_where_the_kernels_apply(kernels_on):
         assert not cpu_kernels.add_applies(x, branch)
 
 
+def test_the_switch_follows_the_cpu_and_the_environment():
+    from mmdeit.models.utils import cpu_ops
+
+    assert cpu_kernels.SUPPORTED == bool(torch.cpu._is_avx512_bf16_supported())
+    assert cpu_ops.cpu_supports('no_such_feature') is False  # torch cannot tell: no
+    if os.environ.get('MMDEIT_CPU_KERNELS', '1') != '0':
+        assert cpu_kernels.USE_CPU_KERNELS == cpu_kernels.SUPPORTED
+
+
 def test_switch_off_means_atens_ops(monkeypatch):
     monkeypatch.setattr(cpu_kernels, 'USE_CPU_KERNELS', False)
     assert cpu_kernels.kernels() is None
