@@ -54,7 +54,7 @@ SWITCHES: Dict[str, Switch] = {
         'USE_CPU_KERNELS',
         False,
         ('inference',),
-        "mmdeit's C++ softmax, bf16 pre-norm and bf16 add (bf16 autocast); off: ATen's ops",
+        "mmdeit's C++ softmax, bf16 pre-norm, bf16 add and heads' split (bf16); off: ATen's ops",
     ),
     'prepack': Switch(
         _UTILS + 'onednn_linear',

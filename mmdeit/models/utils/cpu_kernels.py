@@ -69,6 +69,10 @@ SUPPORTED = cpu_supports('avx512_bf16')
 #: to False for ATen's ops (the same function).
 USE_CPU_KERNELS = SUPPORTED and os.environ.get('MMDEIT_CPU_KERNELS', '1') != '0'
 
+#: The longest row (softmax) or channel count (LayerNorm) the kernels take: ``kMaxRow`` of
+#: ``csrc/cpu_kernels.cpp`` (a row is held in registers and stack); longer ones take ATen's ops.
+MAX_ROW = 1024
+
 _lock = threading.Lock()
 _built: Optional[ModuleType] = None
 _failed = False
@@ -168,13 +172,14 @@ def _on_cpu_no_grad(*tensors: torch.Tensor) -> bool:
 
 def softmax_applies(rows: torch.Tensor) -> bool:
     """Whether :func:`softmax_` applies to ``rows``: a contiguous 2-D bf16 CPU tensor of rows of
-    up to 1,024 elements, without autograd, and the kernels are built (the first call builds)."""
+    up to :data:`MAX_ROW` elements, without autograd, and the kernels are built (the first call
+    builds)."""
     return (
         _on_cpu_no_grad(rows)
         and not torch.compiler.is_compiling()  # compiled, it runs inside mmdeit::gemm_attention
         and rows.dtype == torch.bfloat16
         and rows.dim() == 2
-        and 0 < rows.shape[1] <= 1024
+        and 0 < rows.shape[1] <= MAX_ROW
         and rows.is_contiguous()
         and kernels() is not None
     )
@@ -189,8 +194,8 @@ def softmax_(rows: torch.Tensor) -> torch.Tensor:
 
 def layer_norm_applies(x: torch.Tensor, norm: nn.Module) -> bool:
     """Whether :func:`layer_norm_bf16` applies: bf16 CPU autocast without autograd, a contiguous
-    fp32 ``x`` (..., C) with C up to 1,024, ``norm`` an ``nn.LayerNorm`` over the last dim with
-    fp32 weight and bias, and the kernels are built."""
+    fp32 ``x`` (..., C) with C up to :data:`MAX_ROW`, ``norm`` an ``nn.LayerNorm`` over the last
+    dim with fp32 weight and bias, and the kernels are built."""
     return (
         _on_cpu_no_grad(x)
         and type(norm) is nn.LayerNorm
@@ -199,7 +204,7 @@ def layer_norm_applies(x: torch.Tensor, norm: nn.Module) -> bool:
         and x.dtype == torch.float32
         and x.is_contiguous()
         and norm.normalized_shape == (x.shape[-1],)
-        and 0 < x.shape[-1] <= 1024
+        and 0 < x.shape[-1] <= MAX_ROW
         and norm.weight is not None
         and norm.bias is not None
         and norm.weight.dtype == torch.float32
@@ -281,25 +286,28 @@ def add(identity: torch.Tensor, branch: torch.Tensor, inplace: bool = False) -> 
 # its ``*_applies`` held at tracing): a new tensor each, contiguous inputs; ATen's ops where the
 # kernels are gone at run time (a graph loaded in another process).
 def _layer_norm_op(x, weight, bias, eps):
-    if kernels() is None:
+    built = kernels()
+    if built is None:
         return F.layer_norm(x, (x.shape[-1],), weight, bias, eps).to(torch.bfloat16)
-    return kernels().layer_norm_bf16(x.contiguous(), weight, bias, eps)
+    return built.layer_norm_bf16(x.contiguous(), weight, bias, eps)
 
 
 def _add_op(x, y):
-    if kernels() is None:
+    built = kernels()
+    if built is None:
         return torch.add(x, y)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    kernels().add_bf16_out(x.contiguous(), y.contiguous(), out)
+    built.add_bf16_out(x.contiguous(), y.contiguous(), out)
     return out
 
 
 def _split_heads_op(t, parts, heads):
-    if kernels() is None:
+    built = kernels()
+    if built is None:
         B, N, width = t.shape
         t = t.reshape(B, N, parts, heads, width // (parts * heads))  # (B, N, parts, h, d)
         return t.permute(2, 0, 3, 1, 4).contiguous()  # (parts, B, h, N, d)
-    return kernels().split_heads_bf16(t.contiguous(), parts, heads)
+    return built.split_heads_bf16(t.contiguous(), parts, heads)
 
 
 def _split_heads_fake(t, parts, heads):

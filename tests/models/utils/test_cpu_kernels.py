@@ -71,6 +71,14 @@ def test_softmax_is_atens_within_one_bf16_unit(kernels_on, n):
 
 
 @needs_kernels
+def test_the_row_limit_is_the_builds(kernels_on):
+    """``MAX_ROW`` (the checks' limit) is the compiled kernels' own; a longer row is refused."""
+    assert cpu_kernels.kernels().MAX_ROW == cpu_kernels.MAX_ROW
+    with pytest.raises(RuntimeError, match='rows of 1 to'):
+        cpu_kernels.kernels().softmax_bf16_(torch.zeros(2, cpu_kernels.MAX_ROW + 1).bfloat16())
+
+
+@needs_kernels
 @pytest.mark.parametrize('c', [1, 24, 384, 1000])
 def test_layer_norm_in_bf16_is_atens_rounded(kernels_on, c):
     torch.manual_seed(c)

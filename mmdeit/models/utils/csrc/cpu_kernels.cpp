@@ -1,7 +1,7 @@
-// Three row kernels for bf16 autocast inference on AVX-512 BF16 CPUs (mmdeit/models/utils/cpu_kernels.py).
+// Four kernels for bf16 autocast inference on AVX-512 BF16 CPUs (mmdeit/models/utils/cpu_kernels.py).
 //
-// Each computes in fp32 and rounds to bf16 once, as the ATen ops they replace do, in one pass over
-// a row held in registers (a row of up to kMaxRow elements; 4 rows at once):
+// Each computes in fp32 and rounds to bf16 once, as the ATen ops they replace do; the softmax and
+// the LayerNorm in one pass over rows held in registers (up to kMaxRow elements; 4 rows at once):
 //   softmax_bf16_    softmax over the last dim of a (R, N) bf16 tensor, in place (exp_u20)
 //   layer_norm_bf16  LayerNorm of a (..., C) fp32 tensor, written in bf16
 //   add_bf16_out     out = x (fp32) + y (bf16), out may be x
@@ -19,7 +19,7 @@ namespace {
 using FloatVec = at::vec::Vectorized<float>;
 constexpr int kLanes = 16;                  // fp32 lanes of a __m512
 constexpr int kMaxVecs = 64;                // a row of up to 1024 elements stays in registers/stack
-constexpr int64_t kMaxRow = kMaxVecs * kLanes;
+constexpr int64_t kMaxRow = kMaxVecs * kLanes;  // cpu_kernels.MAX_ROW
 
 inline __mmask16 lanes(int64_t n, int j, int nv) {  // the lanes of vector j of a row of n
   return (j == nv - 1 && n % kLanes) ? static_cast<__mmask16>((1u << (n % kLanes)) - 1) : 0xFFFF;
@@ -33,10 +33,6 @@ inline __m512 load_bf16(const at::BFloat16* p, __mmask16 m) {  // bf16 -> fp32: 
 inline void store_bf16(at::BFloat16* p, __m512 v, __mmask16 m) {  // round to nearest even
   _mm256_mask_storeu_epi16(p, m, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
 }
-
-}  // namespace
-
-namespace {
 
 // Softmax of kRows rows at once, each held in v[r]: the rows' passes interleave, so one row's
 // reductions (max, sum) wait while the others compute (1.6x one row at a time, measured).
