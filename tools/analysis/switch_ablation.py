@@ -56,6 +56,13 @@ SWITCHES: Dict[str, Switch] = {
         ('inference',),
         "mmdeit's C++ softmax, bf16 pre-norm, bf16 add and heads' split (bf16); off: ATen's ops",
     ),
+    'amx-attention': Switch(
+        _UTILS + 'amx_attention',
+        'USE_AMX_ATTENTION',
+        False,
+        ('inference',),
+        "bf16 attention on the AMX tile unit, heads read as views; off: the GEMM attention",
+    ),
     'prepack': Switch(
         _UTILS + 'onednn_linear',
         'PREPACK',

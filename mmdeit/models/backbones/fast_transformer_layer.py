@@ -19,7 +19,8 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
   faster there than PyTorch's flash kernel; in inference ``1/sqrt(d)`` scales q in its GEMM.
 * **mmdeit's C++ kernels for bf16 autocast inference** on AVX-512 BF16 CPUs: the softmax, the
   pre-norms written in bf16, the bf16 branch added, the heads split in one pass
-  (``mmdeit/models/utils/cpu_kernels.py``).
+  (``mmdeit/models/utils/cpu_kernels.py``); on AMX the attention on the tile unit, reading the
+  heads as views (``amx_attention.py``).
 * **q of the first tokens only**: given ``num_queries`` (the backbone's last layer gives only
   the cls/dist tokens it reads) the reference slices q from the whole qkv GEMM; here q's rows
   come from a GEMM on the first rows, except with autograd off the CPU (:func:`_q_rows_from_whole`).
@@ -29,8 +30,8 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
 * **None under inductor's ``freezing`` on an AMX CPU**: the reference's formula, which inductor
   packs, fuses and tunes faster there (``plain_ops_traced`` in ``mmdeit/models/utils/cpu_ops.py``).
 
-Under autocast on a GPU with autograd no measure but ``num_queries`` applies, and the layers
-without it run the reference's ``_forward`` (fewer Python calls for the same kernels).
+Under autocast on a GPU with autograd no measure but ``num_queries`` applies; layers without
+it run the reference's ``_forward`` (fewer Python calls for the same kernels).
 
 Each measure applies only where it is exact (fp32, erf GELU: only the sums' rounding order
 changes; in bf16, the products autocast or the bf16 model computes); elsewhere the reference
@@ -44,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn.bricks.drop import DropPath
 
-from ..utils import cpu_kernels
+from ..utils import amx_attention, cpu_kernels
 from ..utils import onednn_linear as onednn
 from ..utils.cpu_ops import plain_ops_traced
 from ..utils.drop_path import multiply_dropped, skip_dropped_samples, skips_dropped_samples
@@ -56,9 +57,8 @@ def _autocast_on(x: torch.Tensor) -> bool:
     """Whether autocast is on for ``x``'s device type; False for a type autocast does not know
     (such as 'meta', where asking would raise).
 
-    ``torch.compile`` does not ask about the type: torch 2.11's dynamo cannot trace
-    ``torch.amp.is_autocast_available`` and broke the graph at each call (measured on an H200:
-    the compiled model's host time 12x timm's under CUDA graphs); 2.13's can.
+    ``torch.compile`` does not ask: torch 2.11's dynamo broke the graph at each call on
+    ``torch.amp.is_autocast_available`` (an H200: the host time 12x timm's); 2.13's can trace it.
     """
     device = x.device.type
     if not torch.compiler.is_compiling() and not torch.amp.is_autocast_available(device):
@@ -169,8 +169,9 @@ class FastMultiheadAttention(MultiheadAttention):
 
     def _split_heads(self, t: torch.Tensor, parts: int) -> Tuple[torch.Tensor, ...]:
         """The parent's views; in bf16 CPU inference contiguous copies made in one pass
-        (``cpu_kernels.split_heads``), the layout the GEMM attention would copy them to."""
-        if cpu_kernels.split_applies(t):
+        (``cpu_kernels.split_heads``), the layout the GEMM attention would copy them to; not
+        where its tile-unit kernel reads the views (``amx_attention.takes_views``)."""
+        if cpu_kernels.split_applies(t) and not amx_attention.takes_views(self.head_dims):
             return cpu_kernels.split_heads(t, parts, self.num_heads)
         return super()._split_heads(t, parts)
 
@@ -378,8 +379,7 @@ class FastTransformerEncoderLayer(TransformerEncoderLayer):
         if plain_ops_traced(x) or (num_queries is None and not _measures_apply(x)):
             return super()._forward(x, num_queries)
         identity = x if num_queries is None else x[:, :num_queries]  # (B, n, C)
-        # A new tensor: the input is never modified.
-        x = _add_residual(
+        x = _add_residual(  # a new tensor: the input is never modified
             identity, x, self.ln1, self.attn, self.attn.out_drop, num_queries=num_queries
         )
         # x is this layer's temporary: without autograd its memory takes the sum.

@@ -31,6 +31,7 @@ reference's ops are traced (``cpu_ops.plain_ops_traced``). In the model: 1.18x f
 cpu-kernels``).
 """
 
+import hashlib
 import logging
 import os
 import sys
@@ -47,7 +48,9 @@ from mmengine.logging import print_log
 
 from .cpu_ops import cpu_supports, define_cpu_op, plain_ops_traced
 
-_SOURCE = Path(__file__).with_name('csrc') / 'cpu_kernels.cpp'
+_CSRC = Path(__file__).with_name('csrc')
+_SOURCES = [_CSRC / 'cpu_kernels.cpp', _CSRC / 'amx_attention.cpp']
+_HEADER = _CSRC / 'cpu_kernels.h'
 _FLAGS = [
     '-O3',
     '-mavx512f',
@@ -128,10 +131,12 @@ def kernels() -> Optional[ModuleType]:
             try:
                 build_dir = _build_directory()
                 _remove_stale_lock(build_dir)
+                # the header's hash among the flags: a changed header is a new build
+                header = hashlib.sha1(_HEADER.read_bytes()).hexdigest()[:12]
                 _built = load(
                     name='mmdeit_cpu_kernels',
-                    sources=[str(_SOURCE)],
-                    extra_cflags=_FLAGS,
+                    sources=[str(source) for source in _SOURCES],
+                    extra_cflags=_FLAGS + [f'-DMMDEIT_KERNELS_HEADER={header}'],
                     extra_ldflags=['-fopenmp'],
                     build_directory=str(build_dir),
                 )

@@ -26,6 +26,12 @@ contiguous here (``scale=1``), instead of a bf16 multiply of a strided view (79 
 for DeiT-S at batch 8, alone). A power-of-two factor commutes with every rounding, so q has
 the same bits (tested). Under ``torch.compile`` too: the scale rows are arguments of the op
 ``mmdeit::onednn_linear`` (compiled DeiT-S, bf16 batch 8: 0.99x the time, the same bits).
+
+**On AMX CPUs the whole computation runs on the tile unit** (``amx_attention.attention``, where
+``amx_attention.attention_applies``): 16 query rows at a time with their scores, softmax and
+products in L1/L2, the same bits as the two ``bmm`` and the softmax here, q, k and v read as
+views of the qkv GEMM's output (no copies) and the heads merged as it writes (DeiT-S, bf16
+batch 8: 0.95x the model's time, docs/benchmarks.md).
 """
 
 import math
@@ -33,6 +39,7 @@ import math
 import torch
 import torch.nn as nn
 
+from . import amx_attention as amx
 from . import cpu_kernels
 from . import onednn_linear as onednn
 from .cpu_ops import define_cpu_op, plain_ops_traced
@@ -99,6 +106,8 @@ def _gemm_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
 ) -> torch.Tensor:
     """:func:`gemm_attention`'s computation."""
+    if amx.attention_applies(q, k, v, scale):  # all of it on the tile unit (amx_attention.py)
+        return amx.attention(q, k, v, scale)  # (B, n, C)
     B, h, n, d = q.shape
     N = k.shape[2]
     with torch.autocast(q.device.type, enabled=False):  # the inputs' dtype throughout

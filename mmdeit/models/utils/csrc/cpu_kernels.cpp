@@ -1,4 +1,5 @@
-// Four kernels for bf16 autocast inference on AVX-512 BF16 CPUs (mmdeit/models/utils/cpu_kernels.py).
+// Kernels for bf16 autocast inference on AVX-512 BF16 CPUs (mmdeit/models/utils/cpu_kernels.py); the
+// attention on the tile unit of AMX CPUs is amx_attention.cpp's.
 //
 // Each computes in fp32 and rounds to bf16 once, as the ATen ops they replace do; the softmax and
 // the LayerNorm in one pass over rows held in registers (up to kMaxRow elements; 4 rows at once):
@@ -6,70 +7,13 @@
 //   layer_norm_bf16  LayerNorm of a (..., C) fp32 tensor, written in bf16
 //   add_bf16_out     out = x (fp32) + y (bf16), out may be x
 //   split_heads_bf16 q, k, v of the qkv GEMM's (B, N, 3C) output, each (B, h, N, d) contiguous
-#include <torch/extension.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
-#include <immintrin.h>
 
-#include <cmath>
 #include <cstring>
 
-namespace {
+#include "cpu_kernels.h"
 
-using FloatVec = at::vec::Vectorized<float>;
-constexpr int kLanes = 16;                  // fp32 lanes of a __m512
-constexpr int kMaxVecs = 64;                // a row of up to 1024 elements stays in registers/stack
-constexpr int64_t kMaxRow = kMaxVecs * kLanes;  // cpu_kernels.MAX_ROW
-
-inline __mmask16 lanes(int64_t n, int j, int nv) {  // the lanes of vector j of a row of n
-  return (j == nv - 1 && n % kLanes) ? static_cast<__mmask16>((1u << (n % kLanes)) - 1) : 0xFFFF;
-}
-
-inline __m512 load_bf16(const at::BFloat16* p, __mmask16 m) {  // bf16 -> fp32: a shift
-  __m256i bits = _mm256_maskz_loadu_epi16(m, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
-inline void store_bf16(at::BFloat16* p, __m512 v, __mmask16 m) {  // round to nearest even
-  _mm256_mask_storeu_epi16(p, m, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
-}
-
-// Softmax of kRows rows at once, each held in v[r]: the rows' passes interleave, so one row's
-// reductions (max, sum) wait while the others compute (1.6x one row at a time, measured).
-template <int kRows>
-void softmax_rows(at::BFloat16* base, int64_t N, int nv, __m512 (*v)[kMaxVecs]) {
-  __m512 vmax[kRows], vsum[kRows], max[kRows], inv[kRows];
-  for (int r = 0; r < kRows; ++r) vmax[r] = _mm512_set1_ps(-INFINITY);
-  for (int j = 0; j < nv; ++j) {
-    const __mmask16 m = lanes(N, j, nv);
-    for (int r = 0; r < kRows; ++r) {
-      v[r][j] = load_bf16(base + r * N + j * kLanes, m);
-      vmax[r] = _mm512_mask_max_ps(vmax[r], m, vmax[r], v[r][j]);
-    }
-  }
-  for (int r = 0; r < kRows; ++r) {
-    max[r] = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[r]));
-    vsum[r] = _mm512_setzero_ps();
-  }
-  for (int j = 0; j < nv; ++j) {
-    const __mmask16 m = lanes(N, j, nv);
-    for (int r = 0; r < kRows; ++r) {
-      v[r][j] = FloatVec(_mm512_sub_ps(v[r][j], max[r])).exp_u20();
-      vsum[r] = _mm512_mask_add_ps(vsum[r], m, vsum[r], v[r][j]);
-    }
-  }
-  for (int r = 0; r < kRows; ++r) inv[r] = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(vsum[r]));
-  for (int j = 0; j < nv; ++j) {
-    const __mmask16 m = lanes(N, j, nv);
-    for (int r = 0; r < kRows; ++r) {
-      store_bf16(base + r * N + j * kLanes, _mm512_mul_ps(v[r][j], inv[r]), m);
-    }
-  }
-}
-
-constexpr int kInterleave = 4;  // rows a thread computes at once
-
-}  // namespace
+using namespace mmdeit_kernels;
 
 void softmax_bf16_(at::Tensor x) {
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.dim() == 2,
@@ -84,9 +28,11 @@ void softmax_bf16_(at::Tensor x) {
     for (int64_t g = begin; g < end; ++g) {
       const int64_t r0 = g * kInterleave;
       if (r0 + kInterleave <= R) {
-        softmax_rows<kInterleave>(base + r0 * N, N, nv, v);
+        softmax_rows<kInterleave>(Bf16Rows{base + r0 * N, N}, base + r0 * N, N, N, nv, v);
       } else {  // the last rows
-        for (int64_t r = r0; r < R; ++r) softmax_rows<1>(base + r * N, N, nv, v);
+        for (int64_t r = r0; r < R; ++r) {
+          softmax_rows<1>(Bf16Rows{base + r * N, N}, base + r * N, N, N, nv, v);
+        }
       }
     }
   });
@@ -218,5 +164,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("layer_norm_bf16", &layer_norm_bf16, "LayerNorm of fp32 rows, written in bf16");
   m.def("add_bf16_out", &add_bf16_out, "out = x (fp32) + y (bf16)");
   m.def("split_heads_bf16", &split_heads_bf16, "(B, N, parts*h*d) -> (parts, B, h, N, d)");
+  m.def("attention_bf16", &attention_bf16, "softmax(q k^T * scale) v on AMX, heads merged");
+  m.def("amx_attention_ready", &amx_attention_ready, "whether this process may use the tile unit");
   m.attr("MAX_ROW") = kMaxRow;
 }

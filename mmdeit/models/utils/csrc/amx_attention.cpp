@@ -1,0 +1,272 @@
+// softmax(q k^T * scale) v for bf16 inference on the tile unit of AMX CPUs (cpu_kernels.attention).
+//
+// One (sample, head) pair at a time per thread, 16 query rows at a time, everything in L1/L2:
+//   1. k^T and v packed once per pair into the tile unit's pair-interleaved (VNNI) layout;
+//   2. S = q k^T for 16 rows: fp32 tiles of 16 x 16, stored to a row buffer;
+//   3. softmax of the 16 rows as the GEMM attention computes it: each score rounded to bf16 (the
+//      dtype its bmm writes), times scale (a power of two: exact), fp32 softmax (exp_u20), P in bf16;
+//   4. O = P v for the 16 rows in fp32 tiles, rounded to bf16 and written into the heads-merged
+//      output (B, n, h*d): no (B*h, n, N) scores in memory, no copies of q, k, v or of the output.
+// The same products, roundings and softmax as two bmm calls around cpu_kernels' softmax (tested
+// bit for bit); q, k and v may be strided views of the qkv GEMM's output (last dim contiguous).
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu_kernels.h"
+
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#if (defined(__clang__) && __clang_major__ >= 12) || \
+    (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11)
+#define MMDEIT_AMX 1
+#endif
+
+using namespace mmdeit_kernels;
+
+namespace {
+
+constexpr int64_t kHead = 64;  // the head size the kernel takes (every DeiT/ViT arch shipped)
+
+// 64-byte aligned, zeroed scratch (tile rows are loaded and stored whole cache lines)
+template <typename T>
+struct Scratch {
+  T* data;
+  explicit Scratch(int64_t n) {
+    const size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
+    data = static_cast<T*>(std::aligned_alloc(64, bytes));
+    TORCH_CHECK(data != nullptr, "attention_bf16: out of memory");
+    std::memset(data, 0, bytes);
+  }
+  ~Scratch() { std::free(data); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+// 16 x 16 dwords: r[i][c] -> r[c][i]
+inline void transpose16x16(__m512i* r) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // r[4i + j], 128-bit lane L: column 4L + j of rows 4i..4i+3
+    r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i + 0], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i + 0], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int j = 0; j < 4; ++j) {  // lane L of row 4L' + j: the 4 rows' quarter L' of column 4L + j
+    const __m512i x0 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x44);
+    const __m512i x1 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xEE);
+    const __m512i y0 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x44);
+    const __m512i y1 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xEE);
+    t[j] = _mm512_shuffle_i32x4(x0, y0, 0x88);
+    t[4 + j] = _mm512_shuffle_i32x4(x0, y0, 0xDD);
+    t[8 + j] = _mm512_shuffle_i32x4(x1, y1, 0x88);
+    t[12 + j] = _mm512_shuffle_i32x4(x1, y1, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// k (N x 64 bf16, rows ld apart) -> kt: [32 pairs of d][Np keys] dwords, keys >= N zero
+inline void pack_keys(const at::BFloat16* k, int64_t ld, int64_t N, int64_t Np, uint32_t* kt) {
+  for (int64_t j0 = 0; j0 < N; j0 += 16) {
+    const int rows = static_cast<int>(std::min<int64_t>(16, N - j0));
+    for (int64_t c0 = 0; c0 < kHead / 2; c0 += 16) {
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i) {
+        r[i] = i < rows ? _mm512_loadu_si512(k + (j0 + i) * ld + 2 * c0) : _mm512_setzero_si512();
+      }
+      transpose16x16(r);
+      for (int c = 0; c < 16; ++c) _mm512_storeu_si512(kt + (c0 + c) * Np + j0, r[c]);
+    }
+  }
+}
+
+// v (N x 64 bf16, rows ld apart) -> vv: [key pairs][64] dwords (v[2p][c], v[2p+1][c]); an odd
+// N's last pair and the pairs past it zero
+inline void pack_values(const at::BFloat16* v, int64_t ld, int64_t N, uint32_t* vv) {
+  const __m512i interleave = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9,
+                                              40, 8, 39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33,
+                                              1, 32, 0);
+  for (int64_t j = 0; j < N; j += 2) {
+    const at::BFloat16* row = v + j * ld;
+    for (int64_t c = 0; c < kHead; c += 16) {
+      const __m512i a = _mm512_castsi256_si512(_mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(row + c)));
+      const __m512i b = j + 1 < N ? _mm512_castsi256_si512(_mm256_loadu_si256(
+                                        reinterpret_cast<const __m256i*>(row + ld + c)))
+                                  : _mm512_setzero_si512();
+      _mm512_storeu_si512(vv + (j / 2) * kHead + c, _mm512_permutex2var_epi16(a, interleave, b));
+    }
+  }
+}
+
+// Vector j of score row r: fp32 from the tiles, rounded to bf16 as the bmm's output, times scale.
+struct ScoreRows {
+  const float* base;
+  int64_t ld;
+  __m512 scale;
+  __m512 operator()(int r, int j, __mmask16 m) const {
+    const __m512 s = _mm512_maskz_loadu_ps(m, base + r * ld + j * kLanes);
+    return _mm512_mul_ps(bf16_to_fp32(to_bf16(s)), scale);
+  }
+};
+
+#ifdef MMDEIT_AMX
+
+struct alignas(64) TileConfig {  // palette 1: 8 tiles of 16 rows x 64 bytes
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+// Tile use: 0, 1 q (the two halves of d) or a chunk of P; 2, 3 k^T or v; 4..7 accumulators.
+#define MMDEIT_BARRIER() asm volatile("" ::: "memory")  // tile loads are asm without a clobber
+#define MMDEIT_SCORES(c, j)                       \
+  _tile_zero(c);                                  \
+  _tile_loadd(2, kt + (j) * 16, ld_kt);           \
+  _tile_dpbf16ps(c, 0, 2);                        \
+  _tile_loadd(3, kt + 16 * Np + (j) * 16, ld_kt); \
+  _tile_dpbf16ps(c, 1, 3);
+
+__attribute__((target("amx-tile,amx-bf16"))) void attend_pairs(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, float scale,
+    int64_t begin, int64_t end) {
+  const int64_t H = q.size(1), n = q.size(2), N = k.size(2), C = H * kHead;
+  const int64_t nb = (N + 15) / 16, Np = nb * 16;  // score columns: key blocks of 16
+  const int64_t ks = (N + 31) / 32, Kp = ks * 32;  // P v's inner dim: steps of 32 keys
+  const int nv = static_cast<int>((N + kLanes - 1) / kLanes);
+  const int64_t ld_kt = Np * 4, ld_s = Np * 4, ld_p = Kp * 2, ld_v = kHead * 4, ld_o = kHead * 4;
+  Scratch<uint32_t> kt_buf(kHead / 2 * Np), vv_buf(Kp / 2 * kHead);
+  Scratch<float> s_buf(16 * Np), o_buf(16 * kHead);
+  Scratch<at::BFloat16> p_buf(16 * Kp), q_pad(16 * kHead);
+  uint32_t* kt = kt_buf.data;
+  uint32_t* vv = vv_buf.data;
+  float* sb = s_buf.data;
+  float* ob = o_buf.data;
+  at::BFloat16* pb = p_buf.data;
+  const at::BFloat16* qp = q.data_ptr<at::BFloat16>();
+  const at::BFloat16* kp = k.data_ptr<at::BFloat16>();
+  const at::BFloat16* vp = v.data_ptr<at::BFloat16>();
+  at::BFloat16* op = out.data_ptr<at::BFloat16>();
+  const __m512 vscale = _mm512_set1_ps(scale);
+  __m512 regs[kInterleave][kMaxVecs];
+  TileConfig cfg;
+  asm volatile("ldtilecfg %0" ::"m"(cfg));
+  for (int64_t bh = begin; bh < end; ++bh) {
+    const int64_t b = bh / H, h = bh % H;
+    const at::BFloat16* qb = qp + b * q.stride(0) + h * q.stride(1);
+    pack_keys(kp + b * k.stride(0) + h * k.stride(1), k.stride(2), N, Np, kt);
+    pack_values(vp + b * v.stride(0) + h * v.stride(1), v.stride(2), N, vv);
+    for (int64_t i = 0; i < (n + 15) / 16; ++i) {
+      int64_t r0 = i * 16, valid = 16, ld_q = q.stride(2) * 2;
+      const at::BFloat16* qa = qb + r0 * q.stride(2);
+      if (r0 + 16 > n && n >= 16) {  // the last rows: the 16 before the end, again
+        r0 = n - 16;
+        qa = qb + r0 * q.stride(2);
+      } else if (r0 + 16 > n) {  // fewer than 16 queries: a zero-padded copy
+        valid = n;
+        for (int64_t r = 0; r < n; ++r) {
+          std::memcpy(q_pad.data + r * kHead, qb + r * q.stride(2), kHead * 2);
+        }
+        qa = q_pad.data;
+        ld_q = kHead * 2;
+      }
+      MMDEIT_BARRIER();
+      _tile_loadd(0, qa, ld_q);
+      _tile_loadd(1, qa + 32, ld_q);
+      for (int64_t j0 = 0; j0 < nb; j0 += 4) {  // S = q k^T, 4 key blocks at a time
+        const int64_t count = std::min<int64_t>(4, nb - j0);
+        MMDEIT_SCORES(4, j0);
+        if (count > 1) { MMDEIT_SCORES(5, j0 + 1); }
+        if (count > 2) { MMDEIT_SCORES(6, j0 + 2); }
+        if (count > 3) { MMDEIT_SCORES(7, j0 + 3); }
+        _tile_stored(4, sb + j0 * 16, ld_s);
+        if (count > 1) _tile_stored(5, sb + (j0 + 1) * 16, ld_s);
+        if (count > 2) _tile_stored(6, sb + (j0 + 2) * 16, ld_s);
+        if (count > 3) _tile_stored(7, sb + (j0 + 3) * 16, ld_s);
+      }
+      MMDEIT_BARRIER();
+      for (int r = 0; r < 16; r += kInterleave) {  // P: the first N columns; the rest stay 0
+        softmax_rows<kInterleave>(ScoreRows{sb + r * Np, Np, vscale}, pb + r * Kp, Kp, N,
+                                  nv, regs);
+      }
+      MMDEIT_BARRIER();
+      _tile_zero(4);
+      _tile_zero(5);
+      _tile_zero(6);
+      _tile_zero(7);
+      for (int64_t s = 0; s < ks; ++s) {  // O = P v, 32 keys at a time
+        const uint32_t* vs = vv + 16 * s * kHead;
+        _tile_loadd(0, pb + 32 * s, ld_p);
+        _tile_loadd(2, vs, ld_v);
+        _tile_dpbf16ps(4, 0, 2);
+        _tile_loadd(3, vs + 16, ld_v);
+        _tile_dpbf16ps(5, 0, 3);
+        _tile_loadd(2, vs + 32, ld_v);
+        _tile_dpbf16ps(6, 0, 2);
+        _tile_loadd(3, vs + 48, ld_v);
+        _tile_dpbf16ps(7, 0, 3);
+      }
+      _tile_stored(4, ob, ld_o);
+      _tile_stored(5, ob + 16, ld_o);
+      _tile_stored(6, ob + 32, ld_o);
+      _tile_stored(7, ob + 48, ld_o);
+      MMDEIT_BARRIER();
+      for (int64_t r = 0; r < valid; ++r) {  // bf16 into (B, n, h*d)
+        at::BFloat16* dst = op + (b * n + r0 + r) * C + h * kHead;
+        for (int64_t c = 0; c < kHead; c += kLanes) {
+          store_bf16(dst + c, _mm512_loadu_ps(ob + r * kHead + c), 0xFFFF);
+        }
+      }
+    }
+  }
+  asm volatile("tilerelease" ::: "memory");
+}
+
+#endif  // MMDEIT_AMX
+
+}  // namespace
+
+bool amx_attention_ready() {
+#if defined(MMDEIT_AMX) && defined(__linux__)
+  // Linux hands the tile registers' state to a process that asks (ARCH_REQ_XCOMP_PERM for
+  // XTILEDATA); PyTorch's oneDNN asks too. Asked once.
+  static const bool ready = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  return ready;
+#else
+  return false;
+#endif
+}
+
+at::Tensor attention_bf16(at::Tensor q, at::Tensor k, at::Tensor v, double scale) {
+  TORCH_CHECK(amx_attention_ready(), "attention_bf16: the tile unit is not available");
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 &&
+                  v.scalar_type() == at::kBFloat16,
+              "attention_bf16: bf16 q, k and v");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes() &&
+                  q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
+              "attention_bf16: q (B, h, n, d), k and v (B, h, N, d)");
+  TORCH_CHECK(q.size(3) == kHead, "attention_bf16: heads of ", kHead);
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
+              "attention_bf16: the last dim contiguous");
+  const int64_t B = q.size(0), H = q.size(1), n = q.size(2), N = k.size(2);
+  TORCH_CHECK(n > 0 && N > 0 && N <= kMaxRow, "attention_bf16: 1 to ", kMaxRow, " keys");
+  at::Tensor out = at::empty({B, n, H * kHead}, q.options());
+#ifdef MMDEIT_AMX
+  const float s = static_cast<float>(scale);
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    attend_pairs(q, k, v, out, s, begin, end);
+  });
+#endif
+  return out;
+}

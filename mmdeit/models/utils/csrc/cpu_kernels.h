@@ -1,0 +1,87 @@
+// What the kernels of cpu_kernels.cpp and amx_attention.cpp share: bf16 loads and stores of fp32
+// vectors and the softmax of rows held in registers (AVX-512 BF16).
+#pragma once
+
+#include <torch/extension.h>
+#include <ATen/cpu/vec/vec.h>
+#include <immintrin.h>
+
+#include <cmath>
+
+namespace mmdeit_kernels {
+
+using FloatVec = at::vec::Vectorized<float>;
+constexpr int kLanes = 16;                      // fp32 lanes of a __m512
+constexpr int kMaxVecs = 64;                    // a row of up to 1024 elements stays in registers/stack
+constexpr int64_t kMaxRow = kMaxVecs * kLanes;  // cpu_kernels.MAX_ROW
+constexpr int kInterleave = 4;                  // rows a thread computes at once
+
+inline __mmask16 lanes(int64_t n, int j, int nv) {  // the lanes of vector j of a row of n
+  return (j == nv - 1 && n % kLanes) ? static_cast<__mmask16>((1u << (n % kLanes)) - 1) : 0xFFFF;
+}
+
+inline __m512 bf16_to_fp32(__m256i bits) {  // a shift
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+inline __m512 load_bf16(const at::BFloat16* p, __mmask16 m) {
+  return bf16_to_fp32(_mm256_maskz_loadu_epi16(m, p));
+}
+
+inline __m256i to_bf16(__m512 v) {  // round to nearest even
+  return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+}
+
+inline void store_bf16(at::BFloat16* p, __m512 v, __mmask16 m) {
+  _mm256_mask_storeu_epi16(p, m, to_bf16(v));
+}
+
+// Vector j of row r of bf16 rows ld apart, in fp32: a loader for softmax_rows.
+struct Bf16Rows {
+  const at::BFloat16* base;
+  int64_t ld;
+  __m512 operator()(int r, int j, __mmask16 m) const {
+    return load_bf16(base + r * ld + j * kLanes, m);
+  }
+};
+
+// Softmax of kRows rows of N at once, each held in v[r]: the rows' passes interleave, so one row's
+// reductions (max, sum) wait while the others compute (1.6x one row at a time, measured).
+// load(r, j, m) gives vector j of row r in fp32 (lanes m); the result goes to out + r * ld in bf16.
+template <int kRows, typename Load>
+inline void softmax_rows(Load load, at::BFloat16* out, int64_t ld, int64_t N, int nv,
+                         __m512 (*v)[kMaxVecs]) {
+  __m512 vmax[kRows], vsum[kRows], max[kRows], inv[kRows];
+  for (int r = 0; r < kRows; ++r) vmax[r] = _mm512_set1_ps(-INFINITY);
+  for (int j = 0; j < nv; ++j) {
+    const __mmask16 m = lanes(N, j, nv);
+    for (int r = 0; r < kRows; ++r) {
+      v[r][j] = load(r, j, m);
+      vmax[r] = _mm512_mask_max_ps(vmax[r], m, vmax[r], v[r][j]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    max[r] = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[r]));
+    vsum[r] = _mm512_setzero_ps();
+  }
+  for (int j = 0; j < nv; ++j) {
+    const __mmask16 m = lanes(N, j, nv);
+    for (int r = 0; r < kRows; ++r) {
+      v[r][j] = FloatVec(_mm512_sub_ps(v[r][j], max[r])).exp_u20();
+      vsum[r] = _mm512_mask_add_ps(vsum[r], m, vsum[r], v[r][j]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) inv[r] = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(vsum[r]));
+  for (int j = 0; j < nv; ++j) {
+    const __mmask16 m = lanes(N, j, nv);
+    for (int r = 0; r < kRows; ++r) {
+      store_bf16(out + r * ld + j * kLanes, _mm512_mul_ps(v[r][j], inv[r]), m);
+    }
+  }
+}
+
+}  // namespace mmdeit_kernels
+
+// amx_attention.cpp
+at::Tensor attention_bf16(at::Tensor q, at::Tensor k, at::Tensor v, double scale);
+bool amx_attention_ready();
