@@ -11,7 +11,8 @@ the qkv GEMM's output, the output written with the heads merged. It computes wha
 attention computes: the scores rounded to bf16 (the ``bmm``'s output dtype), ``scale`` (a power
 of two: exact), the fp32 softmax of ``cpu_kernels.softmax_`` rounded to bf16, the second product
 accumulated in fp32 and rounded once: the same bits (tested). DeiT-S, bf16 autocast, batch 8,
-2 cores with AMX: 0.95x the model's time (docs/benchmarks.md).
+2 cores with AMX: with the GEMM attention instead the model takes 1.05x-1.13x the time
+(docs/benchmarks.md).
 
 Where it runs: CPUs with AMX's bf16 tile unit (:data:`AMX_SUPPORTED`), the switch
 :data:`USE_AMX_ATTENTION` and ``cpu_kernels.USE_CPU_KERNELS`` on, heads of 64

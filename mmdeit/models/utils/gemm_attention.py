@@ -31,7 +31,7 @@ the same bits (tested). Under ``torch.compile`` too: the scale rows are argument
 ``amx_attention.attention_applies``): 16 query rows at a time with their scores, softmax and
 products in L1/L2, the same bits as the two ``bmm`` and the softmax here, q, k and v read as
 views of the qkv GEMM's output (no copies) and the heads merged as it writes (DeiT-S, bf16
-batch 8: 0.95x the model's time, docs/benchmarks.md).
+batch 8: the model 1.05x-1.13x faster, docs/benchmarks.md).
 """
 
 import math
