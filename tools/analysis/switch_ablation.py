@@ -61,7 +61,7 @@ SWITCHES: Dict[str, Switch] = {
         'USE_AMX_ATTENTION',
         False,
         ('inference',),
-        "bf16 attention on the AMX tile unit, heads read as views; off: the GEMM attention",
+        'bf16 attention on the AMX tile unit, heads read as views; off: the GEMM attention',
     ),
     'prepack': Switch(
         _UTILS + 'onednn_linear',
