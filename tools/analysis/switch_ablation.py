@@ -63,6 +63,13 @@ SWITCHES: Dict[str, Switch] = {
         ('inference',),
         'bf16 attention on the AMX tile unit, heads read as views; off: the GEMM attention',
     ),
+    'patch-gemm': Switch(
+        _UTILS + 'patch_gemm',
+        'USE_PATCH_GEMM',
+        False,
+        ('inference',),
+        "the patch embedding as one GEMM on the patches; off: mmcv's convolution",
+    ),
     'prepack': Switch(
         _UTILS + 'onednn_linear',
         'PREPACK',

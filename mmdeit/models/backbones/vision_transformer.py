@@ -13,7 +13,7 @@ from mmpretrain.models.utils import build_norm_layer, to_2tuple
 
 from mmdeit.registry import MODELS
 
-from ..utils import pos_embed_grid, resize_pos_embed
+from ..utils import patch_gemm, pos_embed_grid, resize_pos_embed
 from .fast_transformer_layer import FastTransformerEncoderLayer
 from .transformer_layer import TransformerEncoderLayer
 
@@ -306,7 +306,7 @@ class VisionTransformer(BaseBackbone):
                 f'(in_channels={in_channels}), got {tuple(x.shape)}'
             )
         B = x.shape[0]
-        x, patch_resolution = self.patch_embed(x)  # (B, H*W, C)
+        x, patch_resolution = patch_gemm.embed(self.patch_embed, x, self.fast_path)  # (B, H*W, C)
         if mask is not None:
             x = self._mask_patches(x, mask, patch_resolution)  # (B, H*W, C)
         tokens = [getattr(self, n).expand(B, -1, -1) for n in self.extra_tokens]
