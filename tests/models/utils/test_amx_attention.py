@@ -7,11 +7,6 @@ On CPUs without AMX it is never built or run: the tests that need it skip there;
 where it applies run everywhere.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn as nn
@@ -20,6 +15,8 @@ from mmdeit.models.backbones import DistilledVisionTransformer
 from mmdeit.models.utils import amx_attention as amx
 from mmdeit.models.utils import cpu_kernels
 from mmdeit.models.utils import gemm_attention as ga
+
+from .test_cpu_kernels import spy_kernels, user_run
 
 needs_amx = pytest.mark.skipif(not amx.AMX_SUPPORTED, reason='no AMX tile unit')
 #: heads of 64, the size the kernel takes (2 heads, 2 layers: small enough for the suite)
@@ -161,14 +158,7 @@ def test_model_with_it_is_the_model_without_bit_for_bit(amx_on, monkeypatch, out
     layer."""
     model = _backbone(out_type)
     x = torch.randn(batch, 3, 32, 32)
-    built, ran = cpu_kernels.kernels(), []
-
-    class Spy:
-        def __getattr__(self, name):
-            ran.append(name)
-            return getattr(built, name)
-
-    monkeypatch.setattr(cpu_kernels, 'kernels', lambda: Spy())
+    ran = spy_kernels(monkeypatch)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         got = model(x)[-1]
         with_amx = list(ran)
@@ -186,59 +176,13 @@ def test_model_with_it_is_the_model_without_bit_for_bit(amx_on, monkeypatch, out
 def test_compiled_model_takes_the_views_and_gives_eagers_bits(amx_on):
     """Compiled bf16 inference (default mode): no split op in the graph, the attention op runs
     the kernel at run time, the numbers are eager's."""
-    from .test_cpu_kernels import _graph_ops
+    from .test_cpu_kernels import _graph_ops, compiled_and_eager
 
     model, x = _backbone(), torch.randn(2, 3, 32, 32)
     ops = _graph_ops(model, x)
     assert 'mmdeit.gemm_attention' in ops and 'mmdeit.split_heads_bf16' not in ops
-    torch._dynamo.reset()
-    compiled = torch.compile(model)
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
-        want = torch.stack(model(x)[-1]).float()
-        got = torch.stack(compiled(x)[-1]).float()
-    torch._dynamo.reset()
+    got, want = compiled_and_eager(model, x)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-2)
-
-
-USER_SCRIPT = """
-import json
-import numpy as np, torch
-from mmdeit.apis import inference_model, init_model
-from mmdeit.models.utils import amx_attention, cpu_kernels
-
-torch.manual_seed(0)
-model = init_model('my_deit.py')
-rng = np.random.default_rng(0)
-images = [rng.integers(0, 256, (240, 260, 3), dtype=np.uint8) for _ in range(2)]
-with torch.autocast('cpu', dtype=torch.bfloat16):
-    out = inference_model(model, images)
-print(json.dumps(dict(
-    kernels=cpu_kernels._built is not None,
-    tile_unit=amx_attention._ready is True,
-    scores=[o['pred_scores'].tolist() for o in out],
-)))
-"""
-
-
-def _user_run(tmp_path, setting: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTEST_CURRENT_TEST')}
-    env.update(CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='2', MMDEIT_CPU_KERNELS=setting)
-    (tmp_path / 'my_deit.py').write_text(
-        "_base_ = 'mmdeit::deit/deit-tiny-distilled_8xb128_in1k.py'\n"
-    )
-    script = tmp_path / 'bf16_inference.py'
-    script.write_text(USER_SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_user_bf16_inference_of_a_shipped_deit_config(tmp_path):
@@ -246,10 +190,11 @@ def test_user_bf16_inference_of_a_shipped_deit_config(tmp_path):
     ``inference_model`` under bf16 autocast, in a subprocess from a temp folder; on an AMX CPU
     the tile unit runs the attention; with ``MMDEIT_CPU_KERNELS=0`` none of the kernels run and
     the scores stay within bf16's rounding."""
-    on, off = _user_run(tmp_path, '1'), _user_run(tmp_path, '0')
-    assert on['kernels'] == cpu_kernels.SUPPORTED
+    base = 'mmdeit::deit/deit-tiny-distilled_8xb128_in1k.py'
+    on, off = (user_run(tmp_path, setting, base, image_side=240) for setting in ('1', '0'))
+    assert on['built'] == cpu_kernels.SUPPORTED
     assert on['tile_unit'] == amx.AMX_SUPPORTED
-    assert off['kernels'] is False and off['tile_unit'] is False
+    assert off['built'] is False and off['tile_unit'] is False
     got, want = torch.tensor(on['scores']), torch.tensor(off['scores'])
     assert got.shape == want.shape == (2, 1000)
     torch.testing.assert_close(got, want, rtol=0, atol=2e-2)

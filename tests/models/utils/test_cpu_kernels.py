@@ -236,14 +236,9 @@ def _backbone() -> nn.Module:
     return model.eval()
 
 
-@needs_kernels
-@pytest.mark.parametrize('batch', [1, 3])
-def test_model_with_kernels_is_the_model_without_within_bf16(kernels_on, monkeypatch, batch):
-    """The fast path's bf16 autocast inference with and without the kernels; all four ran."""
-    model = _backbone()
-    x = torch.randn(batch, 3, 32, 32)
-    ran = []
-    built = cpu_kernels.kernels()
+def spy_kernels(monkeypatch) -> list:
+    """The names of the built kernels' functions the code looks up from now on, in order."""
+    built, ran = cpu_kernels.kernels(), []
 
     class Spy:
         def __getattr__(self, name):
@@ -251,6 +246,16 @@ def test_model_with_kernels_is_the_model_without_within_bf16(kernels_on, monkeyp
             return getattr(built, name)
 
     monkeypatch.setattr(cpu_kernels, 'kernels', lambda: Spy())
+    return ran
+
+
+@needs_kernels
+@pytest.mark.parametrize('batch', [1, 3])
+def test_model_with_kernels_is_the_model_without_within_bf16(kernels_on, monkeypatch, batch):
+    """The fast path's bf16 autocast inference with and without the kernels; all four ran."""
+    model = _backbone()
+    x = torch.randn(batch, 3, 32, 32)
+    ran = spy_kernels(monkeypatch)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         got = torch.stack(model(x)[-1])  # (cls, dist) of the last layer
         monkeypatch.setattr(cpu_kernels, 'USE_CPU_KERNELS', False)
@@ -264,31 +269,40 @@ USER_SCRIPT = """
 import json, sys
 import numpy as np, torch
 from mmdeit.apis import inference_model, init_model
-from mmdeit.models.utils import cpu_kernels
+from mmdeit.models.utils import amx_attention, cpu_kernels
 
 torch.manual_seed(0)
-model = init_model('my_digits.py')
+model = init_model('my_config.py')
 rng = np.random.default_rng(0)
-images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(4)]
+side = int(sys.argv[1])
+images = [rng.integers(0, 256, (side, side + 8, 3), dtype=np.uint8) for _ in range(2)]
 with torch.autocast('cpu', dtype=torch.bfloat16):
     out = inference_model(model, images)
 print(json.dumps(dict(
     switch=cpu_kernels.USE_CPU_KERNELS,
     built=cpu_kernels._built is not None,
+    tile_unit=amx_attention._ready is True,
     scores=[o['pred_scores'].tolist() for o in out],
 )))
 """
 
 
-def _user_run(tmp_path, setting: str) -> dict:
+def user_run(
+    tmp_path,
+    setting: str,
+    base: str = 'mmdeit::digits/deit-digits-tiny_1xb64_digits.py',
+    image_side: int = 8,
+) -> dict:
+    """:data:`USER_SCRIPT` as a user runs it: a subprocess in ``tmp_path`` with
+    ``MMDEIT_CPU_KERNELS=setting``, next to ``my_config.py`` (``_base_ = base``), two images of
+    ``image_side`` x ``image_side + 8``; its last stdout line, JSON."""
     env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTEST_CURRENT_TEST')}
     env.update(CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='2', MMDEIT_CPU_KERNELS=setting)
-    base = 'mmdeit::digits/deit-digits-tiny_1xb64_digits.py'
-    (tmp_path / 'my_digits.py').write_text(f"_base_ = '{base}'\n")
+    (tmp_path / 'my_config.py').write_text(f"_base_ = '{base}'\n")
     script = tmp_path / 'bf16_inference.py'
     script.write_text(USER_SCRIPT)
     proc = subprocess.run(
-        [sys.executable, str(script)],
+        [sys.executable, str(script), str(image_side)],
         cwd=tmp_path,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -303,7 +317,7 @@ def _user_run(tmp_path, setting: str) -> dict:
 def test_user_bf16_inference_with_and_without_the_kernels(tmp_path):
     """As a user runs it: a shipped config through ``init_model``/``inference_model`` under
     bf16 autocast, in a subprocess from a temp folder; ``MMDEIT_CPU_KERNELS=0`` turns them off."""
-    on, off = _user_run(tmp_path, '1'), _user_run(tmp_path, '0')
+    on, off = user_run(tmp_path, '1'), user_run(tmp_path, '0')
     assert on['switch'] == on['built'] == cpu_kernels.SUPPORTED
     assert off['switch'] is False and off['built'] is False
     torch.testing.assert_close(
@@ -351,14 +365,20 @@ def test_compiled_inference_calls_the_kernels_as_ops(kernels_on, monkeypatch):
 @needs_kernels
 def test_compiled_model_with_the_kernel_ops_is_eager(kernels_on):
     """Inductor's graph with the ops gives eager's numbers (bf16 autocast, no autograd)."""
-    model, x = _backbone(), torch.randn(3, 3, 32, 32)
+    got, want = compiled_and_eager(_backbone(), torch.randn(3, 3, 32, 32))
+    torch.testing.assert_close(got, want, rtol=0, atol=3e-2)
+
+
+def compiled_and_eager(model, x):
+    """The last layer's (cls, dist) of ``model(x)`` compiled (default mode) and eager, in bf16
+    autocast without autograd, as fp32 tensors."""
     torch._dynamo.reset()
     compiled = torch.compile(model)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         want = torch.stack(model(x)[-1]).float()
         got = torch.stack(compiled(x)[-1]).float()
     torch._dynamo.reset()
-    torch.testing.assert_close(got, want, rtol=0, atol=3e-2)
+    return got, want
 
 
 def test_the_ops_fall_back_to_aten_without_the_kernels(monkeypatch):
