@@ -79,8 +79,7 @@ def attention_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     without autograd, each with its last dim contiguous, d = :data:`HEAD_DIMS`, 1 to
     ``cpu_kernels.MAX_ROW`` keys, ``scale`` a power of two, and :func:`takes_views` holds."""
     return (
-        not torch.is_grad_enabled()
-        and q.device.type == k.device.type == v.device.type == 'cpu'
+        cpu_kernels._on_cpu_no_grad(q, k, v)  # the other kernels' common condition
         and q.dtype == k.dtype == v.dtype == torch.bfloat16
         and q.dim() == 4
         and k.shape == v.shape

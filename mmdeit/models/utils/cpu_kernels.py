@@ -75,7 +75,7 @@ SUPPORTED = cpu_supports('avx512_bf16')
 USE_CPU_KERNELS = SUPPORTED and os.environ.get('MMDEIT_CPU_KERNELS', '1') != '0'
 
 #: The longest row (softmax) or channel count (LayerNorm) the kernels take: ``kMaxRow`` of
-#: ``csrc/cpu_kernels.cpp`` (a row is held in registers and stack); longer ones take ATen's ops.
+#: ``csrc/cpu_kernels.h`` (a row is held in registers and stack); longer ones take ATen's ops.
 MAX_ROW = 1024
 
 _lock = threading.Lock()
