@@ -84,10 +84,11 @@ def test_inference_compiles_with_inductor_calling_our_onednn_op(monkeypatch, dty
     the kept bf16 weight copies), and in bf16 each attention the op ``mmdeit::gemm_attention``
     (not SDPA, into which inductor would turn its ops); the rest is inductor's; the numbers are
     eager's, also after the weights change in place."""
-    from mmdeit.models.utils import gemm_attention, onednn_linear
+    from mmdeit.models.utils import amx_linear, gemm_attention, onednn_linear
 
     if dtype == 'bf16' and not onednn_linear.BF16_SUPPORTED:
         pytest.skip('no native bf16 GEMMs in oneDNN on this CPU')
+    monkeypatch.setattr(amx_linear, 'USE_AMX_LINEAR', False)  # oneDNN's path (test_amx_linear.py)
     monkeypatch.setattr(onednn_linear, 'FP32_ONEDNN', onednn_linear._HAS_OP)  # AVX-512's choice
     calls = _spy(monkeypatch, onednn_linear, '_linear_pointwise')  # the linear op's body
     attention_calls = _spy(monkeypatch, gemm_attention, '_gemm_attention')  # the attention op's

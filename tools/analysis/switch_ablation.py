@@ -63,6 +63,13 @@ SWITCHES: Dict[str, Switch] = {
         ('inference',),
         'bf16 attention on the AMX tile unit, heads read as views; off: the GEMM attention',
     ),
+    'amx-linear': Switch(
+        _UTILS + 'amx_linear',
+        'USE_AMX_LINEAR',
+        False,
+        ('inference',),
+        "bf16 linears on the AMX tile unit, GELU and shortcut in the GEMM; off: oneDNN's",
+    ),
     'patch-gemm': Switch(
         _UTILS + 'patch_gemm',
         'USE_PATCH_GEMM',

@@ -111,11 +111,7 @@ def _fused_residual_linear(
     ):
         return identity + drop_path(layer_scale(dropout(linear(x))))
     if onednn.onednn_applies(x, linear):  # CPU inference: fp32, a bf16 model, bf16 autocast
-        out = onednn.onednn_linear(x, linear)  # a new tensor
-        if out.dtype == identity.dtype:
-            return out.add_(identity)  # summed in place
-        # Autocast: a bf16 branch into the fp32 stream, summed in the stream's dtype.
-        return cpu_kernels.add(identity, out, inplace)
+        return onednn.linear_add(identity, x, linear, inplace)  # summed in the stream's dtype
     if _autocast_on(x):  # keep the shortcut in full precision
         return identity + linear(x)  # the formula: dropout, layer scale, drop path are identities
     shape = identity.shape  # (B, n, C_out)

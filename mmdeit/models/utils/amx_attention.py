@@ -41,9 +41,9 @@ HEAD_DIMS = 64
 _ready: Optional[bool] = None
 
 
-def _tile_unit_ready() -> bool:
-    """Whether the kernel can run: the kernels are built (the first call builds) and Linux gave
-    this process the tile registers (asked once)."""
+def tile_unit_ready() -> bool:
+    """Whether the tile-unit kernels can run (this one and ``amx_linear.py``'s): the kernels are
+    built (the first call builds) and Linux gave this process the tile registers (asked once)."""
     global _ready
     if _ready is None:
         built = cpu_kernels.kernels()
@@ -55,8 +55,8 @@ def _tile_unit_ready() -> bool:
 
 @torch.compiler.assume_constant_result
 def _tile_unit_ready_when_traced() -> bool:
-    """:func:`_tile_unit_ready` as a constant of a ``torch.compile`` graph."""
-    return _tile_unit_ready()
+    """:func:`tile_unit_ready` as a constant of a ``torch.compile`` graph."""
+    return tile_unit_ready()
 
 
 def takes_views(head_dims: int) -> bool:
@@ -68,9 +68,7 @@ def takes_views(head_dims: int) -> bool:
         and USE_AMX_ATTENTION
         and AMX_SUPPORTED
         and head_dims == HEAD_DIMS
-        and (
-            _tile_unit_ready_when_traced() if torch.compiler.is_compiling() else _tile_unit_ready()
-        )
+        and (_tile_unit_ready_when_traced() if torch.compiler.is_compiling() else tile_unit_ready())
     )
 
 

@@ -51,8 +51,8 @@ from mmengine.logging import print_log
 from .cpu_ops import cpu_supports, define_cpu_op, plain_ops_traced
 
 _CSRC = Path(__file__).with_name('csrc')
-_SOURCES = [_CSRC / 'cpu_kernels.cpp', _CSRC / 'amx_attention.cpp']
-_HEADER = _CSRC / 'cpu_kernels.h'
+_SOURCES = [_CSRC / 'cpu_kernels.cpp', _CSRC / 'amx_attention.cpp', _CSRC / 'amx_linear.cpp']
+_HEADERS = [_CSRC / 'cpu_kernels.h', _CSRC / 'amx_tiles.h']
 _FLAGS = [
     '-O3',
     '-mavx512f',
@@ -133,8 +133,8 @@ def kernels() -> Optional[ModuleType]:
             try:
                 build_dir = _build_directory()
                 _remove_stale_lock(build_dir)
-                # the header's hash among the flags: a changed header is a new build
-                header = hashlib.sha1(_HEADER.read_bytes()).hexdigest()[:12]
+                # the headers' hash among the flags: a changed header is a new build
+                header = hashlib.sha1(b''.join(h.read_bytes() for h in _HEADERS)).hexdigest()[:12]
                 _built = load(
                     name='mmdeit_cpu_kernels',
                     sources=[str(source) for source in _SOURCES],

@@ -51,19 +51,20 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.weak import WeakTensorKeyDictionary
 
+from . import amx_linear, cpu_kernels, kept_copies
 from .cpu_ops import define_cpu_op, plain_ops_traced
+from .kept_copies import kept, new_store
 
 _HAS_OP = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_linear_pointwise')
 _GELU = {'none': ('gelu', 'none'), 'tanh': ('gelu', 'tanh')}
 #: The bf16 copies of fp32 parameters, by parameter: ``{param: (key, copy)}``.
-_COPIES = WeakTensorKeyDictionary()
+_COPIES = new_store()
 #: The weights in oneDNN's blocked layout, by parameter: ``{param: (key, packed)}``.
-_PACKED = WeakTensorKeyDictionary()
+_PACKED = new_store()
 #: The copies with their first rows scaled (``scale_rows``), row-major and packed, by parameter.
-_SCALED = WeakTensorKeyDictionary()
-_PACKED_SCALED = WeakTensorKeyDictionary()
+_SCALED = new_store()
+_PACKED_SCALED = new_store()
 #: Linear weights go to oneDNN in its blocked layout, reordered once and kept
 #: (:func:`packed_weight`) instead of at every call; set to False to keep no such copies.
 PREPACK = _HAS_OP and hasattr(torch.ops.mkldnn, '_reorder_linear_weight')
@@ -121,23 +122,6 @@ def computes_in_bf16(x: torch.Tensor, linear: nn.Linear) -> bool:
     return not fp32 or torch.is_autocast_enabled('cpu')
 
 
-def _kept(store: WeakTensorKeyDictionary, t: torch.Tensor, tag, make) -> torch.Tensor:
-    """``make(t)``, kept in ``store`` by the tensor ``t`` while it lives and made again when its
-    storage, version or ``tag`` (the wanted dtype, with anything else ``make`` depends on)
-    change (an optimizer step, ``load_state_dict`` and ``.to()`` change one of the first two).
-    Made at every call for an inference tensor (a model built under ``torch.inference_mode``):
-    it has no version to tell a change by."""
-    if t.is_inference():
-        return make(t)
-    key = (t.data_ptr(), t._version, tag)
-    cached = store.get(t)
-    if cached is None or cached[0] != key:
-        with torch.no_grad():
-            cached = (key, make(t))
-        store[t] = cached
-    return cached[1]
-
-
 def bf16_copy(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """``t`` in bf16: ``t`` itself if bf16 (or None), else its kept bf16 copy.
 
@@ -148,46 +132,43 @@ def bf16_copy(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """
     if t is None or t.dtype == torch.bfloat16:
         return t
-    return _kept(_COPIES, t, torch.bfloat16, lambda w: w.to(torch.bfloat16))
+    return kept(_COPIES, t, torch.bfloat16, lambda w: w.to(torch.bfloat16))
 
 
 def packed_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A linear layer's ``weight`` (C_out, C_in) in ``dtype`` (fp32 or bf16) and oneDNN's blocked
     layout, for :func:`_linear_pointwise`: kept by the parameter as :func:`bf16_copy` keeps its
     copies (remade when it changes; not in any ``state_dict``)."""
-    return _kept(
+    return kept(
         _PACKED, weight, dtype, lambda w: torch.ops.mkldnn._reorder_linear_weight(w.to(dtype))
     )
-
-
-def _scale_rows(t: torch.Tensor, dtype: torch.dtype, scale_rows: Tuple[int, float]) -> torch.Tensor:
-    """A copy of ``t`` in ``dtype`` whose first ``n`` rows (entries of a bias) are multiplied by
-    ``s``, for ``scale_rows = (n, s)``."""
-    n, s = scale_rows
-    out = t.detach().to(dtype, copy=True)
-    out[:n].mul_(s)
-    return out
 
 
 def scaled_copy(
     t: Optional[torch.Tensor], dtype: torch.dtype, scale_rows: Tuple[int, float]
 ) -> Optional[torch.Tensor]:
-    """:func:`_scale_rows` of a parameter (None stays None), row-major, kept by it as
+    """``kept_copies.scale_rows`` of a parameter (None stays None), row-major, kept by it as
     :func:`bf16_copy` keeps its copies."""
     if t is None:
         return None
-    return _kept(_SCALED, t, (dtype, *scale_rows), lambda w: _scale_rows(w, dtype, scale_rows))
+
+    def make(w: torch.Tensor) -> torch.Tensor:
+        return kept_copies.scale_rows(w, dtype, scale_rows)
+
+    return kept(_SCALED, t, (dtype, *scale_rows), make)
 
 
 def packed_scaled_weight(
     weight: torch.Tensor, dtype: torch.dtype, scale_rows: Tuple[int, float]
 ) -> torch.Tensor:
-    """:func:`_scale_rows` of a weight in oneDNN's blocked layout, kept by the parameter."""
-    return _kept(
+    """``kept_copies.scale_rows`` of a weight in oneDNN's blocked layout, kept by the parameter."""
+    return kept(
         _PACKED_SCALED,
         weight,
         (dtype, *scale_rows),
-        lambda w: torch.ops.mkldnn._reorder_linear_weight(_scale_rows(w, dtype, scale_rows)),
+        lambda w: torch.ops.mkldnn._reorder_linear_weight(
+            kept_copies.scale_rows(w, dtype, scale_rows)
+        ),
     )
 
 
@@ -197,11 +178,9 @@ def bf16_params(linear: nn.Linear) -> Tuple[torch.Tensor, Optional[torch.Tensor]
 
 
 def clear_weight_copies(module: nn.Module) -> None:
-    """Drop the copies :func:`bf16_copy`, :func:`packed_weight`, :func:`scaled_copy` and
-    :func:`packed_scaled_weight` keep of ``module``'s parameters."""
-    for p in module.parameters():
-        for store in (_COPIES, _PACKED, _SCALED, _PACKED_SCALED):
-            store.pop(p, None)
+    """Drop the copies kept of ``module``'s parameters: :func:`bf16_copy`, :func:`packed_weight`,
+    :func:`scaled_copy`, :func:`packed_scaled_weight` and ``amx_linear``'s packed weights."""
+    kept_copies.clear(module)
 
 
 def _linear_pointwise(
@@ -225,8 +204,11 @@ def _onednn_linear_kernel(
     graph, (..., C_in) -> (..., C_out); a bf16 ``x`` takes the parameters' kept bf16 copies,
     packed where :data:`PREPACK`; with ``scale_n`` > 0, :func:`onednn_linear`'s
     ``scale_rows=(scale_n, scale)``."""
-    if scale_n:
-        return _scaled_linear(x, weight, bias, gelu, (scale_n, scale))
+    scale_rows = (scale_n, scale) if scale_n else None
+    if amx_linear.applies(x, weight, gelu):  # the tile unit's kernel (AMX CPUs, bf16)
+        return amx_linear.linear(x, weight, bias, gelu, scale_rows)
+    if scale_rows:
+        return _scaled_linear(x, weight, bias, gelu, scale_rows)
     return _linear_pointwise(x, *_whole_weight(weight, bias, x.dtype), gelu)
 
 
@@ -288,6 +270,8 @@ def onednn_linear(
         scale_n, scale = scale_rows or (0, 1.0)
         out = torch.ops.mmdeit.onednn_linear(x, weight, bias, gelu, scale_n, scale)
         return out if rows == slice(None) else out[..., rows]
+    if rows == slice(None) and amx_linear.applies(x, weight, gelu):  # AMX CPUs, bf16
+        return amx_linear.linear(x, weight, bias, gelu, scale_rows)
     if scale_rows is not None:  # kept copies with the rows scaled
         if rows == slice(None):
             return _scaled_linear(x, weight, bias, gelu, scale_rows)
@@ -300,6 +284,28 @@ def onednn_linear(
         weight, bias = bf16_params(linear)
     bias = None if bias is None else bias[rows]
     return _linear_pointwise(x, weight[rows], bias, gelu)
+
+
+def linear_add(
+    identity: torch.Tensor, x: torch.Tensor, linear: nn.Linear, inplace: bool = False
+) -> torch.Tensor:
+    """``identity + linear(x)`` where :func:`onednn_applies` holds, (..., C_out): on the tile unit
+    with the sum in the GEMM's epilogue where ``amx_linear`` applies, else :func:`onednn_linear`
+    and an add. Under autocast the bf16 branch is added into the fp32 shortcut (in its dtype, as
+    autocast's ``x + branch``; into ``identity``'s memory if ``inplace``, default False)."""
+    if computes_in_bf16(x, linear):
+        x = x.to(torch.bfloat16)
+    weight = linear.weight
+    if (
+        not torch.compiler.is_compiling()
+        and amx_linear.applies(x, weight)
+        and amx_linear.shortcut_applies(identity, x, weight)
+    ):
+        return amx_linear.linear(x, weight, linear.bias, shortcut=identity, inplace=inplace)
+    out = onednn_linear(x, linear)  # a new tensor
+    if out.dtype == identity.dtype:
+        return out.add_(identity)  # summed in place
+    return cpu_kernels.add(identity, out, inplace)  # bf16 branch, fp32 stream
 
 
 def _scaled_linear(

@@ -10,6 +10,8 @@ order (fp32: rounding-level differences; bf16: the same bf16 inputs, fp32 accumu
 rounding). :data:`USE_PATCH_GEMM` is the switch; only without autograd, on the CPU, where the
 input's size is a multiple of the patch (mmcv's adaptive padding adds nothing), and not in
 inductor's frozen AMX graph (``cpu_ops.plain_ops_traced``: the reference's ops are traced).
+In bf16 on AMX CPUs the eager GEMM is ``amx_linear``'s (the weight rounded and packed once,
+kept; autocast's ``F.linear`` casts it in every call).
 """
 
 from typing import Tuple
@@ -18,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import amx_linear
 from .cpu_ops import plain_ops_traced
 
 #: The patch embedding runs as a GEMM where :func:`gemm_applies` holds; read at every call: set
@@ -62,7 +65,12 @@ def embed(
         x = x.to(torch.get_autocast_dtype('cpu'))
     patches = x.reshape(B, C, h, ph, w, pw).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, C, ph, pw)
     patches = patches.reshape(B, h * w, C * ph * pw)  # a copy, in the weight's (C, ph, pw) order
-    tokens = F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)  # (B, hw, E)
+    weight = conv.weight.reshape(conv.out_channels, -1)  # (E, C*ph*pw), a view
+    # bf16 on AMX CPUs, eager: the weight packed once, kept (compiled: inductor's linear)
+    if not torch.compiler.is_compiling() and amx_linear.applies(patches, weight):
+        tokens = amx_linear.linear(patches, conv.weight, conv.bias)  # (B, hw, E)
+    else:
+        tokens = F.linear(patches, weight, conv.bias)  # (B, hw, E)
     if patch_embed.norm is not None:
         tokens = patch_embed.norm(tokens)
     return tokens, (h, w)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmdeit.models.backbones import DistilledVisionTransformer, VisionTransformer
-from mmdeit.models.utils import onednn_linear
+from mmdeit.models.utils import amx_linear, onednn_linear
 
 from ...conftest import TINY_ARCH
 
@@ -48,7 +48,9 @@ def _autocast():
 
 @pytest.fixture
 def onednn_calls(monkeypatch) -> list:
-    """The output dtype of every oneDNN GEMM (the function is spied on, still called)."""
+    """The output dtype of every oneDNN GEMM (the function is spied on, still called); the AMX
+    linear off (it takes them on AMX CPUs: ``test_amx_linear.py``)."""
+    monkeypatch.setattr(amx_linear, 'USE_AMX_LINEAR', False)
     calls = []
     real = onednn_linear.onednn_linear
 
@@ -124,9 +126,10 @@ def test_fp32_inference_is_unchanged(onednn_calls, monkeypatch, fp32_onednn):
 
 
 @NEEDS_BF16
-def test_bf16_weight_copies_follow_the_weights():
+def test_bf16_weight_copies_follow_the_weights(monkeypatch):
     """The bf16 copies autocast inference keeps are remade when the weights change: in place
     (an optimizer step, ``load_state_dict``), through ``.data`` plus a mode switch, ``.to()``."""
+    monkeypatch.setattr(amx_linear, 'USE_AMX_LINEAR', False)  # oneDNN's path (test_amx_linear.py)
     fast, ref = _pair()
     x = torch.randn(BATCH, 3, IMG, IMG)
 

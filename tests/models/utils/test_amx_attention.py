@@ -30,7 +30,7 @@ def amx_on(monkeypatch):
     monkeypatch.setattr(cpu_kernels, 'USE_CPU_KERNELS', True)
     monkeypatch.setattr(amx, 'USE_AMX_ATTENTION', True)
     assert cpu_kernels.kernels() is not None, 'the CPU kernels did not build'
-    assert amx._tile_unit_ready(), 'Linux did not grant the tile registers'
+    assert amx.tile_unit_ready(), 'Linux did not grant the tile registers'
 
 
 def _qkv(B: int, h: int, n: int, N: int, strided: bool):
@@ -188,13 +188,13 @@ def test_compiled_model_takes_the_views_and_gives_eagers_bits(amx_on):
 def test_user_bf16_inference_of_a_shipped_deit_config(tmp_path):
     """As a user runs it: DeiT-Ti distilled (heads of 64) through ``init_model``/
     ``inference_model`` under bf16 autocast, in a subprocess from a temp folder; on an AMX CPU
-    the tile unit runs the attention; with ``MMDEIT_CPU_KERNELS=0`` none of the kernels run and
-    the scores stay within bf16's rounding."""
+    the tile unit runs the attention and the linears (``amx_linear.py``); with
+    ``MMDEIT_CPU_KERNELS=0`` none of the kernels run and the scores stay within bf16's rounding."""
     base = 'mmdeit::deit/deit-tiny-distilled_8xb128_in1k.py'
     on, off = (user_run(tmp_path, setting, base, image_side=240) for setting in ('1', '0'))
     assert on['built'] == cpu_kernels.SUPPORTED
-    assert on['tile_unit'] == amx.AMX_SUPPORTED
-    assert off['built'] is False and off['tile_unit'] is False
+    assert on['tile_unit'] == on['amx_linear'] == amx.AMX_SUPPORTED  # attention and linears
+    assert off['built'] is False and off['tile_unit'] is False and off['amx_linear'] is False
     got, want = torch.tensor(on['scores']), torch.tensor(off['scores'])
     assert got.shape == want.shape == (2, 1000)
     torch.testing.assert_close(got, want, rtol=0, atol=2e-2)

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmdeit.models.backbones import DistilledVisionTransformer
-from mmdeit.models.utils import cpu_kernels
+from mmdeit.models.utils import amx_linear, cpu_kernels
 
 from ...conftest import TINY_ARCH
 
@@ -252,7 +252,9 @@ def spy_kernels(monkeypatch) -> list:
 @needs_kernels
 @pytest.mark.parametrize('batch', [1, 3])
 def test_model_with_kernels_is_the_model_without_within_bf16(kernels_on, monkeypatch, batch):
-    """The fast path's bf16 autocast inference with and without the kernels; all four ran."""
+    """The fast path's bf16 autocast inference with and without the kernels; all four ran (the
+    AMX linear off: it adds the branch in its GEMM, ``test_amx_linear.py``)."""
+    monkeypatch.setattr(amx_linear, 'USE_AMX_LINEAR', False)
     model = _backbone()
     x = torch.randn(batch, 3, 32, 32)
     ran = spy_kernels(monkeypatch)
@@ -269,7 +271,7 @@ USER_SCRIPT = """
 import json, sys
 import numpy as np, torch
 from mmdeit.apis import inference_model, init_model
-from mmdeit.models.utils import amx_attention, cpu_kernels
+from mmdeit.models.utils import amx_attention, amx_linear, cpu_kernels
 
 torch.manual_seed(0)
 model = init_model('my_config.py')
@@ -282,6 +284,7 @@ print(json.dumps(dict(
     switch=cpu_kernels.USE_CPU_KERNELS,
     built=cpu_kernels._built is not None,
     tile_unit=amx_attention._ready is True,
+    amx_linear=len(amx_linear._PACKED) > 0,
     scores=[o['pred_scores'].tolist() for o in out],
 )))
 """

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmdeit.models.backbones import DistilledVisionTransformer
-from mmdeit.models.utils import onednn_linear
+from mmdeit.models.utils import amx_linear, onednn_linear
 
 from ...conftest import TINY_ARCH
 
@@ -94,9 +94,10 @@ def test_the_model_gives_the_row_major_numbers(monkeypatch, precision, out_type)
 
 
 @pytest.mark.parametrize('precision', PRECISIONS[:2])
-def test_packed_weights_follow_the_weights(precision):
+def test_packed_weights_follow_the_weights(monkeypatch, precision):
     """Packed again after an in-place change (an optimizer step, ``load_state_dict``), a change
     through ``.data`` plus a mode switch, new storage (``.to()``); not in the ``state_dict``."""
+    monkeypatch.setattr(amx_linear, 'USE_AMX_LINEAR', False)  # oneDNN's path (test_amx_linear.py)
     model, ref = _model(), _model(fast_path=False)  # the reference: no oneDNN, no packing
     tol = dict(rtol=1e-4, atol=1e-4) if precision == 'fp32' else dict(rtol=0.05, atol=0.05)
     x = torch.randn(2, 3, 32, 32)

@@ -11,8 +11,8 @@ from mmdeit.models.backbones.fast_transformer_layer import (
     FastMultiheadAttention,
     FastTransformerEncoderLayer,
 )
+from mmdeit.models.utils import amx_linear, onednn_linear
 from mmdeit.models.utils import gemm_attention as ga
-from mmdeit.models.utils import onednn_linear
 
 pytestmark = pytest.mark.skipif(
     not onednn_linear.BF16_SUPPORTED, reason='no native bf16 GEMMs in oneDNN on this CPU'
@@ -104,9 +104,10 @@ def test_the_model_gives_the_same_bits(
 
 
 @pytest.mark.parametrize('precision', PRECISIONS)
-def test_copies_follow_the_weights(scales, precision):
+def test_copies_follow_the_weights(monkeypatch, scales, precision):
     """Scaled again after an in-place change (an optimizer step) and after a mode switch
     following a change through ``.data``; not in the ``state_dict``."""
+    monkeypatch.setattr(amx_linear, 'USE_AMX_LINEAR', False)  # oneDNN's path (test_amx_linear.py)
     torch.manual_seed(0)
     layer, x = _inputs(precision, FastTransformerEncoderLayer(32, 2, 64), torch.randn(2, 7, 32))
     attn = layer.eval().attn

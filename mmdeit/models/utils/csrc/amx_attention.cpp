@@ -11,20 +11,11 @@
 // bit for bit); q, k and v may be strided views of the qkv GEMM's output (last dim contiguous).
 #include <ATen/Parallel.h>
 
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
-
-#include "cpu_kernels.h"
+#include "amx_tiles.h"
 
 #if defined(__linux__)
 #include <sys/syscall.h>
 #include <unistd.h>
-#endif
-
-#if (defined(__clang__) && __clang_major__ >= 12) || \
-    (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11)
-#define MMDEIT_AMX 1
 #endif
 
 using namespace mmdeit_kernels;
@@ -36,47 +27,6 @@ constexpr int64_t kHead = 64;  // the head size the kernel takes (every DeiT/ViT
 // blocks of scores in L1/L2: 1.09x-1.20x the kernel's speed at 197-320 keys, 0.93x-0.95x at 577;
 // measured).
 constexpr int64_t kOverlapKeys = 320;
-
-// 64-byte aligned, zeroed scratch (tile rows are loaded and stored whole cache lines)
-template <typename T>
-struct Scratch {
-  T* data;
-  explicit Scratch(int64_t n) {
-    const size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
-    data = static_cast<T*>(std::aligned_alloc(64, bytes));
-    TORCH_CHECK(data != nullptr, "attention_bf16: out of memory");
-    std::memset(data, 0, bytes);
-  }
-  ~Scratch() { std::free(data); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-};
-
-// 16 x 16 dwords: r[i][c] -> r[c][i]
-inline void transpose16x16(__m512i* r) {
-  __m512i t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {  // r[4i + j], 128-bit lane L: column 4L + j of rows 4i..4i+3
-    r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i + 0], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i + 0], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int j = 0; j < 4; ++j) {  // lane L of row 4L' + j: the 4 rows' quarter L' of column 4L + j
-    const __m512i x0 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x44);
-    const __m512i x1 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xEE);
-    const __m512i y0 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x44);
-    const __m512i y1 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xEE);
-    t[j] = _mm512_shuffle_i32x4(x0, y0, 0x88);
-    t[4 + j] = _mm512_shuffle_i32x4(x0, y0, 0xDD);
-    t[8 + j] = _mm512_shuffle_i32x4(x1, y1, 0x88);
-    t[12 + j] = _mm512_shuffle_i32x4(x1, y1, 0xDD);
-  }
-  for (int i = 0; i < 16; ++i) r[i] = t[i];
-}
 
 // k (N x 64 bf16, rows ld apart) -> kt: [32 pairs of d][Np keys] dwords, keys >= N zero
 inline void pack_keys(const at::BFloat16* k, int64_t ld, int64_t N, int64_t Np, uint32_t* kt) {
@@ -131,16 +81,7 @@ struct Rows {  // 16 query rows from `first`: rows begin..end-1 of them to write
   int64_t ld;
 };
 
-struct alignas(64) TileConfig {  // palette 1: 8 tiles of 16 rows x 64 bytes
-  uint8_t palette_id = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
-  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
-};
-
 // Tile use: 0, 1 q (the two halves of d) or a chunk of P; 2, 3 k^T or v; 4..7 accumulators.
-#define MMDEIT_BARRIER() asm volatile("" ::: "memory")  // tile loads are asm without a clobber
 #define MMDEIT_SCORES(c, j)                       \
   _tile_zero(c);                                  \
   _tile_loadd(2, kt + (j) * 16, ld_kt);           \

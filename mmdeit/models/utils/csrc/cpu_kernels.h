@@ -1,5 +1,5 @@
-// What the kernels of cpu_kernels.cpp and amx_attention.cpp share: bf16 loads and stores of fp32
-// vectors and the softmax of rows held in registers (AVX-512 BF16).
+// What the kernels of cpu_kernels.cpp, amx_attention.cpp and amx_linear.cpp share: bf16 loads and
+// stores of fp32 vectors and the softmax of rows held in registers (AVX-512 BF16).
 #pragma once
 
 #include <torch/extension.h>
@@ -85,3 +85,8 @@ inline void softmax_rows(Load load, at::BFloat16* out, int64_t ld, int64_t N, in
 // amx_attention.cpp
 at::Tensor attention_bf16(at::Tensor q, at::Tensor k, at::Tensor v, double scale);
 bool amx_attention_ready();
+
+// amx_linear.cpp
+at::Tensor amx_pack_weight(at::Tensor w);
+at::Tensor amx_linear_bf16(at::Tensor x, at::Tensor packed, c10::optional<at::Tensor> bias,
+                           bool gelu, c10::optional<at::Tensor> shortcut, bool inplace);

@@ -1,0 +1,70 @@
+// What the tile-unit kernels (amx_attention.cpp, amx_linear.cpp) share: the compiler check, the
+// tile configuration, aligned scratch and the dword transpose that packs operands into the tile
+// unit's pair-interleaved (VNNI) layout.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu_kernels.h"
+
+#if (defined(__clang__) && __clang_major__ >= 12) || \
+    (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11)
+#define MMDEIT_AMX 1
+#endif
+
+#define MMDEIT_BARRIER() asm volatile("" ::: "memory")  // tile loads are asm without a clobber
+
+namespace mmdeit_kernels {
+
+// 64-byte aligned, zeroed scratch (tile rows are loaded and stored whole cache lines)
+template <typename T>
+struct Scratch {
+  T* data;
+  explicit Scratch(int64_t n) {
+    const size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
+    data = static_cast<T*>(std::aligned_alloc(64, bytes));
+    TORCH_CHECK(data != nullptr, "mmdeit tile kernels: out of memory");
+    std::memset(data, 0, bytes);
+  }
+  ~Scratch() { std::free(data); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+struct alignas(64) TileConfig {  // palette 1: 8 tiles of 16 rows x 64 bytes
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+// 16 x 16 dwords: r[i][c] -> r[c][i]
+inline void transpose16x16(__m512i* r) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // r[4i + j], 128-bit lane L: column 4L + j of rows 4i..4i+3
+    r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i + 0], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i + 0], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int j = 0; j < 4; ++j) {  // lane L of row 4L' + j: the 4 rows' quarter L' of column 4L + j
+    const __m512i x0 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x44);
+    const __m512i x1 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xEE);
+    const __m512i y0 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x44);
+    const __m512i y1 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xEE);
+    t[j] = _mm512_shuffle_i32x4(x0, y0, 0x88);
+    t[4 + j] = _mm512_shuffle_i32x4(x0, y0, 0xDD);
+    t[8 + j] = _mm512_shuffle_i32x4(x1, y1, 0x88);
+    t[12 + j] = _mm512_shuffle_i32x4(x1, y1, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+}  // namespace mmdeit_kernels
