@@ -82,6 +82,34 @@ def test_flops_are_flop_counter_mode_counts(report):
     assert sdpa > 0 and sum(by_op.values()) == counter.get_total_flops()
 
 
+def test_mmdeits_kernels_are_counted_by_the_ops_they_replace():
+    """bf16 autocast inference: mmdeit's C++ kernels (pybind calls FlopCounterMode cannot see;
+    on AMX the attention and the linears) are off while counting, so its FLOPs are those of the
+    ops they replace: the same count as with the switch off, the attention's products in it;
+    the switch is restored."""
+    from mmdeit.models.utils import cpu_kernels
+
+    args = benchmark.parse_args(ARGV)
+    model = deit_models.build_models(args, ablation=False)['mmdeit'].eval()
+    x = torch.randn(2, 3, 32, 32)
+
+    def predict():
+        with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+            model.predict(x)
+
+    switch = cpu_kernels.USE_CPU_KERNELS
+    counted = deit_models.count_flops(predict)
+    assert cpu_kernels.USE_CPU_KERNELS is switch
+    try:
+        cpu_kernels.USE_CPU_KERNELS = False
+        with FlopCounterMode(display=False, custom_mapping=deit_models.flop_formulas()) as mode:
+            predict()
+    finally:
+        cpu_kernels.USE_CPU_KERNELS = switch
+    assert counted['total'] == mode.get_total_flops() > 0
+    assert any('bmm' in op or 'scaled_dot' in op for op in counted['by_op'])  # the attention
+
+
 def _linear_flops(by_op: dict) -> int:
     return sum(n for op, n in by_op.items() if 'conv' not in op and 'scaled_dot' not in op)
 

@@ -209,10 +209,21 @@ def flop_formulas() -> dict:
 
 
 def count_flops(fn: Fn) -> dict:
-    """Call ``fn`` once under ``FlopCounterMode``; its FLOPs in total and per op."""
+    """Call ``fn`` once under ``FlopCounterMode``; its FLOPs in total and per op.
+
+    mmdeit's C++ kernels (``cpu_kernels.py``: the tile unit's attention and linears among them)
+    are calls the counter cannot see; they are off for this call, so that the ATen and oneDNN
+    ops they replace, the same products, are counted.
+    """
+    from mmdeit.models.utils import cpu_kernels
+
     mode = flop_counter.FlopCounterMode(display=False, custom_mapping=flop_formulas())
-    with mode:
-        fn()
+    saved, cpu_kernels.USE_CPU_KERNELS = cpu_kernels.USE_CPU_KERNELS, False
+    try:
+        with mode:
+            fn()
+    finally:
+        cpu_kernels.USE_CPU_KERNELS = saved
     by_op = {str(op): n for op, n in mode.get_flop_counts().get('Global', {}).items()}
     return dict(total=mode.get_total_flops(), by_op=by_op)
 

@@ -146,6 +146,10 @@ def test_where_it_applies(amx_on, monkeypatch):
         assert not amx_linear.applies(x[:, :48], w[:, :48])
         assert not amx_linear.applies(x, w[:40])
         assert not amx_linear.applies(torch.randn(64, 8).bfloat16().t(), w)
+        big = torch.empty(768 * 4, 768)  # DeiT-B's fc1: past MAX_WEIGHT_BYTES, oneDNN's
+        assert not amx_linear.applies(torch.randn(2, 3072).bfloat16(), big.t())
+        assert not amx_linear.applies(torch.randn(2, 768).bfloat16(), big)
+        assert amx_linear.applies(torch.randn(2, 768).bfloat16(), big[:768])  # DeiT-B's proj
         shortcut = torch.randn(8, 96)
         assert amx_linear.shortcut_applies(shortcut, x, w)
         assert not amx_linear.shortcut_applies(shortcut[:, :64], x, w)
