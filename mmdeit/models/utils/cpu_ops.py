@@ -17,6 +17,11 @@ docs/benchmarks.md), the compiled model with freezing took 0.95x the time with t
 (default mode) and 0.85-0.93x with ``max-autotune`` (fp32: 0.93x); without freezing the ops are
 faster (plain: 1.25x the time), so there they stay. Not measured on a CPU without AMX, where
 the ops stay. Chosen once at import; set it to False to keep the ops under freezing too.
+
+**Except in bf16 where mmdeit's tile-unit kernels run** (:func:`_tile_kernels_run`: the C++
+kernels built, the tile unit granted, ``amx_attention`` and ``amx_linear`` on): with them the
+frozen graph with the ops ran at eager's speed (1.00x, max-autotune), the plain one at 1.25x its
+time (DeiT-S, batch 8, docs/benchmarks.md, seventh session); fp32 has no such kernels.
 """
 
 from typing import Callable
@@ -50,17 +55,40 @@ def _freezing() -> bool:
     return bool(inductor_config.freezing)
 
 
+@torch.compiler.assume_constant_result
+def _tile_kernels_run() -> bool:
+    """Whether mmdeit's tile-unit kernels run in bf16 inference here (a constant of the traced
+    graph): the C++ kernels on and built, the tile unit granted, its attention and linears on."""
+    from . import amx_attention, amx_linear, cpu_kernels  # they import this module
+
+    return bool(
+        cpu_kernels.USE_CPU_KERNELS
+        and amx_attention.USE_AMX_ATTENTION
+        and amx_linear.USE_AMX_LINEAR
+        and amx_attention.tile_unit_ready()
+    )
+
+
+def _in_bf16(x: torch.Tensor) -> bool:
+    """Whether the fast path computes in bf16: a bf16 ``x`` or bf16 CPU autocast."""
+    autocast = (
+        torch.is_autocast_enabled('cpu') and torch.get_autocast_dtype('cpu') == torch.bfloat16
+    )
+    return x.dtype == torch.bfloat16 or autocast
+
+
 def plain_ops_traced(x: torch.Tensor) -> bool:
     """Whether the fast path runs the reference's plain ops on ``x`` instead of its own: a CPU
     tensor, while ``torch.compile`` traces an inference graph (no autograd) with inductor's
     ``freezing`` on (``torch._inductor.config.freezing``, read at tracing), where
-    :data:`PLAIN_OPS_WHEN_FROZEN`."""
+    :data:`PLAIN_OPS_WHEN_FROZEN`; not in bf16 where the tile-unit kernels run."""
     return (
         PLAIN_OPS_WHEN_FROZEN
         and x.device.type == 'cpu'
         and torch.compiler.is_compiling()
         and not torch.is_grad_enabled()
         and _freezing()
+        and not (_in_bf16(x) and _tile_kernels_run())
     )
 
 
