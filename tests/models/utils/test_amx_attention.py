@@ -23,16 +23,6 @@ needs_amx = pytest.mark.skipif(not amx.AMX_SUPPORTED, reason='no AMX tile unit')
 ARCH64 = dict(embed_dims=128, num_layers=2, num_heads=2, feedforward_channels=256)
 
 
-@pytest.fixture
-def amx_on(monkeypatch):
-    """The switches on and the kernels built with the tile unit granted (on an AMX CPU both
-    should hold: a failure fails the test)."""
-    monkeypatch.setattr(cpu_kernels, 'USE_CPU_KERNELS', True)
-    monkeypatch.setattr(amx, 'USE_AMX_ATTENTION', True)
-    assert cpu_kernels.kernels() is not None, 'the CPU kernels did not build'
-    assert amx.tile_unit_ready(), 'Linux did not grant the tile registers'
-
-
 def _qkv(B: int, h: int, n: int, N: int, strided: bool):
     """q (B, h, n, 64), k and v (B, h, N, 64): views of one (B, N, 3*h*64) GEMM output as the
     model has them, or contiguous copies."""

@@ -14,23 +14,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmdeit.models.backbones import DistilledVisionTransformer
-from mmdeit.models.utils import amx_attention, amx_linear, cpu_kernels, onednn_linear
+from mmdeit.models.utils import amx_linear, cpu_kernels, onednn_linear
 
+from .test_amx_attention import ARCH64 as ARCH
+from .test_amx_attention import _backbone
 from .test_cpu_kernels import compiled_and_eager, spy_kernels
 
 needs_amx = pytest.mark.skipif(not amx_linear.AMX_SUPPORTED, reason='no AMX tile unit')
-ARCH = dict(embed_dims=64, num_layers=2, num_heads=2, feedforward_channels=128)
-
-
-@pytest.fixture
-def amx_on(monkeypatch):
-    """The switches on and the kernels built with the tile unit granted (on an AMX CPU both
-    should hold: a failure fails the test)."""
-    monkeypatch.setattr(cpu_kernels, 'USE_CPU_KERNELS', True)
-    monkeypatch.setattr(amx_linear, 'USE_AMX_LINEAR', True)
-    assert cpu_kernels.kernels() is not None, 'the CPU kernels did not build'
-    assert amx_attention.tile_unit_ready(), 'Linux did not grant the tile registers'
 
 
 def _problem(M: int, K: int, N: int):
@@ -209,13 +199,6 @@ def test_packed_weights_are_kept_and_remade_when_they_change(amx_on):
         assert torch.equal(amx_linear.linear(x, linear.weight, linear.bias), -before)
     onednn_linear.clear_weight_copies(linear)
     assert linear.weight not in amx_linear._PACKED and linear.bias not in amx_linear._BIASES
-
-
-def _backbone(out_type: str = 'cls_token') -> nn.Module:
-    torch.manual_seed(0)
-    model = DistilledVisionTransformer(arch=ARCH, img_size=32, patch_size=8, out_type=out_type)
-    model.init_weights()
-    return model.eval()
 
 
 @needs_amx
