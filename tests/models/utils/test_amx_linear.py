@@ -182,6 +182,9 @@ def test_the_kernel_refuses_what_it_cannot_take(amx_on):
         built.amx_linear_bf16(x, packed, None, True, torch.randn(4, 96), False)
     with pytest.raises(RuntimeError, match="shortcut of the output's shape"):
         built.amx_linear_bf16(x, packed, None, False, torch.randn(4, 64), False)
+    square = built.amx_pack_weight(torch.randn(64, 64).bfloat16())
+    with pytest.raises(RuntimeError, match='written in place cannot be the input'):
+        built.amx_linear_bf16(x, square, None, False, x, True)
 
 
 @needs_amx

@@ -214,6 +214,8 @@ at::Tensor amx_linear_bf16(at::Tensor x, at::Tensor packed, c10::optional<at::Te
     TORCH_CHECK((s.scalar_type() == at::kFloat || s.scalar_type() == at::kBFloat16) &&
                     s.is_contiguous() && s.sizes() == at::IntArrayRef(shape),
                 "amx_linear_bf16: a contiguous fp32 or bf16 shortcut of the output's shape");
+    TORCH_CHECK(!(inplace && s.data_ptr() == x.data_ptr()),
+                "amx_linear_bf16: the shortcut written in place cannot be the input");
     out = inplace ? s : at::empty(shape, s.options());
     p.shortcut = s.data_ptr();
     p.shortcut_bf16 = s.scalar_type() == at::kBFloat16;
