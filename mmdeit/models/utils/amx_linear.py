@@ -18,13 +18,14 @@ added; the rounding to bf16) while the tile unit computes the next one:
 The products are oneDNN's (fp32 accumulation of bf16 products, k in steps of 32): the same bits
 at DeiT's shapes but in about 1 of 10^4 outputs for 1536 input channels (oneDNN's order of the
 sums). At DeiT-S's shapes (batch 8) the four linears of a layer take 0.81x oneDNN's time (its
-GELU and a separate add), 0.60x at batch 1 (docs/benchmarks.md).
+GELU and a separate add), 0.60x at batch 1; DeiT-B's 0.83x (its weights, up to 4.7 MB, taken in
+panels that stay in L2 with a chunk of x's rows; docs/benchmarks.md).
 
 Where it runs: bf16 inputs (a bf16 model, or bf16 autocast: the weight and bias rounded to bf16
 as autocast does, kept packed by the parameter, ``kept_copies.py``), contiguous, input and
-output channels multiples of 32, weights up to :data:`MAX_WEIGHT_BYTES`, no autograd, AMX CPUs
-with the switches :data:`USE_AMX_LINEAR` and ``cpu_kernels.USE_CPU_KERNELS`` on; elsewhere
-oneDNN's linear runs (``onednn_linear.py`` chooses, under ``torch.compile`` too: inside its op).
+output channels multiples of 32, no autograd, AMX CPUs with the switches :data:`USE_AMX_LINEAR`
+and ``cpu_kernels.USE_CPU_KERNELS`` on; elsewhere oneDNN's linear runs (``onednn_linear.py``
+chooses, under ``torch.compile`` too: inside its op).
 """
 
 from typing import Optional, Tuple
@@ -39,12 +40,6 @@ AMX_SUPPORTED = amx_attention.AMX_SUPPORTED
 #: False for oneDNN's.
 USE_AMX_LINEAR = AMX_SUPPORTED
 
-#: The largest weight (bf16 bytes) it takes: each thread streams the whole packed weight from its
-#: L2 cache (2 MiB a core on the AMX host measured) for every 32 rows. DeiT-S's (up to 1.2 MB)
-#: and DeiT-B's output projection ran at 1.0x-1.5x oneDNN's speed; DeiT-B's qkv, fc1 and fc2
-#: (3.5-4.7 MB) at 0.51x-0.79x: oneDNN's linear runs those (docs/benchmarks.md).
-MAX_WEIGHT_BYTES = 3 << 19  # 1.5 MiB
-
 #: The weights packed for the kernel (in bf16), by parameter; with rows scaled (``scale_rows``).
 _PACKED = kept_copies.new_store()
 _PACKED_SCALED = kept_copies.new_store()
@@ -55,9 +50,8 @@ _BIASES_SCALED = kept_copies.new_store()
 
 def applies(x: torch.Tensor, weight: torch.Tensor, gelu: Optional[str] = None) -> bool:
     """Whether :func:`linear` applies: a contiguous bf16 ``x`` (..., C_in) on the CPU without
-    autograd, a 2-D ``weight`` (C_out, C_in) with both multiples of 32 and up to
-    :data:`MAX_WEIGHT_BYTES` in bf16, ``gelu`` None or 'none' (the erf GELU), the switches on
-    and the tile unit ready (the first call builds the kernels).
+    autograd, a 2-D ``weight`` (C_out, C_in) with both multiples of 32, ``gelu`` None or 'none'
+    (the erf GELU), the switches on and the tile unit ready (the first call builds the kernels).
     """
     return (
         USE_AMX_LINEAR
@@ -69,7 +63,6 @@ def applies(x: torch.Tensor, weight: torch.Tensor, gelu: Optional[str] = None) -
         and x.shape[-1] == weight.shape[1]
         and weight.shape[0] % 32 == 0
         and weight.shape[1] % 32 == 0
-        and 2 * weight.shape[0] * weight.shape[1] <= MAX_WEIGHT_BYTES
         and gelu in (None, 'none')
         and x.is_contiguous()
         and amx_attention.tile_unit_ready()

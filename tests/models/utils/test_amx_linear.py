@@ -49,6 +49,7 @@ def _exact(x, linear):
 # last block overlaps the one before), DeiT-S's shapes at batch 1 (198 tokens)
 SHAPES = [(1, 64, 96), (5, 384, 1152), (31, 64, 32), (32, 128, 64), (33, 96, 160)]
 SHAPES += [(198, 384, 1152), (198, 1536, 384), (70, 384, 1536)]
+SHAPES += [(198, 3072, 128)]  # x and W in chunks and panels (csrc: kChunkBytes, kPanelBytes)
 
 
 @needs_amx
@@ -136,10 +137,8 @@ def test_where_it_applies(amx_on, monkeypatch):
         assert not amx_linear.applies(x[:, :48], w[:, :48])
         assert not amx_linear.applies(x, w[:40])
         assert not amx_linear.applies(torch.randn(64, 8).bfloat16().t(), w)
-        big = torch.empty(768 * 4, 768)  # DeiT-B's fc1: past MAX_WEIGHT_BYTES, oneDNN's
-        assert not amx_linear.applies(torch.randn(2, 3072).bfloat16(), big.t())
-        assert not amx_linear.applies(torch.randn(2, 768).bfloat16(), big)
-        assert amx_linear.applies(torch.randn(2, 768).bfloat16(), big[:768])  # DeiT-B's proj
+        big = torch.empty(768 * 4, 768)  # DeiT-B's fc1 (4.7 MB in bf16: taken in panels)
+        assert amx_linear.applies(torch.randn(2, 768).bfloat16(), big)
         shortcut = torch.randn(8, 96)
         assert amx_linear.shortcut_applies(shortcut, x, w)
         assert not amx_linear.shortcut_applies(shortcut[:, :64], x, w)
