@@ -44,6 +44,10 @@ the same kept bf16 weight copies (``scale_rows`` too: its last two arguments). T
 ops instead, the compiled model ran slower than the eager one (docs/benchmarks.md): under
 autocast every call cast every weight again, and without ``freezing`` inductor calls the BLAS
 GEMM without the fused GELU.
+
+**On AMX CPUs the tile unit's kernel takes the bf16 linears** where ``amx_linear.applies``
+holds (mmdeit's C++ kernels built): :func:`onednn_linear` and the compiled op call it instead
+of oneDNN, and :func:`linear_add` adds the shortcut in its epilogue (``amx_linear.py``).
 """
 
 from typing import Optional, Tuple
