@@ -17,6 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils import flop_counter
 
+try:  # imported as tools.analysis.deit_models
+    from .switch_ablation import switched_off
+except ImportError:  # run as a script's neighbour: this folder is on sys.path
+    from switch_ablation import switched_off
+
 #: mmdeit with its speed measures off: the ablation, timed as one more library.
 REFERENCE = 'mmdeit (fast_path=False)'
 Fn = Callable[[], object]
@@ -215,15 +220,9 @@ def count_flops(fn: Fn) -> dict:
     are calls the counter cannot see; they are off for this call, so that the ATen and oneDNN
     ops they replace, the same products, are counted.
     """
-    from mmdeit.models.utils import cpu_kernels
-
     mode = flop_counter.FlopCounterMode(display=False, custom_mapping=flop_formulas())
-    saved, cpu_kernels.USE_CPU_KERNELS = cpu_kernels.USE_CPU_KERNELS, False
-    try:
-        with mode:
-            fn()
-    finally:
-        cpu_kernels.USE_CPU_KERNELS = saved
+    with switched_off('cpu-kernels'), mode:
+        fn()
     by_op = {str(op): n for op, n in mode.get_flop_counts().get('Global', {}).items()}
     return dict(total=mode.get_total_flops(), by_op=by_op)
 

@@ -48,7 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
 
-from .cpu_ops import cpu_supports, define_cpu_op, plain_ops_traced
+from .cpu_ops import autocast_bf16, cpu_supports, define_cpu_op, plain_ops_traced
 
 _CSRC = Path(__file__).with_name('csrc')
 _SOURCES = [_CSRC / 'cpu_kernels.cpp', _CSRC / 'amx_attention.cpp', _CSRC / 'amx_linear.cpp']
@@ -206,8 +206,7 @@ def layer_norm_applies(x: torch.Tensor, norm: nn.Module) -> bool:
     return (
         _on_cpu_no_grad(x)
         and type(norm) is nn.LayerNorm
-        and torch.is_autocast_enabled('cpu')
-        and torch.get_autocast_dtype('cpu') == torch.bfloat16
+        and autocast_bf16()
         and x.dtype == torch.float32
         and x.is_contiguous()
         and norm.normalized_shape == (x.shape[-1],)

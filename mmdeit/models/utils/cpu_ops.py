@@ -69,12 +69,14 @@ def _tile_kernels_run() -> bool:
     )
 
 
+def autocast_bf16() -> bool:
+    """Whether bf16 CPU autocast is on."""
+    return torch.is_autocast_enabled('cpu') and torch.get_autocast_dtype('cpu') == torch.bfloat16
+
+
 def _in_bf16(x: torch.Tensor) -> bool:
     """Whether the fast path computes in bf16: a bf16 ``x`` or bf16 CPU autocast."""
-    autocast = (
-        torch.is_autocast_enabled('cpu') and torch.get_autocast_dtype('cpu') == torch.bfloat16
-    )
-    return x.dtype == torch.bfloat16 or autocast
+    return x.dtype == torch.bfloat16 or autocast_bf16()
 
 
 def plain_ops_traced(x: torch.Tensor) -> bool:

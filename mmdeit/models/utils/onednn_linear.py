@@ -57,7 +57,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import amx_linear, cpu_kernels, kept_copies
-from .cpu_ops import define_cpu_op, plain_ops_traced
+from .cpu_ops import autocast_bf16, define_cpu_op, plain_ops_traced
 from .kept_copies import kept, new_store
 
 _HAS_OP = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_linear_pointwise')
@@ -91,11 +91,6 @@ BF16_SUPPORTED = _bf16_supported()
 FP32_ONEDNN = _HAS_OP and torch.backends.cpu.get_cpu_capability() == 'AVX512'
 
 
-def _autocast_bf16() -> bool:
-    """Whether bf16 CPU autocast is on."""
-    return torch.is_autocast_enabled('cpu') and torch.get_autocast_dtype('cpu') == torch.bfloat16
-
-
 def onednn_applies(x: torch.Tensor, linear: nn.Module) -> bool:
     """Whether :func:`onednn_linear` would take the oneDNN path for this input and layer.
 
@@ -113,7 +108,7 @@ def onednn_applies(x: torch.Tensor, linear: nn.Module) -> bool:
         return False
     w_dtype, fp32, bf16 = linear.weight.dtype, torch.float32, torch.bfloat16
     if torch.is_autocast_enabled('cpu'):
-        return BF16_SUPPORTED and _autocast_bf16() and {x.dtype, w_dtype} <= {fp32, bf16}
+        return BF16_SUPPORTED and autocast_bf16() and {x.dtype, w_dtype} <= {fp32, bf16}
     if x.dtype == fp32 and w_dtype == fp32:
         return FP32_ONEDNN
     return BF16_SUPPORTED and x.dtype == bf16 and w_dtype == bf16
