@@ -1,4 +1,4 @@
-"""Attention on the AMX tile unit, for bf16 inference: one of mmdeit's C++ kernels.
+"""Attention on the AMX tile unit, for bf16 inference and training: one of mmdeit's C++ kernels.
 
 On AMX CPUs the GEMM attention's two ``bmm`` calls run at a fraction of the tile unit's rate
 (~780 GFLOP/s on 2 cores, 48 products of 198 x 64 by 64 x 198 a call), and around them the
@@ -16,9 +16,11 @@ accumulated in fp32 and rounded once: the same bits (tested). DeiT-S, bf16 autoc
 
 Where it runs: CPUs with AMX's bf16 tile unit (:data:`AMX_SUPPORTED`), the switch
 :data:`USE_AMX_ATTENTION` and ``cpu_kernels.USE_CPU_KERNELS`` on, heads of 64
-(:data:`HEAD_DIMS`, every DeiT and ViT arch shipped), no autograd, and Linux lets the process
-use the tile registers (asked once, as PyTorch's oneDNN does). Built with the other kernels
-(``cpu_kernels.kernels``); elsewhere the GEMM attention runs.
+(:data:`HEAD_DIMS`, every DeiT and ViT arch shipped), and Linux lets the process use the tile
+registers (asked once, as PyTorch's oneDNN does). Built with the other kernels
+(``cpu_kernels.kernels``); elsewhere the GEMM attention runs. With autograd (training) the
+kernel also writes the softmax's output for the backward (:class:`TileAttention`), whose
+products are ``bmm`` calls: the tile unit's share is the forward.
 """
 
 import math
@@ -73,11 +75,13 @@ def takes_views(head_dims: int) -> bool:
 
 
 def attention_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> bool:
-    """Whether :func:`attention` applies: bf16 q (B, h, n, d), k and v (B, h, N, d) on the CPU
-    without autograd, each with its last dim contiguous, d = :data:`HEAD_DIMS`, 1 to
-    ``cpu_kernels.MAX_ROW`` keys, ``scale`` a power of two, and :func:`takes_views` holds."""
+    """Whether :func:`attention` applies: bf16 q (B, h, n, d), k and v (B, h, N, d) on the CPU,
+    each with its last dim contiguous, d = :data:`HEAD_DIMS`, 1 to ``cpu_kernels.MAX_ROW``
+    keys, ``scale`` a power of two, and :func:`takes_views` holds; with autograd too, but not
+    while ``torch.compile`` traces it (its op has no backward)."""
     return (
-        cpu_kernels._on_cpu_no_grad(q, k, v)  # the other kernels' common condition
+        cpu_kernels._on_cpu(q, k, v)  # the other kernels' condition, but autograd
+        and not (torch.is_grad_enabled() and torch.compiler.is_compiling())
         and q.dtype == k.dtype == v.dtype == torch.bfloat16
         and q.dim() == 4
         and k.shape == v.shape
@@ -94,5 +98,50 @@ def attention_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """``softmax(q k^T * scale) v`` with the heads merged, on the tile unit: q (B, h, n, d),
-    k/v (B, h, N, d) -> (B, n, h*d) bf16; where :func:`attention_applies` holds."""
+    k/v (B, h, N, d) -> (B, n, h*d) bf16; where :func:`attention_applies` holds. With autograd
+    (any input requiring grad) through :class:`TileAttention`."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return TileAttention.apply(q, k, v, scale)
     return cpu_kernels.kernels().attention_bf16(q, k, v, scale)
+
+
+class TileAttention(torch.autograd.Function):
+    """The tile-unit attention for training: the forward is the inference kernel, which also
+    writes the softmax's output P (B, h, n, N) in bf16 (the tensor the GEMM attention keeps for
+    its backward); the backward is the GEMM attention's, from P, in bf16 ``bmm`` calls:
+
+    dV = P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(dP * P)) * scale,  dQ = dS K,  dK = dS^T Q
+
+    (``scale`` a power of two: exact in bf16, applied to the copies of K and Q the products
+    need anyway). Forward: no copies of q, k, v into the heads' layout, no scores in memory;
+    q, k, v are kept as the views they are (of the qkv GEMM's output) and made contiguous in
+    the backward. DeiT-S, bf16 autocast, a training step at batch 32 on 2 AMX cores: the GEMM
+    attention instead takes 1.01x-1.02x the time (docs/benchmarks.md)."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+        B, h, n, _ = q.shape
+        probs = q.new_empty(B, h, n, k.shape[2])  # (B, h, n, N)
+        out = cpu_kernels.kernels().attention_bf16(q, k, v, scale, probs)  # (B, n, h*d)
+        ctx.save_for_backward(q, k, v, probs)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        q, k, v, probs = ctx.saved_tensors
+        B, h, n, d = q.shape
+        N = k.shape[2]
+        do = grad.reshape(B, n, h, d).transpose(1, 2).reshape(B * h, n, d)  # a copy
+        p = probs.view(B * h, n, N)
+        dv = torch.bmm(p.transpose(1, 2), do)  # (B*h, N, d)
+        dp = torch.bmm(do, v.reshape(B * h, N, d).transpose(1, 2))  # (B*h, n, N)
+        ds = torch._softmax_backward_data(dp, p, -1, p.dtype)  # dS without the scale
+
+        def scaled(t: torch.Tensor) -> torch.Tensor:  # t * scale made contiguous: one pass
+            return torch.mul(t, ctx.scale, out=t.new_empty(t.shape)).view(B * h, -1, d)
+
+        dq = torch.bmm(ds, scaled(k))  # (B*h, n, d)
+        dk = torch.bmm(ds.transpose(1, 2), scaled(q))  # (B*h, N, d)
+        shape = (B, h, -1, d)
+        return dq.view(shape), dk.view(shape), dv.view(shape), None

@@ -166,15 +166,19 @@ def _available() -> bool:
     return _built_when_traced() if torch.compiler.is_compiling() else kernels() is not None
 
 
-def _on_cpu_no_grad(*tensors: torch.Tensor) -> bool:
-    """The common condition: the switch is on, CPU tensors, no autograd, and not inductor's
-    frozen AMX graph (``plain_ops_traced``: there the reference's ops are traced)."""
+def _on_cpu(*tensors: torch.Tensor) -> bool:
+    """The switch is on, CPU tensors, and not inductor's frozen AMX graph (``plain_ops_traced``:
+    there the reference's ops are traced)."""
     return (
         USE_CPU_KERNELS
-        and not torch.is_grad_enabled()
         and all(t.device.type == 'cpu' for t in tensors)
         and not plain_ops_traced(tensors[0])
     )
+
+
+def _on_cpu_no_grad(*tensors: torch.Tensor) -> bool:
+    """The common condition: :func:`_on_cpu` and no autograd."""
+    return not torch.is_grad_enabled() and _on_cpu(*tensors)
 
 
 def softmax_applies(rows: torch.Tensor) -> bool:

@@ -99,7 +99,7 @@ def test_where_it_applies(amx_on):
         assert not amx.attention_applies(q.transpose(-1, -2), k, v, 0.125)
         big = torch.zeros(1, 1, cpu_kernels.MAX_ROW + 1, 64, dtype=torch.bfloat16)
         assert not amx.attention_applies(big[:, :, :2], big, big, 0.125)
-    assert not amx.attention_applies(q, k, v, 0.125)  # autograd on
+    assert amx.attention_applies(q, k, v, 0.125)  # with autograd too (TileAttention)
     with torch.no_grad():
         amx.USE_AMX_ATTENTION = False
         assert not amx.attention_applies(q, k, v, 0.125) and not amx.takes_views(64)
@@ -132,9 +132,11 @@ def test_the_kernel_refuses_what_it_cannot_take():
         built.attention_bf16(spaced, k, v, 1.0)
 
 
-def _backbone(out_type: str = 'cls_token') -> nn.Module:
+def _backbone(out_type: str = 'cls_token', **kwargs) -> nn.Module:
     torch.manual_seed(0)
-    model = DistilledVisionTransformer(arch=ARCH64, img_size=32, patch_size=8, out_type=out_type)
+    model = DistilledVisionTransformer(
+        arch=ARCH64, img_size=32, patch_size=8, out_type=out_type, **kwargs
+    )
     model.init_weights()
     return model.eval()
 

@@ -91,7 +91,7 @@ struct Rows {  // 16 query rows from `first`: rows begin..end-1 of them to write
 
 __attribute__((target("amx-tile,amx-bf16"))) void attend_pairs(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, float scale,
-    int64_t begin, int64_t end) {
+    at::BFloat16* probs, int64_t begin, int64_t end) {
   const int64_t H = q.size(1), n = q.size(2), N = k.size(2), C = H * kHead;
   const int64_t nb = (N + 15) / 16, Np = nb * 16;  // score columns: key blocks of 16
   const int64_t ks = (N + 31) / 32, Kp = ks * 32;  // P v's inner dim: steps of 32 keys
@@ -168,6 +168,11 @@ __attribute__((target("amx-tile,amx-bf16"))) void attend_pairs(
         softmax_rows<kInterleave>(ScoreRows{s_cur + r * Np, Np, vscale}, pb + r * Kp, Kp, N, nv,
                                   regs);
       }
+      if (probs != nullptr) {  // P of these rows, for the backward (B, h, n, N)
+        for (int64_t r = cur.begin; r < cur.end; ++r) {
+          std::memcpy(probs + (bh * n + cur.first + r) * N, pb + r * Kp, N * sizeof(at::BFloat16));
+        }
+      }
       MMDEIT_BARRIER();
       _tile_zero(4);
       _tile_zero(5);
@@ -217,7 +222,8 @@ bool amx_attention_ready() {
 #endif
 }
 
-at::Tensor attention_bf16(at::Tensor q, at::Tensor k, at::Tensor v, double scale) {
+at::Tensor attention_bf16(at::Tensor q, at::Tensor k, at::Tensor v, double scale,
+                          c10::optional<at::Tensor> probs) {
   TORCH_CHECK(amx_attention_ready(), "attention_bf16: the tile unit is not available");
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 &&
                   v.scalar_type() == at::kBFloat16,
@@ -230,11 +236,18 @@ at::Tensor attention_bf16(at::Tensor q, at::Tensor k, at::Tensor v, double scale
               "attention_bf16: the last dim contiguous");
   const int64_t B = q.size(0), H = q.size(1), n = q.size(2), N = k.size(2);
   TORCH_CHECK(n > 0 && N > 0 && N <= kMaxRow, "attention_bf16: 1 to ", kMaxRow, " keys");
+  at::BFloat16* pp = nullptr;
+  if (probs.has_value()) {
+    TORCH_CHECK(probs->scalar_type() == at::kBFloat16 && probs->is_contiguous() &&
+                    probs->sizes() == at::IntArrayRef({B, H, n, N}),
+                "attention_bf16: probs a contiguous bf16 (B, h, n, N) tensor");
+    pp = probs->data_ptr<at::BFloat16>();
+  }
   at::Tensor out = at::empty({B, n, H * kHead}, q.options());
 #ifdef MMDEIT_AMX
   const float s = static_cast<float>(scale);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    attend_pairs(q, k, v, out, s, begin, end);
+    attend_pairs(q, k, v, out, s, pp, begin, end);
   });
 #endif
   return out;

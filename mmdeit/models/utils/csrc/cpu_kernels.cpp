@@ -164,7 +164,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("layer_norm_bf16", &layer_norm_bf16, "LayerNorm of fp32 rows, written in bf16");
   m.def("add_bf16_out", &add_bf16_out, "out = x (fp32) + y (bf16)");
   m.def("split_heads_bf16", &split_heads_bf16, "(B, N, parts*h*d) -> (parts, B, h, N, d)");
-  m.def("attention_bf16", &attention_bf16, "softmax(q k^T * scale) v on AMX, heads merged");
+  m.def("attention_bf16", &attention_bf16, "softmax(q k^T * scale) v on AMX, heads merged",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("probs") = py::none());
   m.def("amx_attention_ready", &amx_attention_ready, "whether this process may use the tile unit");
   m.def("amx_pack_weight", &amx_pack_weight, "a linear weight in amx_linear_bf16's layout");
   m.def("amx_linear_bf16", &amx_linear_bf16, "x W^T + b on AMX; GELU or a shortcut added");

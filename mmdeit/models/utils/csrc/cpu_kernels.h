@@ -83,7 +83,8 @@ inline void softmax_rows(Load load, at::BFloat16* out, int64_t ld, int64_t N, in
 }  // namespace mmdeit_kernels
 
 // amx_attention.cpp
-at::Tensor attention_bf16(at::Tensor q, at::Tensor k, at::Tensor v, double scale);
+at::Tensor attention_bf16(at::Tensor q, at::Tensor k, at::Tensor v, double scale,
+                          c10::optional<at::Tensor> probs);
 bool amx_attention_ready();
 
 // amx_linear.cpp
