@@ -60,8 +60,15 @@ SWITCHES: Dict[str, Switch] = {
         _UTILS + 'amx_attention',
         'USE_AMX_ATTENTION',
         False,
-        ('inference',),
+        ('inference', 'train'),
         'bf16 attention on the AMX tile unit, heads read as views; off: the GEMM attention',
+    ),
+    'amx-weight-grad': Switch(
+        _UTILS + 'amx_linear_grad',
+        'USE_AMX_WEIGHT_GRAD',
+        False,
+        ('train',),
+        "training linears' weight and bias gradients on the AMX tile unit; off: autocast's",
     ),
     'amx-linear': Switch(
         _UTILS + 'amx_linear',

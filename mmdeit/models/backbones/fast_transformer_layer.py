@@ -45,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn.bricks.drop import DropPath
 
-from ..utils import amx_attention, cpu_kernels
+from ..utils import amx_attention, amx_linear_grad, cpu_kernels
 from ..utils import onednn_linear as onednn
 from ..utils.cpu_ops import plain_ops_traced
 from ..utils.drop_path import multiply_dropped, skip_dropped_samples, skips_dropped_samples
@@ -109,11 +109,11 @@ def _fused_residual_linear(
         or _active_dropout(drop_path)
         or not isinstance(layer_scale, nn.Identity)
     ):
-        return identity + drop_path(layer_scale(dropout(linear(x))))
+        return identity + drop_path(layer_scale(dropout(amx_linear_grad.linear(x, linear))))
     if onednn.onednn_applies(x, linear):  # CPU inference: fp32, a bf16 model, bf16 autocast
         return onednn.linear_add(identity, x, linear, inplace)  # summed in the stream's dtype
     if _autocast_on(x):  # keep the shortcut in full precision
-        return identity + linear(x)  # the formula: dropout, layer scale, drop path are identities
+        return identity + amx_linear_grad.linear(x, linear)  # dropout etc. are identities
     shape = identity.shape  # (B, n, C_out)
     x2d = x.reshape(-1, x.shape[-1])  # (B*n, C_in), a view for contiguous x
     identity2d = identity.reshape(-1, shape[-1])  # (B*n, C_out)
@@ -150,8 +150,8 @@ class FastMultiheadAttention(MultiheadAttention):
         (B, h, N, d) of all; oneDNN GEMMs where they apply (``scale_rows``, for q scaled by
         the GEMM: only there)."""
         if num_queries is None:
-            if not onednn.onednn_applies(x, self.qkv):
-                return super()._qkv(x)
+            if not onednn.onednn_applies(x, self.qkv):  # the parent's, the tile unit's dW
+                return self._split_heads(amx_linear_grad.linear(x, self.qkv), 3)
             return self._split_heads(onednn.onednn_linear(x, self.qkv, scale_rows=scale_rows), 3)
         if _q_rows_from_whole(x):
             q, k, v = super()._qkv(x)  # 3 x (B, h, N, d), one GEMM
@@ -187,7 +187,7 @@ class FastMultiheadAttention(MultiheadAttention):
     def branch(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
         """The residual branch without stochastic depth: (B, N, C) -> (B, n, C)."""
         out = self._attention(x, num_queries)  # (B, n, C)
-        return self.gamma1(self.proj_drop(self.proj(out)))
+        return self.gamma1(self.proj_drop(amx_linear_grad.linear(out, self.proj)))
 
     def add_branch(
         self,
@@ -222,14 +222,15 @@ class FastFFN(FFN):
             return self.layers[0](x)
         if onednn.onednn_applies(x, fc1):  # CPU inference: fp32 or bf16
             return drop(onednn.onednn_linear(x, fc1, gelu=act.approximate))
-        if torch.is_grad_enabled():
-            return self.layers[0](x)
+        if torch.is_grad_enabled():  # the parent's, the tile unit's dW
+            return drop(act(amx_linear_grad.linear(x, fc1)))
         hidden = torch.ops.aten.gelu_(fc1(x), approximate=act.approximate)  # in place
         return drop(hidden) if _active_dropout(drop) else hidden
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         """The residual branch without stochastic depth: (B, N, C) -> (B, N, C)."""
-        return self.gamma2(self.layers[2](self.layers[1](self._hidden(x))))
+        hidden = self._hidden(x)  # (B, N, feedforward_channels)
+        return self.gamma2(self.layers[2](amx_linear_grad.linear(hidden, self.layers[1])))
 
     def add_branch(
         self, identity: torch.Tensor, x: torch.Tensor, inplace: bool = False

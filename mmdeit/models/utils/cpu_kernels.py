@@ -51,7 +51,10 @@ from mmengine.logging import print_log
 from .cpu_ops import autocast_bf16, cpu_supports, define_cpu_op, plain_ops_traced
 
 _CSRC = Path(__file__).with_name('csrc')
-_SOURCES = [_CSRC / 'cpu_kernels.cpp', _CSRC / 'amx_attention.cpp', _CSRC / 'amx_linear.cpp']
+_SOURCES = [
+    _CSRC / name
+    for name in ('cpu_kernels.cpp', 'amx_attention.cpp', 'amx_linear.cpp', 'amx_weight_grad.cpp')
+]
 _HEADERS = [_CSRC / 'cpu_kernels.h', _CSRC / 'amx_tiles.h']
 _FLAGS = [
     '-O3',

@@ -169,5 +169,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amx_attention_ready", &amx_attention_ready, "whether this process may use the tile unit");
   m.def("amx_pack_weight", &amx_pack_weight, "a linear weight in amx_linear_bf16's layout");
   m.def("amx_linear_bf16", &amx_linear_bf16, "x W^T + b on AMX; GELU or a shortcut added");
+  m.def("amx_weight_grad_bf16", &amx_weight_grad_bf16, "dy^T x and dy's column sums in fp32 on AMX");
   m.attr("MAX_ROW") = kMaxRow;
 }

@@ -1,4 +1,4 @@
-// What the kernels of cpu_kernels.cpp, amx_attention.cpp and amx_linear.cpp share: bf16 loads and
+// What the kernels of cpu_kernels.cpp and the tile-unit ones (amx_*.cpp) share: bf16 loads and
 // stores of fp32 vectors and the softmax of rows held in registers (AVX-512 BF16).
 #pragma once
 
@@ -91,3 +91,6 @@ bool amx_attention_ready();
 at::Tensor amx_pack_weight(at::Tensor w);
 at::Tensor amx_linear_bf16(at::Tensor x, at::Tensor packed, c10::optional<at::Tensor> bias,
                            bool gelu, c10::optional<at::Tensor> shortcut, bool inplace);
+
+// amx_weight_grad.cpp
+std::vector<at::Tensor> amx_weight_grad_bf16(at::Tensor x, at::Tensor dy, bool bias);
