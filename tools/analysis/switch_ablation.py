@@ -74,7 +74,7 @@ SWITCHES: Dict[str, Switch] = {
         _UTILS + 'amx_linear',
         'USE_AMX_LINEAR',
         False,
-        ('inference',),
+        ('inference', 'train'),
         "bf16 linears on the AMX tile unit, GELU and shortcut in the GEMM; off: oneDNN's",
     ),
     'patch-gemm': Switch(

@@ -1,9 +1,9 @@
 """The training linears' weight and bias gradients on the tile unit (``amx_linear_grad.py``):
 the kernel's dW and db against fp64 over shapes and both orientations, :class:`TileLinear`
-against autocast's linear (the forward and dx the same bits, dW and db within bf16 rounding
-and closer to the exact ones), where it applies, the C++ refusals, and bf16 training steps of
-the fast path running it in every linear with gradients reaching every parameter, close to the
-steps without it.
+against autocast's linear (the forward ``amx_linear``'s, dx the same bits, dW and db within
+bf16 rounding and closer to the exact ones), where it applies, the C++ refusals, and bf16
+training steps of the fast path running it in every linear with gradients reaching every
+parameter, close to the steps without it.
 
 On CPUs without AMX these skip (autocast's linear runs there).
 """
@@ -14,8 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmdeit.models.utils import amx_attention as amx
+from mmdeit.models.utils import amx_linear, cpu_kernels
 from mmdeit.models.utils import amx_linear_grad as alg
-from mmdeit.models.utils import cpu_kernels
 
 from .test_amx_attention import _backbone
 from .test_cpu_kernels import spy_kernels
@@ -89,17 +89,31 @@ def _linear_grads(linear: nn.Linear, x: torch.Tensor, grad: torch.Tensor, tile: 
 @needs_amx
 @pytest.mark.parametrize('shape', SHAPES, ids=lambda s: 'x'.join(map(str, s)))
 @pytest.mark.parametrize('x_dtype', [torch.float32, torch.bfloat16])
-def test_tile_linear_is_autocasts_linear_within_bf16(amx_on, monkeypatch, shape, x_dtype):
+@pytest.mark.parametrize('amx_forward', [True, False])
+def test_tile_linear_is_autocasts_linear_within_bf16(
+    amx_on, monkeypatch, shape, x_dtype, amx_forward
+):
+    """The forward: ``amx_linear``'s (or with its switch off oneDNN's, autocast's bits); dx
+    autocast's bits; dW and db in fp32, within bf16 rounding of autocast's and nearer the exact
+    gradients."""
     torch.manual_seed(sum(shape))
+    monkeypatch.setattr(amx_linear, 'USE_AMX_LINEAR', amx_forward)
     M, c_in, c_out = shape
     linear = nn.Linear(c_in, c_out)
     x = torch.randn(1, M, c_in).to(x_dtype)  # (B, N, C_in)
     grad = torch.randn(1, M, c_out).bfloat16()
     ran = spy_kernels(monkeypatch)
     out, dx, dw, db = _linear_grads(linear, x, grad, tile=True)
-    assert ran == ['amx_weight_grad_bf16'] and out.grad_fn.name() == 'TileLinearBackward'
+    assert ran.count('amx_weight_grad_bf16') == 1 and out.grad_fn.name() == 'TileLinearBackward'
+    assert ran.count('amx_linear_bf16') == amx_forward
     want_out, want_dx, want_dw, want_db = _linear_grads(linear, x, grad, tile=False)
-    assert out.dtype == torch.bfloat16 and torch.equal(out, want_out)  # the same oneDNN linear
+    assert out.dtype == torch.bfloat16
+    if amx_forward:  # the inference kernel's bits; oneDNN's within one bf16 rounding
+        with torch.no_grad():
+            assert torch.equal(out, amx_linear.linear(x.bfloat16(), linear.weight, linear.bias))
+        torch.testing.assert_close(out.float(), want_out.float(), rtol=2**-7, atol=1e-5)
+    else:
+        assert torch.equal(out, want_out)  # the same oneDNN linear
     assert dx.dtype == x_dtype and torch.equal(dx, want_dx)  # the same bf16 mm
     assert dw.dtype == db.dtype == torch.float32
     exact_w, exact_b = _exact(x.bfloat16().view(M, c_in), grad.view(M, c_out))
