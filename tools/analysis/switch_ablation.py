@@ -77,6 +77,13 @@ SWITCHES: Dict[str, Switch] = {
         ('inference', 'train'),
         "bf16 linears on the AMX tile unit, GELU and shortcut in the GEMM; off: oneDNN's",
     ),
+    'layer-norm-grad': Switch(
+        _UTILS + 'layer_norm_grad',
+        'USE_LAYER_NORM_GRAD',
+        False,
+        ('train',),
+        "training's pre-norms written in bf16, backward from the bf16 gradient; off: autocast's",
+    ),
     'patch-gemm': Switch(
         _UTILS + 'patch_gemm',
         'USE_PATCH_GEMM',

@@ -45,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn.bricks.drop import DropPath
 
-from ..utils import amx_attention, amx_linear_grad, cpu_kernels
+from ..utils import amx_attention, amx_linear_grad, cpu_kernels, layer_norm_grad
 from ..utils import onednn_linear as onednn
 from ..utils.cpu_ops import plain_ops_traced
 from ..utils.drop_path import multiply_dropped, skip_dropped_samples, skips_dropped_samples
@@ -297,12 +297,13 @@ def _add_residual(
     if isinstance(drop_path, DropPath) and _active_dropout(drop_path):
 
         def branch(t: torch.Tensor) -> torch.Tensor:
-            return module.branch(norm(t), **kwargs)
+            return module.branch(layer_norm_grad.pre_norm(norm, t), **kwargs)
 
         if not skips_dropped_samples(x):  # CUDA (no host sync per layer), torch.compile
             return multiply_dropped(identity, x, branch, drop_path.drop_prob)
         return skip_dropped_samples(identity, x, branch, drop_path.drop_prob)
-    return module.add_branch(identity, cpu_kernels.pre_norm(norm, x), inplace=inplace, **kwargs)
+    x = layer_norm_grad.pre_norm(norm, x)  # in bf16 where the kernels apply
+    return module.add_branch(identity, x, inplace=inplace, **kwargs)
 
 
 class FastTransformerEncoderLayer(TransformerEncoderLayer):

@@ -53,7 +53,13 @@ from .cpu_ops import autocast_bf16, cpu_supports, define_cpu_op, plain_ops_trace
 _CSRC = Path(__file__).with_name('csrc')
 _SOURCES = [
     _CSRC / name
-    for name in ('cpu_kernels.cpp', 'amx_attention.cpp', 'amx_linear.cpp', 'amx_weight_grad.cpp')
+    for name in (
+        'cpu_kernels.cpp',
+        'layer_norm_grad.cpp',
+        'amx_attention.cpp',
+        'amx_linear.cpp',
+        'amx_weight_grad.cpp',
+    )
 ]
 _HEADERS = [_CSRC / 'cpu_kernels.h', _CSRC / 'amx_tiles.h']
 _FLAGS = [

@@ -92,7 +92,9 @@ inline void pack_transposed(const Rows& rows, int64_t blocks, int64_t steps, at:
         v[p] = pair_rows(rows.row(i, 16 * j), rows.row(i + 1, 16 * j));
         if (sums != nullptr) sum = add_rows(sum, rows.row(i, 16 * j), rows.row(i + 1, 16 * j));
       }
-      if (sums != nullptr) _mm512_store_ps(sums + 16 * j, _mm512_add_ps(_mm512_load_ps(sums + 16 * j), sum));
+      if (sums != nullptr) {
+        _mm512_store_ps(sums + 16 * j, _mm512_add_ps(_mm512_load_ps(sums + 16 * j), sum));
+      }
       transpose16x16(v);  // v[r]: the pairs of column r, tokens in order
       at::BFloat16* tile = out + (j * steps + s) * 512;
       for (int r = 0; r < 16; ++r) _mm512_store_si512(tile + 32 * r, v[r]);

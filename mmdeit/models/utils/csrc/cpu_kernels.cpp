@@ -4,7 +4,8 @@
 // Each computes in fp32 and rounds to bf16 once, as the ATen ops they replace do; the softmax and
 // the LayerNorm in one pass over rows held in registers (up to kMaxRow elements; 4 rows at once):
 //   softmax_bf16_    softmax over the last dim of a (R, N) bf16 tensor, in place (exp_u20)
-//   layer_norm_bf16  LayerNorm of a (..., C) fp32 tensor, written in bf16
+//   layer_norm_bf16  LayerNorm of a (..., C) fp32 tensor, written in bf16 (each row's mean and
+//                    1/std also written where asked: for layer_norm_grad.cpp's backward)
 //   add_bf16_out     out = x (fp32) + y (bf16), out may be x
 //   split_heads_bf16 q, k, v of the qkv GEMM's (B, N, 3C) output, each (B, h, N, d) contiguous
 #include <ATen/Parallel.h>
@@ -40,10 +41,11 @@ void softmax_bf16_(at::Tensor x) {
 
 namespace {
 
-// LayerNorm of kRows rows at once (interleaved as the softmax's), written in bf16.
+// LayerNorm of kRows rows at once (interleaved as the softmax's), written in bf16; each row's
+// mean and 1/std to stats (2 floats a row) unless it is null.
 template <int kRows>
 void layer_norm_rows(const float* x, at::BFloat16* y, const float* w, const float* b, int64_t C,
-                     int nv, double eps, __m512 (*v)[kMaxVecs]) {
+                     int nv, double eps, __m512 (*v)[kMaxVecs], float* stats) {
   __m512 vsum[kRows], vsq[kRows], mean[kRows], rstd[kRows];
   for (int r = 0; r < kRows; ++r) vsum[r] = vsq[r] = _mm512_setzero_ps();
   for (int j = 0; j < nv; ++j) {
@@ -64,6 +66,10 @@ void layer_norm_rows(const float* x, at::BFloat16* y, const float* w, const floa
   for (int r = 0; r < kRows; ++r) {
     const float var = _mm512_reduce_add_ps(vsq[r]) / C;
     rstd[r] = _mm512_set1_ps(1.f / std::sqrt(var + static_cast<float>(eps)));
+    if (stats != nullptr) {
+      stats[2 * r] = _mm512_cvtss_f32(mean[r]);
+      stats[2 * r + 1] = _mm512_cvtss_f32(rstd[r]);
+    }
   }
   for (int j = 0; j < nv; ++j) {
     const __mmask16 m = lanes(C, j, nv);
@@ -78,7 +84,8 @@ void layer_norm_rows(const float* x, at::BFloat16* y, const float* w, const floa
 
 }  // namespace
 
-at::Tensor layer_norm_bf16(at::Tensor x, at::Tensor weight, at::Tensor bias, double eps) {
+at::Tensor layer_norm_bf16(at::Tensor x, at::Tensor weight, at::Tensor bias, double eps,
+                           c10::optional<at::Tensor> stats) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() >= 1,
               "layer_norm_bf16: a contiguous fp32 tensor");
   const int64_t C = x.size(-1), R = C ? x.numel() / C : 0;
@@ -87,6 +94,12 @@ at::Tensor layer_norm_bf16(at::Tensor x, at::Tensor weight, at::Tensor bias, dou
                   weight.is_contiguous() && bias.is_contiguous() && weight.numel() == C &&
                   bias.numel() == C,
               "layer_norm_bf16: contiguous fp32 weight and bias of the last dim's size");
+  if (stats.has_value()) {
+    TORCH_CHECK(stats->scalar_type() == at::kFloat && stats->is_contiguous() &&
+                    stats->dim() == 2 && stats->size(0) == R && stats->size(1) == 2,
+                "layer_norm_bf16: stats a contiguous fp32 (rows, 2) tensor");
+  }
+  float* sp = stats.has_value() ? stats->data_ptr<float>() : nullptr;
   at::Tensor y = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
   const float* xp = x.data_ptr<float>();
   const float* wp = weight.data_ptr<float>();
@@ -99,10 +112,12 @@ at::Tensor layer_norm_bf16(at::Tensor x, at::Tensor weight, at::Tensor bias, dou
     for (int64_t g = begin; g < end; ++g) {
       const int64_t r0 = g * kInterleave;
       if (r0 + kInterleave <= R) {
-        layer_norm_rows<kInterleave>(xp + r0 * C, yp + r0 * C, wp, bp, C, nv, eps, v);
+        layer_norm_rows<kInterleave>(xp + r0 * C, yp + r0 * C, wp, bp, C, nv, eps, v,
+                                     sp == nullptr ? nullptr : sp + 2 * r0);
       } else {  // the last rows
         for (int64_t r = r0; r < R; ++r) {
-          layer_norm_rows<1>(xp + r * C, yp + r * C, wp, bp, C, nv, eps, v);
+          layer_norm_rows<1>(xp + r * C, yp + r * C, wp, bp, C, nv, eps, v,
+                             sp == nullptr ? nullptr : sp + 2 * r);
         }
       }
     }
@@ -161,7 +176,11 @@ at::Tensor split_heads_bf16(at::Tensor t, int64_t parts, int64_t heads) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("softmax_bf16_", &softmax_bf16_, "softmax over the rows of a 2-D bf16 tensor, in place");
-  m.def("layer_norm_bf16", &layer_norm_bf16, "LayerNorm of fp32 rows, written in bf16");
+  m.def("layer_norm_bf16", &layer_norm_bf16, "LayerNorm of fp32 rows, written in bf16",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
+        py::arg("stats") = py::none());
+  m.def("layer_norm_backward_bf16", &layer_norm_backward_bf16,
+        "LayerNorm's gradients from a bf16 output gradient, in fp32");
   m.def("add_bf16_out", &add_bf16_out, "out = x (fp32) + y (bf16)");
   m.def("split_heads_bf16", &split_heads_bf16, "(B, N, parts*h*d) -> (parts, B, h, N, d)");
   m.def("attention_bf16", &attention_bf16, "softmax(q k^T * scale) v on AMX, heads merged",
@@ -169,6 +188,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amx_attention_ready", &amx_attention_ready, "whether this process may use the tile unit");
   m.def("amx_pack_weight", &amx_pack_weight, "a linear weight in amx_linear_bf16's layout");
   m.def("amx_linear_bf16", &amx_linear_bf16, "x W^T + b on AMX; GELU or a shortcut added");
-  m.def("amx_weight_grad_bf16", &amx_weight_grad_bf16, "dy^T x and dy's column sums in fp32 on AMX");
+  m.def("amx_weight_grad_bf16", &amx_weight_grad_bf16,
+        "dy^T x and dy's column sums in fp32 on AMX");
   m.attr("MAX_ROW") = kMaxRow;
 }

@@ -82,6 +82,14 @@ inline void softmax_rows(Load load, at::BFloat16* out, int64_t ld, int64_t N, in
 
 }  // namespace mmdeit_kernels
 
+// cpu_kernels.cpp
+at::Tensor layer_norm_bf16(at::Tensor x, at::Tensor weight, at::Tensor bias, double eps,
+                           c10::optional<at::Tensor> stats);
+
+// layer_norm_grad.cpp
+std::vector<at::Tensor> layer_norm_backward_bf16(at::Tensor grad, at::Tensor x, at::Tensor stats,
+                                                 at::Tensor weight);
+
 // amx_attention.cpp
 at::Tensor attention_bf16(at::Tensor q, at::Tensor k, at::Tensor v, double scale,
                           c10::optional<at::Tensor> probs);
