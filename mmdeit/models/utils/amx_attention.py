@@ -112,11 +112,13 @@ class TileAttention(torch.autograd.Function):
 
     dV = P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(dP * P)) * scale,  dQ = dS K,  dK = dS^T Q
 
-    (``scale`` a power of two: exact in bf16, applied to the copies of K and Q the products
-    need anyway). Forward: no copies of q, k, v into the heads' layout, no scores in memory;
-    q, k, v are kept as the views they are (of the qkv GEMM's output) and made contiguous in
-    the backward. DeiT-S, bf16 autocast, a training step at batch 32 on 2 AMX cores: the GEMM
-    attention instead takes 1.01x-1.02x the time (docs/benchmarks.md)."""
+    (``scale`` a power of two: exact in bf16, applied by the GEMM that writes dP: dS comes out
+    scaled, the same bits as scaling the copies of K and Q, which took 2.5x a plain copy: one
+    layer's forward and backward at batch 32, 20.4 against 22.0 ms). Forward: no copies of q,
+    k, v into the heads' layout, no scores in memory; q, k, v are kept as the views they are
+    (of the qkv GEMM's output) and made contiguous in the backward. DeiT-S, bf16 autocast, a
+    training step at batch 32 on 2 AMX cores: the GEMM attention instead takes 1.01x-1.04x the
+    time (docs/benchmarks.md)."""
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
@@ -135,13 +137,12 @@ class TileAttention(torch.autograd.Function):
         do = grad.reshape(B, n, h, d).transpose(1, 2).reshape(B * h, n, d)  # a copy
         p = probs.view(B * h, n, N)
         dv = torch.bmm(p.transpose(1, 2), do)  # (B*h, N, d)
-        dp = torch.bmm(do, v.reshape(B * h, N, d).transpose(1, 2))  # (B*h, n, N)
-        ds = torch._softmax_backward_data(dp, p, -1, p.dtype)  # dS without the scale
-
-        def scaled(t: torch.Tensor) -> torch.Tensor:  # t * scale made contiguous: one pass
-            return torch.mul(t, ctx.scale, out=t.new_empty(t.shape)).view(B * h, -1, d)
-
-        dq = torch.bmm(ds, scaled(k))  # (B*h, n, d)
-        dk = torch.bmm(ds.transpose(1, 2), scaled(q))  # (B*h, N, d)
+        v_t = v.reshape(B * h, N, d).transpose(1, 2)  # (B*h, d, N), a copy
+        # dP * scale from the GEMM (alpha): the softmax's backward is linear in it, so dS comes
+        # out scaled, the same bits as dS * scale (a power of two: exact)
+        dp = torch.baddbmm(p.new_empty(B * h, n, N), do, v_t, beta=0, alpha=ctx.scale)
+        ds = torch._softmax_backward_data(dp, p, -1, p.dtype)  # dS * scale
+        dq = torch.bmm(ds, k.reshape(B * h, N, d))  # (B*h, n, d); k's copy
+        dk = torch.bmm(ds.transpose(1, 2), q.reshape(B * h, n, d))  # (B*h, N, d); q's copy
         shape = (B, h, -1, d)
         return dq.view(shape), dk.view(shape), dv.view(shape), None
