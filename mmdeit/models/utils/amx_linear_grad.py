@@ -21,10 +21,10 @@ autocast's: tested against fp64). With the forward on the tile unit too, the ste
 took 0.97x-0.95x the time with oneDNN's forward (best / median of 6 paired rounds).
 
 Where it runs: :func:`linear`, the fast path's training linears (qkv, the output projection,
-fc1, fc2), with autograd under bf16 CPU autocast, fp32 weights whose channels are multiples of
-32, a plain ``nn.Linear`` without hooks, on AMX CPUs with the switches
-:data:`USE_AMX_WEIGHT_GRAD` and ``cpu_kernels.USE_CPU_KERNELS`` on, not while
-``torch.compile`` traces; elsewhere the module runs.
+fc1, fc2; and the patch embedding as a GEMM, ``patch_gemm.py``), with autograd under bf16 CPU
+autocast, fp32 weights whose channels are multiples of 32, a plain ``nn.Linear`` without hooks,
+on AMX CPUs with the switches :data:`USE_AMX_WEIGHT_GRAD` and ``cpu_kernels.USE_CPU_KERNELS``
+on, not while ``torch.compile`` traces; elsewhere the module runs.
 """
 
 from typing import Optional
@@ -44,25 +44,35 @@ USE_AMX_WEIGHT_GRAD = AMX_SUPPORTED
 
 
 def applies(x: torch.Tensor, module: nn.Module) -> bool:
-    """Whether :func:`linear` runs :class:`TileLinear`: autograd on and the weight requiring
-    grad, bf16 CPU autocast, ``module`` a plain ``nn.Linear`` without forward hooks whose fp32
-    weight (C_out, C_in) has both channel counts multiples of 32, ``x`` (..., C_in) fp32 or bf16
-    with tokens, not while ``torch.compile`` traces, the switches on and the tile unit ready."""
-    if not (USE_AMX_WEIGHT_GRAD and AMX_SUPPORTED and type(module) is nn.Linear):
-        return False
-    weight = module.weight
+    """Whether :func:`linear` runs :class:`TileLinear`: ``module`` a plain ``nn.Linear`` without
+    forward hooks, ``x`` (..., C_in) with tokens, and :func:`weight_applies`."""
     return (
-        torch.is_grad_enabled()
-        and weight.requires_grad
+        USE_AMX_WEIGHT_GRAD
+        and type(module) is nn.Linear
         and not (module._forward_hooks or module._forward_pre_hooks)
+        and x.dim() >= 2
+        and x.numel() > 0
+        and x.shape[-1] == module.weight.shape[-1]
+        and weight_applies(x, module.weight)
+    )
+
+
+def weight_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :class:`TileLinear` takes ``weight`` (C_out, C_in) and an input like ``x`` (its
+    device and dtype): autograd on and the weight requiring grad, bf16 CPU autocast, an fp32
+    weight with both channel counts multiples of 32, ``x`` fp32 or bf16, not while
+    ``torch.compile`` traces, the switches on and the tile unit ready."""
+    return (
+        USE_AMX_WEIGHT_GRAD
+        and AMX_SUPPORTED
+        and torch.is_grad_enabled()
+        and weight.requires_grad
         and cpu_kernels._on_cpu(x, weight)
         and not torch.compiler.is_compiling()
         and autocast_bf16()
         and weight.dtype == torch.float32
         and x.dtype in (torch.float32, torch.bfloat16)
-        and x.dim() >= 2
-        and x.numel() > 0
-        and x.shape[-1] == weight.shape[1]
+        and weight.dim() == 2
         and weight.shape[0] % 32 == 0
         and weight.shape[1] % 32 == 0
         and amx_attention.tile_unit_ready()

@@ -1,4 +1,4 @@
-"""The patch embedding as one GEMM on the patches, for inference on the CPU.
+"""The patch embedding as one GEMM on the patches, on the CPU.
 
 A convolution whose kernel is its stride (ViT's patch embedding) is a linear layer on the
 non-overlapping patches: (B, C, H, W) -> patches (B, H/p * W/p, C*p*p), one copy, times the
@@ -7,11 +7,13 @@ took 1.35 ms for DeiT-S's (3 -> 384, 16 x 16) at batch 8, the GEMM form with its
 the GEMM writes the tokens contiguous, where the convolution's come as a strided (B, HW, E) view
 that the next concatenation copies. The products are the convolution's, summed in another
 order (fp32: rounding-level differences; bf16: the same bf16 inputs, fp32 accumulation, one
-rounding). :data:`USE_PATCH_GEMM` is the switch; only without autograd, on the CPU, where the
-input's size is a multiple of the patch (mmcv's adaptive padding adds nothing), and not in
-inductor's frozen AMX graph (``cpu_ops.plain_ops_traced``: the reference's ops are traced).
-In bf16 on AMX CPUs the eager GEMM is ``amx_linear``'s (the weight rounded and packed once,
-kept; autocast's ``F.linear`` casts it in every call).
+rounding). :data:`USE_PATCH_GEMM` is the switch; without autograd, or with it where the weight
+gradient runs on the AMX tile unit (``amx_linear_grad.TileLinear``: bf16 autocast training;
+the convolution's backward took 18-26 ms of a DeiT-S step at batch 32 on 2 cores); on the CPU,
+where the input's size is a multiple of the patch (mmcv's adaptive padding adds nothing), and
+not in inductor's frozen AMX graph (``cpu_ops.plain_ops_traced``: the reference's ops are
+traced). In bf16 inference on AMX CPUs the eager GEMM is ``amx_linear``'s (the weight rounded
+and packed once, kept; autocast's ``F.linear`` casts it in every call).
 """
 
 from typing import Tuple
@@ -20,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import amx_linear
+from . import amx_linear, amx_linear_grad
 from .cpu_ops import plain_ops_traced
 
 #: The patch embedding runs as a GEMM where :func:`gemm_applies` holds; read at every call: set
@@ -29,13 +31,13 @@ USE_PATCH_GEMM = True
 
 
 def gemm_applies(patch_embed: nn.Module, x: torch.Tensor) -> bool:
-    """Whether :func:`embed` computes ``patch_embed(x)`` as a GEMM: the switch on, no autograd,
-    a CPU input (B, C, H, W) with H and W multiples of the patch, and a plain ``nn.Conv2d``
-    projection whose kernel is its stride (no padding, dilation or groups)."""
+    """Whether :func:`embed` computes ``patch_embed(x)`` as a GEMM: the switch on, no autograd
+    (or with autograd where ``amx_linear_grad`` takes the weight: bf16 autocast training on AMX
+    CPUs), a CPU input (B, C, H, W) with H and W multiples of the patch, and a plain
+    ``nn.Conv2d`` projection whose kernel is its stride (no padding, dilation or groups)."""
     conv = getattr(patch_embed, 'projection', None)
     return (
         USE_PATCH_GEMM
-        and not torch.is_grad_enabled()
         and x.device.type == 'cpu'
         and type(conv) is nn.Conv2d
         and x.dim() == 4
@@ -46,6 +48,9 @@ def gemm_applies(patch_embed: nn.Module, x: torch.Tensor) -> bool:
         and x.shape[2] % conv.kernel_size[0] == 0
         and x.shape[3] % conv.kernel_size[1] == 0
         and not plain_ops_traced(x)
+        and (
+            not torch.is_grad_enabled() or amx_linear_grad.weight_applies(x, conv.weight.flatten(1))
+        )
     )
 
 
@@ -66,8 +71,10 @@ def embed(
     patches = x.reshape(B, C, h, ph, w, pw).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, C, ph, pw)
     patches = patches.reshape(B, h * w, C * ph * pw)  # a copy, in the weight's (C, ph, pw) order
     weight = conv.weight.reshape(conv.out_channels, -1)  # (E, C*ph*pw), a view
+    if torch.is_grad_enabled():  # training: the weight gradient on the tile unit
+        tokens = amx_linear_grad.TileLinear.apply(patches, weight, conv.bias)  # (B, hw, E)
     # bf16 on AMX CPUs, eager: the weight packed once, kept (compiled: inductor's linear)
-    if not torch.compiler.is_compiling() and amx_linear.applies(patches, weight):
+    elif not torch.compiler.is_compiling() and amx_linear.applies(patches, weight):
         tokens = amx_linear.linear(patches, conv.weight, conv.bias)  # (B, hw, E)
     else:
         tokens = F.linear(patches, weight, conv.bias)  # (B, hw, E)

@@ -175,8 +175,9 @@ def test_training_step_with_it_is_the_step_without_within_bf16(
     x = torch.randn(4, 3, 32, 32)
     ran = spy_kernels(monkeypatch)
     got = step()
-    # 4 linears a layer, the last layer's qkv (q of the first tokens only) excepted with cls_token
-    assert ran.count('amx_weight_grad_bf16') == (7 if out_type == 'cls_token' else 8)
+    # the patch embedding and 4 linears a layer, the last layer's qkv (q of the first tokens
+    # only) excepted with cls_token
+    assert ran.count('amx_weight_grad_bf16') == (8 if out_type == 'cls_token' else 9)
     monkeypatch.setattr(alg, 'USE_AMX_WEIGHT_GRAD', False)
     ran.clear()
     want = step()

@@ -1,24 +1,27 @@
 """The patch embedding as a GEMM on the patches (``mmdeit/models/utils/patch_gemm.py``): mmcv's
 ``PatchEmbed`` numbers in fp32 and bf16 autocast over image and patch sizes, with and without its
-norm; where it applies and where mmcv's convolution runs; the backbone's fast path uses it."""
+norm; in bf16 autocast training on AMX its gradients (the weight's on the tile unit); where it
+applies and where mmcv's convolution runs; the backbone's fast path uses it."""
 
 import pytest
 import torch
+import torch.nn as nn
 from mmcv.cnn.bricks.transformer import PatchEmbed
 
 from mmdeit.models.backbones import DistilledVisionTransformer
-from mmdeit.models.utils import patch_gemm
+from mmdeit.models.utils import amx_linear_grad, patch_gemm
 
 from ...conftest import TINY_ARCH
+from .test_cpu_kernels import spy_kernels
 
 BF16_UNIT = 2.0**-7  # one bf16 unit in the last place, relative
 
 
-def _patch_embed(in_channels: int, patch: int, norm: bool) -> PatchEmbed:
+def _patch_embed(in_channels: int, patch: int, norm: bool, embed_dims: int = 24) -> PatchEmbed:
     torch.manual_seed(patch)
     module = PatchEmbed(
         in_channels=in_channels,
-        embed_dims=24,
+        embed_dims=embed_dims,
         conv_type='Conv2d',
         kernel_size=patch,
         stride=patch,
@@ -70,6 +73,43 @@ def test_where_it_applies():
         module.projection.stride = (8, 8)
         assert patch_gemm.gemm_applies(module, x)
     assert not patch_gemm.gemm_applies(module, x)  # autograd on: the convolution
+
+
+def _embed_grads(module: PatchEmbed, x: torch.Tensor, fast: bool):
+    """bf16 autocast tokens and the projection's weight and bias gradients."""
+    module.zero_grad(set_to_none=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        tokens, _ = patch_gemm.embed(module, x, fast)
+    tokens.float().square().sum().backward()
+    conv = module.projection
+    return tokens, conv.weight.grad, conv.bias.grad
+
+
+@pytest.mark.skipif(not amx_linear_grad.AMX_SUPPORTED, reason='no AMX tile unit')
+@pytest.mark.parametrize('hw, patch', [((32, 32), 8), ((48, 32), 16)])
+def test_training_gemm_gives_the_convolutions_gradients(amx_on, monkeypatch, hw, patch):
+    """With autograd under bf16 autocast on AMX: the GEMM with its weight gradient on the tile
+    unit (``amx_linear_grad.TileLinear``); the convolution's tokens within a bf16 unit and its
+    gradients within bf16 rounding; with that switch off, the convolution."""
+    module = _patch_embed(3, patch, norm=False, embed_dims=64).train()  # channels: 32k
+    nn.init.normal_(module.projection.bias)
+    x = torch.randn(2, 3, *hw)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert patch_gemm.gemm_applies(module, x)
+    ran = spy_kernels(monkeypatch)
+    tokens, dw, db = _embed_grads(module, x, fast=True)
+    assert ran.count('amx_weight_grad_bf16') == 1
+    want_tokens, want_dw, want_db = _embed_grads(module, x, fast=False)
+    assert ran.count('amx_weight_grad_bf16') == 1  # the convolution
+    assert tokens.dtype == want_tokens.dtype == torch.bfloat16 and tokens.is_contiguous()
+    g, w = tokens.float(), want_tokens.float()
+    assert torch.all((g - w).abs() <= BF16_UNIT * w.abs() + 1e-6)
+    for got, want in ((dw, want_dw), (db, want_db)):
+        assert got.shape == want.shape and got.dtype == torch.float32
+        assert (got - want).norm() <= 0.01 * want.norm()
+    monkeypatch.setattr(amx_linear_grad, 'USE_AMX_WEIGHT_GRAD', False)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not patch_gemm.gemm_applies(module, x)
 
 
 def test_switch_and_fast_flag_give_the_convolution(monkeypatch):
