@@ -88,7 +88,7 @@ SWITCHES: Dict[str, Switch] = {
         _UTILS + 'patch_gemm',
         'USE_PATCH_GEMM',
         False,
-        ('inference',),
+        ('inference', 'train'),
         "the patch embedding as one GEMM on the patches; off: mmcv's convolution",
     ),
     'prepack': Switch(
