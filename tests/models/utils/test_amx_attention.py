@@ -10,6 +10,7 @@ where it applies run everywhere.
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mmdeit.models.backbones import DistilledVisionTransformer
 from mmdeit.models.utils import amx_attention as amx
@@ -139,6 +140,28 @@ def _backbone(out_type: str = 'cls_token', **kwargs) -> nn.Module:
     )
     model.init_weights()
     return model.eval()
+
+
+def training_grads(x: torch.Tensor, out_type: str, drop_path_rate: float) -> dict:
+    """The parameters' gradients of one bf16 autocast training step of :func:`_backbone`
+    (an MSE loss on its last output), the same drop-path draws at every call."""
+    torch.manual_seed(1)
+    model = _backbone(out_type, drop_path_rate=drop_path_rate).train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model(x)[-1]  # (cls, dist) or the feature map
+        outs = out if isinstance(out, tuple) else (out,)
+        loss = sum(F.mse_loss(o.float(), torch.ones_like(o, dtype=torch.float)) for o in outs)
+    loss.backward()
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
+def assert_grads_close(got: dict, want: dict) -> None:
+    """Every parameter has a finite gradient within 5 % (norm) of the other step's."""
+    assert got.keys() == want.keys()
+    for name, g in got.items():
+        assert g is not None and torch.isfinite(g).all(), name
+        w = want[name]
+        assert (g - w).norm() <= 0.05 * w.norm() + 1e-6, name
 
 
 @needs_amx

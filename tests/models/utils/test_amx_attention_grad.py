@@ -9,13 +9,12 @@ On CPUs without AMX these skip (the GEMM attention's autograd runs there).
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mmdeit.models.utils import amx_attention as amx
 from mmdeit.models.utils import cpu_kernels
 from mmdeit.models.utils import gemm_attention as ga
 
-from .test_amx_attention import SHAPES, _backbone
+from .test_amx_attention import SHAPES, assert_grads_close, training_grads
 from .test_cpu_kernels import spy_kernels
 
 needs_amx = pytest.mark.skipif(not amx.AMX_SUPPORTED, reason='no AMX tile unit')
@@ -109,25 +108,11 @@ def test_training_step_with_it_is_the_step_without_within_bf16(amx_on, monkeypat
     the tile-unit attention in every layer, gradients on every parameter, close to the GEMM
     attention's step."""
 
-    def step():
-        torch.manual_seed(1)  # the same drop-path draws
-        model = _backbone(out_type, drop_path_rate=0.1).train()
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            out = model(x)[-1]  # (cls, dist) or the feature map
-            outs = out if isinstance(out, tuple) else (out,)
-            loss = sum(F.mse_loss(o.float(), torch.ones_like(o, dtype=torch.float)) for o in outs)
-        loss.backward()
-        return {n: p.grad for n, p in model.named_parameters()}
-
     x = torch.randn(4, 3, 32, 32)
     ran = spy_kernels(monkeypatch)
-    got = step()
+    got = training_grads(x, out_type, 0.1)
     assert ran.count('attention_bf16') == 2  # both layers
     monkeypatch.setattr(amx, 'USE_AMX_ATTENTION', False)
-    want = step()
+    want = training_grads(x, out_type, 0.1)
     assert ran.count('attention_bf16') == 2
-    assert got.keys() == want.keys()
-    for name, g in got.items():
-        assert g is not None and torch.isfinite(g).all(), name
-        w = want[name]
-        assert (g - w).norm() <= 0.05 * w.norm() + 1e-6, name
+    assert_grads_close(got, want)

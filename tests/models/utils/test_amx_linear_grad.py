@@ -11,13 +11,12 @@ On CPUs without AMX these skip (autocast's linear runs there).
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from mmdeit.models.utils import amx_attention as amx
 from mmdeit.models.utils import amx_linear, cpu_kernels
 from mmdeit.models.utils import amx_linear_grad as alg
 
-from .test_amx_attention import _backbone
+from .test_amx_attention import assert_grads_close, training_grads
 from .test_cpu_kernels import spy_kernels
 
 needs_amx = pytest.mark.skipif(not amx.AMX_SUPPORTED, reason='no AMX tile unit')
@@ -162,28 +161,14 @@ def test_training_step_with_it_is_the_step_without_within_bf16(
     0: the shortcut summed by ``_fused_residual_linear``): the tile unit's dW in every linear of
     every layer, gradients on every parameter, close to the step with autocast's linears."""
 
-    def step():
-        torch.manual_seed(1)  # the same drop-path draws
-        model = _backbone(out_type, drop_path_rate=drop_path_rate).train()
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            out = model(x)[-1]  # (cls, dist) or the feature map
-            outs = out if isinstance(out, tuple) else (out,)
-            loss = sum(F.mse_loss(o.float(), torch.ones_like(o, dtype=torch.float)) for o in outs)
-        loss.backward()
-        return {n: p.grad for n, p in model.named_parameters()}
-
     x = torch.randn(4, 3, 32, 32)
     ran = spy_kernels(monkeypatch)
-    got = step()
+    got = training_grads(x, out_type, drop_path_rate)
     # the patch embedding and 4 linears a layer, the last layer's qkv (q of the first tokens
     # only) excepted with cls_token
     assert ran.count('amx_weight_grad_bf16') == (8 if out_type == 'cls_token' else 9)
     monkeypatch.setattr(alg, 'USE_AMX_WEIGHT_GRAD', False)
     ran.clear()
-    want = step()
+    want = training_grads(x, out_type, drop_path_rate)
     assert 'amx_weight_grad_bf16' not in ran
-    assert got.keys() == want.keys()
-    for name, g in got.items():
-        assert g is not None and torch.isfinite(g).all(), name
-        w = want[name]
-        assert (g - w).norm() <= 0.05 * w.norm() + 1e-6, name
+    assert_grads_close(got, want)

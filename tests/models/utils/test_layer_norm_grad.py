@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from mmdeit.models.utils import cpu_kernels
 from mmdeit.models.utils import layer_norm_grad as lng
 
-from .test_amx_attention import _backbone
+from .test_amx_attention import assert_grads_close, training_grads
 from .test_cpu_kernels import kernels_on, needs_kernels, spy_kernels
 
 __all__ = ['kernels_on']  # the fixture, imported for these tests
@@ -149,26 +149,12 @@ def test_training_step_with_it_is_the_step_without_within_bf16(
     the kernels in both pre-norms of every layer, gradients on every parameter, close to the
     step with autocast's LayerNorm."""
 
-    def step():
-        torch.manual_seed(1)  # the same drop-path draws
-        model = _backbone(out_type, drop_path_rate=drop_path_rate).train()
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            out = model(x)[-1]  # (cls, dist) or the feature map
-            outs = out if isinstance(out, tuple) else (out,)
-            loss = sum(F.mse_loss(o.float(), torch.ones_like(o, dtype=torch.float)) for o in outs)
-        loss.backward()
-        return {n: p.grad for n, p in model.named_parameters()}
-
     x = torch.randn(4, 3, 32, 32)
     ran = spy_kernels(monkeypatch)
-    got = step()
+    got = training_grads(x, out_type, drop_path_rate)
     assert ran.count('layer_norm_backward_bf16') == 4  # 2 layers, 2 pre-norms each
     monkeypatch.setattr(lng, 'USE_LAYER_NORM_GRAD', False)
     ran.clear()
-    want = step()
+    want = training_grads(x, out_type, drop_path_rate)
     assert 'layer_norm_backward_bf16' not in ran
-    assert got.keys() == want.keys()
-    for name, g in got.items():
-        assert g is not None and torch.isfinite(g).all(), name
-        w = want[name]
-        assert (g - w).norm() <= 0.05 * w.norm() + 1e-6, name
+    assert_grads_close(got, want)
