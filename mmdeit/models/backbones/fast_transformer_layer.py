@@ -17,10 +17,11 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
   and in ``torch.compile`` the mask multiplies: ``mmdeit/models/utils/drop_path.py``).
 * **Attention as two GEMMs in bf16 on the CPU** (``mmdeit/models/utils/gemm_attention.py``):
   faster there than PyTorch's flash kernel; in inference ``1/sqrt(d)`` scales q in its GEMM.
-* **mmdeit's C++ kernels for bf16 autocast inference** on AVX-512 BF16 CPUs: the softmax, the
-  pre-norms written in bf16, the bf16 branch added, the heads split in one pass
-  (``mmdeit/models/utils/cpu_kernels.py``); on AMX the attention on the tile unit, reading the
-  heads as views (``amx_attention.py``).
+* **mmdeit's C++ kernels for bf16 autocast** on AVX-512 BF16 CPUs: the softmax, the pre-norms
+  written in bf16, the bf16 branch added, the heads split in one pass (``cpu_kernels.py``); on
+  AMX the attention on the tile unit, reading the heads as views (``amx_attention.py``). In
+  training: the pre-norms' own backward (``layer_norm_grad.py``), on AMX the linears' weight and
+  bias gradients on the tile unit (``amx_linear_grad.py``).
 * **q of the first tokens only**: given ``num_queries`` (the backbone's last layer gives only
   the cls/dist tokens it reads) the reference slices q from the whole qkv GEMM; here q's rows
   come from a GEMM on the first rows, except with autograd off the CPU (:func:`_q_rows_from_whole`).
