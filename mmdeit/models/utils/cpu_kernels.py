@@ -213,12 +213,17 @@ def softmax_(rows: torch.Tensor) -> torch.Tensor:
 
 
 def layer_norm_applies(x: torch.Tensor, norm: nn.Module) -> bool:
-    """Whether :func:`layer_norm_bf16` applies: bf16 CPU autocast without autograd, a contiguous
-    fp32 ``x`` (..., C) with C up to :data:`MAX_ROW`, ``norm`` an ``nn.LayerNorm`` over the last
-    dim with fp32 weight and bias, and the kernels are built."""
+    """Whether :func:`layer_norm_bf16` applies: no autograd and :func:`layer_norm_fits`."""
+    return _on_cpu_no_grad(x) and layer_norm_fits(x, norm)
+
+
+def layer_norm_fits(x: torch.Tensor, norm: nn.Module) -> bool:
+    """Whether the bf16 LayerNorm kernel takes ``norm(x)``: bf16 CPU autocast, a contiguous fp32
+    ``x`` (..., C) with C up to :data:`MAX_ROW`, ``norm`` an ``nn.LayerNorm`` over the last dim
+    with fp32 weight and bias, and the kernels are built (inference's :func:`layer_norm_applies`
+    and training's ``layer_norm_grad.applies``)."""
     return (
-        _on_cpu_no_grad(x)
-        and type(norm) is nn.LayerNorm
+        type(norm) is nn.LayerNorm
         and autocast_bf16()
         and x.dtype == torch.float32
         and x.is_contiguous()

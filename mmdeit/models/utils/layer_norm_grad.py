@@ -24,7 +24,6 @@ import torch
 import torch.nn as nn
 
 from . import cpu_kernels
-from .cpu_ops import autocast_bf16
 
 #: :func:`pre_norm` runs :class:`TrainLayerNorm` where it applies; read at every call: set to
 #: False for autocast's LayerNorm and casts (``--ablate layer-norm-grad``).
@@ -33,23 +32,13 @@ USE_LAYER_NORM_GRAD = cpu_kernels.SUPPORTED
 
 def applies(x: torch.Tensor, norm: nn.Module) -> bool:
     """Whether :func:`pre_norm` runs :class:`TrainLayerNorm` (see the module's docstring)."""
-    if not (USE_LAYER_NORM_GRAD and type(norm) is nn.LayerNorm):
-        return False
-    weight, bias = norm.weight, norm.bias
     return (
-        torch.is_grad_enabled()
+        USE_LAYER_NORM_GRAD
+        and torch.is_grad_enabled()
         and cpu_kernels._on_cpu(x)
         and not torch.compiler.is_compiling()
-        and autocast_bf16()
         and not (norm._forward_hooks or norm._forward_pre_hooks)
-        and x.dtype == torch.float32
-        and x.is_contiguous()
-        and norm.normalized_shape == (x.shape[-1],)
-        and 0 < x.shape[-1] <= cpu_kernels.MAX_ROW
-        and weight is not None
-        and bias is not None
-        and weight.dtype == bias.dtype == torch.float32
-        and cpu_kernels._available()
+        and cpu_kernels.layer_norm_fits(x, norm)  # the forward kernel's conditions
     )
 
 
