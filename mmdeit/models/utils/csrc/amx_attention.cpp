@@ -46,18 +46,12 @@ inline void pack_keys(const at::BFloat16* k, int64_t ld, int64_t N, int64_t Np, 
 // v (N x 64 bf16, rows ld apart) -> vv: [key pairs][64] dwords (v[2p][c], v[2p+1][c]); an odd
 // N's last pair and the pairs past it zero
 inline void pack_values(const at::BFloat16* v, int64_t ld, int64_t N, uint32_t* vv) {
-  const __m512i interleave = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9,
-                                              40, 8, 39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33,
-                                              1, 32, 0);
+  const auto* zeros = reinterpret_cast<const at::BFloat16*>(kZeroRow);
   for (int64_t j = 0; j < N; j += 2) {
     const at::BFloat16* row = v + j * ld;
     for (int64_t c = 0; c < kHead; c += 16) {
-      const __m512i a = _mm512_castsi256_si512(_mm256_loadu_si256(
-          reinterpret_cast<const __m256i*>(row + c)));
-      const __m512i b = j + 1 < N ? _mm512_castsi256_si512(_mm256_loadu_si256(
-                                        reinterpret_cast<const __m256i*>(row + ld + c)))
-                                  : _mm512_setzero_si512();
-      _mm512_storeu_si512(vv + (j / 2) * kHead + c, _mm512_permutex2var_epi16(a, interleave, b));
+      const at::BFloat16* next = j + 1 < N ? row + ld + c : zeros;
+      _mm512_storeu_si512(vv + (j / 2) * kHead + c, pair_rows(row + c, next));
     }
   }
 }

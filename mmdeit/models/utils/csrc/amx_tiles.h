@@ -1,5 +1,5 @@
-// What the tile-unit kernels (amx_attention.cpp, amx_linear.cpp) share: the compiler check, the
-// tile configuration, aligned scratch and the dword transpose that packs operands into the tile
+// What the tile-unit kernels (amx_*.cpp) share: the compiler check, the tile configuration,
+// aligned scratch, and the row pairing and dword transpose that pack operands into the tile
 // unit's pair-interleaved (VNNI) layout.
 #pragma once
 
@@ -40,6 +40,20 @@ struct alignas(64) TileConfig {  // palette 1: 8 tiles of 16 rows x 64 bytes
   uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
   uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
+
+// 32 zero bf16: the row read in place of a missing one (past the last token or key)
+alignas(64) inline const uint16_t kZeroRow[32] = {};
+
+// 16 bf16 of row r0 and of row r1 -> 16 dwords (r0[c], r1[c]): the tile unit's pairs
+inline __m512i pair_rows(const at::BFloat16* r0, const at::BFloat16* r1) {
+  const __m512i interleave = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9,
+                                              40, 8, 39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33,
+                                              1, 32, 0);
+  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0));
+  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1));
+  return _mm512_permutex2var_epi16(_mm512_castsi256_si512(a), interleave,
+                                   _mm512_castsi256_si512(b));
+}
 
 // 16 x 16 dwords: r[i][c] -> r[c][i]
 inline void transpose16x16(__m512i* r) {

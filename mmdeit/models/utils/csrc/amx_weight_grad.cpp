@@ -27,18 +27,6 @@ namespace {
 
 constexpr int64_t kChunkRows = 256;         // tokens packed at a time (a multiple of 32)
 constexpr int64_t kPanelBytes = 5 << 18;    // C's columns per panel: R x panel fp32 in 1.25 MiB
-alignas(64) const uint16_t kZeroRow[32] = {};  // the rows past the last token
-
-// 16 bf16 of row r0 and of row r1 -> 16 dwords (r0[c], r1[c]): the tile unit's pairs
-inline __m512i pair_rows(const at::BFloat16* r0, const at::BFloat16* r1) {
-  alignas(64) static const uint16_t kIdx[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
-                                                21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
-                                                11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0));
-  const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1));
-  const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-  return _mm512_permutexvar_epi16(_mm512_load_si512(kIdx), both);
-}
 
 struct Rows {  // token rows m0..m0+count of a (M x cols) bf16 matrix, rows ld apart
   const at::BFloat16* base;
