@@ -63,6 +63,13 @@ SWITCHES: Dict[str, Switch] = {
         ('inference', 'train'),
         'bf16 attention on the AMX tile unit, heads read as views; off: the GEMM attention',
     ),
+    'fp32-attention': Switch(
+        _UTILS + 'fp32_attention',
+        'USE_FP32_ATTENTION',
+        False,
+        ('inference',),
+        'fp32 attention in registers and L1/L2, heads read as views; off: SDPA',
+    ),
     'amx-weight-grad': Switch(
         _UTILS + 'amx_linear_grad',
         'USE_AMX_WEIGHT_GRAD',

@@ -17,11 +17,12 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
   and in ``torch.compile`` the mask multiplies: ``mmdeit/models/utils/drop_path.py``).
 * **Attention as two GEMMs in bf16 on the CPU** (``mmdeit/models/utils/gemm_attention.py``):
   faster there than PyTorch's flash kernel; in inference ``1/sqrt(d)`` scales q in its GEMM.
-* **mmdeit's C++ kernels for bf16 autocast** on AVX-512 BF16 CPUs: the softmax, the pre-norms
+* **mmdeit's C++ kernels** on AVX-512 BF16 CPUs: in bf16 autocast the softmax, the pre-norms
   written in bf16, the bf16 branch added, the heads split in one pass (``cpu_kernels.py``); on
   AMX the attention on the tile unit, reading the heads as views (``amx_attention.py``). In
-  training: the pre-norms' own backward (``layer_norm_grad.py``), on AMX the linears' weight and
-  bias gradients on the tile unit (``amx_linear_grad.py``).
+  fp32 inference the attention in registers and L1/L2 (``fp32_attention.py``). In training the
+  pre-norms' own backward (``layer_norm_grad.py``), on AMX the linears' weight and bias
+  gradients on the tile unit (``amx_linear_grad.py``).
 * **q of the first tokens only**: given ``num_queries`` (the backbone's last layer gives only
   the cls/dist tokens it reads) the reference slices q from the whole qkv GEMM; here q's rows
   come from a GEMM on the first rows, except with autograd off the CPU (:func:`_q_rows_from_whole`).
@@ -31,12 +32,11 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
 * **None under inductor's ``freezing`` on an AMX CPU**: the reference's formula, which inductor
   packs, fuses and tunes faster there (``plain_ops_traced`` in ``mmdeit/models/utils/cpu_ops.py``).
 
-Under autocast on a GPU with autograd no measure but ``num_queries`` applies; layers without
-it run the reference's ``_forward`` (fewer Python calls for the same kernels).
-
-Each measure applies only where it is exact (fp32, erf GELU: only the sums' rounding order
-changes; in bf16, the products autocast or the bf16 model computes); elsewhere the reference
-runs (``super()``). Under autocast the shortcut stays fp32; with autograd, autocast's ops run.
+Under autocast on a GPU with autograd only ``num_queries`` applies; layers without it run the
+reference's ``_forward`` (fewer Python calls for the same kernels). Each measure applies only
+where it is exact (fp32, erf GELU: only the sums' rounding order changes; in bf16, the products
+autocast or the bf16 model computes); elsewhere the reference runs (``super()``). Under
+autocast the shortcut stays fp32; with autograd, autocast's ops run.
 """
 
 from typing import Optional, Tuple
@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn.bricks.drop import DropPath
 
-from ..utils import amx_attention, amx_linear_grad, cpu_kernels, layer_norm_grad
+from ..utils import amx_attention, amx_linear_grad, cpu_kernels, fp32_attention, layer_norm_grad
 from ..utils import onednn_linear as onednn
 from ..utils.cpu_ops import plain_ops_traced
 from ..utils.drop_path import multiply_dropped, skip_dropped_samples, skips_dropped_samples
@@ -56,11 +56,9 @@ from .transformer_layer import FFN, MultiheadAttention, TransformerEncoderLayer
 
 def _autocast_on(x: torch.Tensor) -> bool:
     """Whether autocast is on for ``x``'s device type; False for a type autocast does not know
-    (such as 'meta', where asking would raise).
-
-    ``torch.compile`` does not ask: torch 2.11's dynamo broke the graph at each call on
-    ``torch.amp.is_autocast_available`` (an H200: the host time 12x timm's); 2.13's can trace it.
-    """
+    (such as 'meta', where asking would raise). ``torch.compile`` does not ask: torch 2.11's
+    dynamo broke the graph at each call on ``torch.amp.is_autocast_available`` (an H200: the
+    host time 12x timm's); 2.13's can trace it."""
     device = x.device.type
     if not torch.compiler.is_compiling() and not torch.amp.is_autocast_available(device):
         return False
@@ -173,9 +171,12 @@ class FastMultiheadAttention(MultiheadAttention):
         return super()._split_heads(t, parts)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """The parent's attention; two bf16 GEMMs instead of SDPA where those are faster."""
-        if gemm_attention_applies(q, self.attn_drop if self.training else 0.0):
+        """The parent's attention; two bf16 GEMMs or the fp32 kernel where faster than SDPA."""
+        drop = self.attn_drop if self.training else 0.0
+        if gemm_attention_applies(q, drop):
             return gemm_attention(q, k, v, self.scale)  # (B, n, C)
+        if fp32_attention.attention_applies(q, k, v, drop):
+            return fp32_attention.attention(q, k, v, self.scale)  # (B, n, C)
         return super()._attend(q, k, v)
 
     def _attention(self, x: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
