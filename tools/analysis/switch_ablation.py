@@ -54,7 +54,8 @@ SWITCHES: Dict[str, Switch] = {
         'USE_CPU_KERNELS',
         False,
         ('inference',),
-        "mmdeit's C++ softmax, bf16 pre-norm, bf16 add and heads' split (bf16); off: ATen's ops",
+        "mmdeit's C++ kernels: bf16 softmax, pre-norm, add, heads' split, and with them the "
+        "tile-unit and fp32 attention; off: ATen's ops",
     ),
     'amx-attention': Switch(
         _UTILS + 'amx_attention',
