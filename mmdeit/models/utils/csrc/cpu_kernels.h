@@ -50,8 +50,8 @@ struct Bf16Rows {
 
 // Softmax of kRows rows of N at once, each held in v[r]: the rows' passes interleave, so one row's
 // reductions (max, sum) wait while the others compute (1.6x one row at a time, measured).
-// load(r, j, m) gives vector j of row r in fp32 (lanes m); the result goes to out + r * ld, in bf16
-// or fp32 (Out), and may overwrite the rows load reads (each row is read whole before it is written).
+// load(r, j, m) gives vector j of row r in fp32 (lanes m); the result goes to out + r * ld, in
+// bf16 or fp32 (Out), and may overwrite the rows load reads (a row is read whole before written).
 template <int kRows, typename Load, typename Out>
 inline void softmax_rows(Load load, Out* out, int64_t ld, int64_t N, int nv,
                          __m512 (*v)[kMaxVecs]) {

@@ -19,6 +19,7 @@ namespace {
 constexpr int64_t kHead = 64;  // the head size the kernel takes (every DeiT/ViT arch shipped)
 constexpr int kRows = 12;      // query rows a block: the scores' register block is kRows x 32
 constexpr int kOutRows = 6;    // rows of O = P v's register block (x 64: 24 accumulators)
+static_assert(kRows % kInterleave == 0 && kRows % kOutRows == 0, "whole softmax and P v groups");
 
 // k (N x 64 fp32, rows ld apart) -> kt: [64][Np], keys >= N zero
 inline void pack_keys(const float* k, int64_t ld, int64_t N, int64_t Np, float* kt) {
@@ -35,7 +36,7 @@ inline void pack_keys(const float* k, int64_t ld, int64_t N, int64_t Np, float* 
   }
 }
 
-// s[r][j0 + 16v ..] = scale * sum_d q[r][d] kt[d][j0 + 16v ..] for kRows rows, kVecs vectors of keys
+// s[r][j0 + 16v ..] = scale * sum_d q[r][d] kt[d][j0 + 16v ..]: kRows rows, kVecs vectors of keys
 template <int kVecs>
 inline void scores(const float* q, int64_t ldq, const float* kt, int64_t Np, int64_t j0, float* s,
                    __m512 scale) {
@@ -113,7 +114,9 @@ void attend_pairs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       int64_t first = 0, skip = 0, count = kRows, ldq = q.stride(2);
       const float* rows = qb;
       if (n < kRows) {
-        for (int64_t r = 0; r < n; ++r) std::memcpy(q_pad.data + r * kHead, qb + r * ldq, kHead * 4);
+        for (int64_t r = 0; r < n; ++r) {
+          std::memcpy(q_pad.data + r * kHead, qb + r * ldq, kHead * sizeof(float));
+        }
         rows = q_pad.data, ldq = kHead, count = n;
       } else {
         first = std::min(i * kRows, n - kRows);
