@@ -83,13 +83,7 @@ def attention_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
         cpu_kernels._on_cpu(q, k, v)  # the other kernels' condition, but autograd
         and not (torch.is_grad_enabled() and torch.compiler.is_compiling())
         and q.dtype == k.dtype == v.dtype == torch.bfloat16
-        and q.dim() == 4
-        and k.shape == v.shape
-        and q.shape[:2] == k.shape[:2]
-        and q.shape[-1] == k.shape[-1] == HEAD_DIMS
-        and q.shape[2] > 0
-        and 0 < k.shape[2] <= cpu_kernels.MAX_ROW
-        and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+        and cpu_kernels.attention_fits(q, k, v, HEAD_DIMS)
         and scale > 0
         and math.frexp(scale)[0] == 0.5  # a power of two
         and takes_views(q.shape[-1])

@@ -191,6 +191,21 @@ def _on_cpu_no_grad(*tensors: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() and _on_cpu(*tensors)
 
 
+def attention_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dims: int) -> bool:
+    """Whether an attention kernel takes these shapes (``amx_attention``, ``fp32_attention``):
+    q (B, h, n, d) and k, v (B, h, N, d), d = ``head_dims``, n > 0, 1 to :data:`MAX_ROW` keys,
+    each with its last dim contiguous."""
+    return (
+        q.dim() == 4
+        and k.shape == v.shape
+        and q.shape[:2] == k.shape[:2]
+        and q.shape[-1] == k.shape[-1] == head_dims
+        and q.shape[2] > 0
+        and 0 < k.shape[2] <= MAX_ROW
+        and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+    )
+
+
 def softmax_applies(rows: torch.Tensor) -> bool:
     """Whether :func:`softmax_` applies to ``rows``: a contiguous 2-D bf16 CPU tensor of rows of
     up to :data:`MAX_ROW` elements, without autograd, and the kernels are built (the first call

@@ -40,13 +40,7 @@ def attention_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout
         and not torch.compiler.is_compiling()
         and dropout_p == 0.0
         and q.dtype == k.dtype == v.dtype == torch.float32
-        and q.dim() == 4
-        and k.shape == v.shape
-        and q.shape[:2] == k.shape[:2]
-        and q.shape[-1] == k.shape[-1] == HEAD_DIMS
-        and q.shape[2] > 0
-        and 0 < k.shape[2] <= cpu_kernels.MAX_ROW
-        and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+        and cpu_kernels.attention_fits(q, k, v, HEAD_DIMS)
         and cpu_kernels.kernels() is not None
     )
 

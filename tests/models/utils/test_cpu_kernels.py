@@ -295,17 +295,17 @@ def user_run(
     setting: str,
     base: str = 'mmdeit::digits/deit-digits-tiny_1xb64_digits.py',
     image_side: int = 8,
+    script: str = USER_SCRIPT,
 ) -> dict:
-    """:data:`USER_SCRIPT` as a user runs it: a subprocess in ``tmp_path`` with
-    ``MMDEIT_CPU_KERNELS=setting``, next to ``my_config.py`` (``_base_ = base``), two images of
-    ``image_side`` x ``image_side + 8``; its last stdout line, JSON."""
+    """``script`` (default :data:`USER_SCRIPT`) as a user runs it: a subprocess in ``tmp_path``
+    with ``MMDEIT_CPU_KERNELS=setting``, next to ``my_config.py`` (``_base_ = base``), given
+    ``image_side`` (its images' height; the width 8 more); its last stdout line, JSON."""
     env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTEST_CURRENT_TEST')}
     env.update(CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='2', MMDEIT_CPU_KERNELS=setting)
     (tmp_path / 'my_config.py').write_text(f"_base_ = '{base}'\n")
-    script = tmp_path / 'bf16_inference.py'
-    script.write_text(USER_SCRIPT)
+    (tmp_path / 'user_inference.py').write_text(script)
     proc = subprocess.run(
-        [sys.executable, str(script), str(image_side)],
+        [sys.executable, 'user_inference.py', str(image_side)],
         cwd=tmp_path,
         env=env,
         stdin=subprocess.DEVNULL,

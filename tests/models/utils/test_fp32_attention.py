@@ -8,11 +8,6 @@ On CPUs without AVX-512 BF16 the kernels are never built: the tests that need th
 the ones about where it applies run everywhere.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn as nn
@@ -22,7 +17,7 @@ from mmdeit.models.backbones import DistilledVisionTransformer
 from mmdeit.models.utils import cpu_kernels
 from mmdeit.models.utils import fp32_attention as fa
 
-from .test_cpu_kernels import spy_kernels
+from .test_cpu_kernels import spy_kernels, user_run
 
 needs_kernels = pytest.mark.skipif(not cpu_kernels.SUPPORTED, reason='no AVX-512 BF16')
 #: heads of 64, the size the kernel takes (2 heads, 2 layers: small enough for the suite)
@@ -178,7 +173,7 @@ def test_model_with_it_is_the_model_without(fp32_on, monkeypatch, out_type, batc
 
 
 USER_SCRIPT = """
-import json
+import json, sys
 import numpy as np, torch
 from mmdeit.apis import inference_model, init_model
 from mmdeit.models.utils import cpu_kernels, fp32_attention
@@ -190,31 +185,11 @@ if cpu_kernels.kernels() is not None:  # count the kernel's calls
 torch.manual_seed(0)
 model = init_model('my_config.py')
 rng = np.random.default_rng(0)
-images = [rng.integers(0, 256, (240, 248, 3), dtype=np.uint8) for _ in range(2)]
+side = int(sys.argv[1])
+images = [rng.integers(0, 256, (side, side + 8, 3), dtype=np.uint8) for _ in range(2)]
 out = inference_model(model, images)
 print(json.dumps(dict(calls=len(calls), scores=[o['pred_scores'].tolist() for o in out])))
 """
-
-
-def _user_run(tmp_path, setting: str) -> dict:
-    """:data:`USER_SCRIPT` in a subprocess in ``tmp_path`` with ``MMDEIT_CPU_KERNELS=setting``,
-    next to ``my_config.py`` (DeiT-Ti distilled, heads of 64); its last stdout line, JSON."""
-    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTEST_CURRENT_TEST')}
-    env.update(CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='2', MMDEIT_CPU_KERNELS=setting)
-    base = 'mmdeit::deit/deit-tiny-distilled_8xb128_in1k.py'
-    (tmp_path / 'my_config.py').write_text(f"_base_ = '{base}'\n")
-    (tmp_path / 'fp32_inference.py').write_text(USER_SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, 'fp32_inference.py'],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_user_fp32_inference_of_a_shipped_deit_config(tmp_path):
@@ -222,7 +197,8 @@ def test_user_fp32_inference_of_a_shipped_deit_config(tmp_path):
     in a subprocess from a temp folder; on a CPU with AVX-512 BF16 the kernel runs the attention
     of all 12 layers, with ``MMDEIT_CPU_KERNELS=0`` SDPA does; the scores agree within fp32
     rounding."""
-    on, off = _user_run(tmp_path, '1'), _user_run(tmp_path, '0')
+    base = 'mmdeit::deit/deit-tiny-distilled_8xb128_in1k.py'  # heads of 64
+    on, off = (user_run(tmp_path, setting, base, 240, USER_SCRIPT) for setting in ('1', '0'))
     assert on['calls'] == (12 if cpu_kernels.SUPPORTED else 0) and off['calls'] == 0
     got, want = torch.tensor(on['scores']), torch.tensor(off['scores'])
     assert got.shape == want.shape == (2, 1000)
