@@ -28,21 +28,6 @@ constexpr int64_t kHead = 64;  // the head size the kernel takes (every DeiT/ViT
 // measured).
 constexpr int64_t kOverlapKeys = 320;
 
-// k (N x 64 bf16, rows ld apart) -> kt: [32 pairs of d][Np keys] dwords, keys >= N zero
-inline void pack_keys(const at::BFloat16* k, int64_t ld, int64_t N, int64_t Np, uint32_t* kt) {
-  for (int64_t j0 = 0; j0 < N; j0 += 16) {
-    const int rows = static_cast<int>(std::min<int64_t>(16, N - j0));
-    for (int64_t c0 = 0; c0 < kHead / 2; c0 += 16) {
-      __m512i r[16];
-      for (int i = 0; i < 16; ++i) {
-        r[i] = i < rows ? _mm512_loadu_si512(k + (j0 + i) * ld + 2 * c0) : _mm512_setzero_si512();
-      }
-      transpose16x16(r);
-      for (int c = 0; c < 16; ++c) _mm512_storeu_si512(kt + (c0 + c) * Np + j0, r[c]);
-    }
-  }
-}
-
 // v (N x 64 bf16, rows ld apart) -> vv: [key pairs][64] dwords (v[2p][c], v[2p+1][c]); an odd
 // N's last pair and the pairs past it zero
 inline void pack_values(const at::BFloat16* v, int64_t ld, int64_t N, uint32_t* vv) {
@@ -69,11 +54,7 @@ struct ScoreRows {
 
 #ifdef MMDEIT_AMX
 
-struct Rows {  // 16 query rows from `first`: rows begin..end-1 of them to write; q, ld in bytes
-  int64_t first, begin, end;
-  const at::BFloat16* q;
-  int64_t ld;
-};
+using Rows = QueryRows<at::BFloat16>;  // 16 query rows
 
 // Tile use: 0, 1 q (the two halves of d) or a chunk of P; 2, 3 k^T or v; 4..7 accumulators.
 #define MMDEIT_SCORES(c, j)                       \
@@ -109,24 +90,16 @@ __attribute__((target("amx-tile,amx-bf16"))) void attend_pairs(
   asm volatile("ldtilecfg %0" ::"m"(cfg));
   const int64_t blocks = (n + 15) / 16, groups = (nb + 3) / 4;  // S: groups of 4 key blocks
   const bool overlap = N <= kOverlapKeys;
-  // Query rows 16i..16i+15; the last block is the 16 rows before the end (the first of them
-  // written already), or, with fewer than 16 queries, a zero-padded copy of them.
+  // Query rows 16i..16i+15 (query_rows: the last block ends at n)
   auto rows_of = [&](const at::BFloat16* qb, int64_t i) {
-    if (n < 16) {
-      for (int64_t r = 0; r < n; ++r) {
-        std::memcpy(q_pad.data + r * kHead, qb + r * q.stride(2), kHead * 2);
-      }
-      return Rows{0, 0, n, q_pad.data, kHead * 2};
-    }
-    const int64_t first = std::min(i * 16, n - 16);
-    return Rows{first, i * 16 - first, 16, qb + first * q.stride(2), q.stride(2) * 2};
+    return query_rows<16>(qb, q.stride(2), n, i, q_pad.data, kHead);
   };
   // S = q k^T of 16 rows for key blocks 4g..4g+3, stored to s
   auto scores = [&](const Rows& rows, int64_t g, float* s) {
     const int64_t j0 = 4 * g, count = std::min<int64_t>(4, nb - j0);
     MMDEIT_BARRIER();
-    _tile_loadd(0, rows.q, rows.ld);
-    _tile_loadd(1, rows.q + 32, rows.ld);
+    _tile_loadd(0, rows.q, rows.ld * 2);  // bytes apart
+    _tile_loadd(1, rows.q + 32, rows.ld * 2);
     MMDEIT_SCORES(4, j0);
     if (count > 1) { MMDEIT_SCORES(5, j0 + 1); }
     if (count > 2) { MMDEIT_SCORES(6, j0 + 2); }
@@ -140,7 +113,8 @@ __attribute__((target("amx-tile,amx-bf16"))) void attend_pairs(
     const int64_t b = bh / H, h = bh % H;
     const at::BFloat16* qb = qp + b * q.stride(0) + h * q.stride(1);
     MMDEIT_BARRIER();
-    pack_keys(kp + b * k.stride(0) + h * k.stride(1), k.stride(2), N, Np, kt);
+    // k^T: [32 pairs of d][Np keys] dwords, keys >= N zero
+    transpose_rows(kp + b * k.stride(0) + h * k.stride(1), k.stride(2) * 2, N, kHead / 2, Np, kt);
     pack_values(vp + b * v.stride(0) + h * v.stride(1), v.stride(2), N, vv);
     Rows cur = rows_of(qb, 0);  // each block's rows found once: `next` becomes `cur`
     if (overlap) {

@@ -1,6 +1,7 @@
 // What the tile-unit kernels (amx_*.cpp) share: the compiler check, the tile configuration,
 // aligned scratch, and the row pairing and dword transpose that pack operands into the tile
-// unit's pair-interleaved (VNNI) layout.
+// unit's pair-interleaved (VNNI) layout; with the fp32 attention (fp32_attention.cpp) also the
+// scratch, the keys' transpose and the choice of each block's query rows.
 #pragma once
 
 #include <cstdint>
@@ -79,6 +80,50 @@ inline void transpose16x16(__m512i* r) {
     t[12 + j] = _mm512_shuffle_i32x4(x1, y1, 0xDD);
   }
   for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// Rows 0..N-1 of `dwords` dwords each (row j at src + j * ld_bytes) -> out[c * Np + j] for
+// c < dwords (a multiple of 16), the rows past N in the last block of 16 zero: the attention
+// kernels' k^T (fp32 values, or the tile unit's bf16 pairs).
+inline void transpose_rows(const void* src, int64_t ld_bytes, int64_t N, int64_t dwords,
+                           int64_t Np, void* out) {
+  const char* rows = static_cast<const char*>(src);
+  uint32_t* dst = static_cast<uint32_t*>(out);
+  for (int64_t j0 = 0; j0 < N; j0 += 16) {
+    const int count = static_cast<int>(std::min<int64_t>(16, N - j0));
+    for (int64_t c0 = 0; c0 < dwords; c0 += 16) {
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i) {
+        r[i] = i < count ? _mm512_loadu_si512(rows + (j0 + i) * ld_bytes + 4 * c0)
+                         : _mm512_setzero_si512();
+      }
+      transpose16x16(r);
+      for (int c = 0; c < 16; ++c) _mm512_storeu_si512(dst + (c0 + c) * Np + j0, r[c]);
+    }
+  }
+}
+
+// An attention block's query rows: kBlock rows from row `first` (at q, ld elements apart), of
+// which rows begin..end-1 are to be written.
+template <typename T>
+struct QueryRows {
+  int64_t first, begin, end;
+  const T* q;
+  int64_t ld;
+};
+
+// Block i of the n query rows at qb (ld elements apart), kBlock rows a block: the last block is
+// the kBlock rows before the end (its first rows written already), or, with fewer than kBlock
+// queries, a zero-padded copy of them in pad (kBlock rows of `width` elements, zero past n).
+template <int kBlock, typename T>
+inline QueryRows<T> query_rows(const T* qb, int64_t ld, int64_t n, int64_t i, T* pad,
+                               int64_t width) {
+  if (n < kBlock) {
+    for (int64_t r = 0; r < n; ++r) std::memcpy(pad + r * width, qb + r * ld, width * sizeof(T));
+    return {0, 0, n, pad, width};
+  }
+  const int64_t first = std::min(i * kBlock, n - kBlock);
+  return {first, i * kBlock - first, kBlock, qb + first * ld, ld};
 }
 
 }  // namespace mmdeit_kernels

@@ -1,7 +1,7 @@
 // softmax(q k^T * scale) v for fp32 inference on AVX-512 CPUs (fp32_attention.py).
 //
 // One (sample, head) pair at a time per thread, kRows query rows at a time, everything in L1/L2:
-//   1. k^T packed once per pair (64 x Np fp32, keys past N zero);
+//   1. k^T packed once per pair (64 x Np fp32, keys past N zero: amx_tiles.h's transpose_rows);
 //   2. S = q k^T * scale for kRows rows: register blocks of kRows x 32 keys (FMA on broadcast q);
 //   3. their softmax in place (cpu_kernels' fp32 softmax: exp_u20, the fast exp PyTorch's CPU flash
 //      attention uses too);
@@ -20,21 +20,6 @@ constexpr int64_t kHead = 64;  // the head size the kernel takes (every DeiT/ViT
 constexpr int kRows = 12;      // query rows a block: the scores' register block is kRows x 32
 constexpr int kOutRows = 6;    // rows of O = P v's register block (x 64: 24 accumulators)
 static_assert(kRows % kInterleave == 0 && kRows % kOutRows == 0, "whole softmax and P v groups");
-
-// k (N x 64 fp32, rows ld apart) -> kt: [64][Np], keys >= N zero
-inline void pack_keys(const float* k, int64_t ld, int64_t N, int64_t Np, float* kt) {
-  for (int64_t j0 = 0; j0 < N; j0 += 16) {
-    const int rows = static_cast<int>(std::min<int64_t>(16, N - j0));
-    for (int64_t c0 = 0; c0 < kHead; c0 += 16) {
-      __m512i r[16];
-      for (int i = 0; i < 16; ++i) {
-        r[i] = i < rows ? _mm512_loadu_si512(k + (j0 + i) * ld + c0) : _mm512_setzero_si512();
-      }
-      transpose16x16(r);
-      for (int c = 0; c < 16; ++c) _mm512_storeu_si512(kt + (c0 + c) * Np + j0, r[c]);
-    }
-  }
-}
 
 // s[r][j0 + 16v ..] = scale * sum_d q[r][d] kt[d][j0 + 16v ..]: kRows rows, kVecs vectors of keys
 template <int kVecs>
@@ -107,33 +92,23 @@ void attend_pairs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const int64_t b = bh / H, h = bh % H;
     const float* qb = qp + b * q.stride(0) + h * q.stride(1);
     const float* vb = vp + b * v.stride(0) + h * v.stride(1);
-    pack_keys(kp + b * k.stride(0) + h * k.stride(1), k.stride(2), N, Np, kt);
+    // k^T: [64][Np], keys >= N zero
+    transpose_rows(kp + b * k.stride(0) + h * k.stride(1), k.stride(2) * 4, N, kHead, Np, kt);
     for (int64_t i = 0; i < blocks; ++i) {
-      // rows kRows*i.. of q; the last block is the kRows rows before the end (the first of them
-      // written already), or, with fewer than kRows queries, a zero-padded copy of them
-      int64_t first = 0, skip = 0, count = kRows, ldq = q.stride(2);
-      const float* rows = qb;
-      if (n < kRows) {
-        for (int64_t r = 0; r < n; ++r) {
-          std::memcpy(q_pad.data + r * kHead, qb + r * ldq, kHead * sizeof(float));
-        }
-        rows = q_pad.data, ldq = kHead, count = n;
-      } else {
-        first = std::min(i * kRows, n - kRows);
-        skip = i * kRows - first;
-        rows = qb + first * ldq;
-      }
+      // rows kRows*i.. of q (query_rows: the last block ends at n)
+      const QueryRows<float> rows = query_rows<kRows>(qb, q.stride(2), n, i, q_pad.data, kHead);
       int64_t j0 = 0;
-      for (; j0 + 32 <= Np; j0 += 32) scores<2>(rows, ldq, kt, Np, j0, s, vscale);
-      if (j0 < Np) scores<1>(rows, ldq, kt, Np, j0, s, vscale);
+      for (; j0 + 32 <= Np; j0 += 32) scores<2>(rows.q, rows.ld, kt, Np, j0, s, vscale);
+      if (j0 < Np) scores<1>(rows.q, rows.ld, kt, Np, j0, s, vscale);
       for (int r = 0; r < kRows; r += kInterleave) {  // in place
         softmax_rows<kInterleave>(FloatRows{s + r * Np, Np}, s + r * Np, Np, N, nvi, regs);
       }
       for (int r = 0; r < kRows; r += kOutRows) {
         values(s + r * Np, Np, vb, v.stride(2), N, ob + r * kHead);
       }
-      for (int64_t r = skip; r < count; ++r) {  // into (B, n, h*d)
-        std::memcpy(op + (b * n + first + r) * C + h * kHead, ob + r * kHead, kHead * 4);
+      for (int64_t r = rows.begin; r < rows.end; ++r) {  // into (B, n, h*d)
+        std::memcpy(op + (b * n + rows.first + r) * C + h * kHead, ob + r * kHead,
+                    kHead * sizeof(float));
       }
     }
   }
