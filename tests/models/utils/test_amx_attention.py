@@ -24,10 +24,13 @@ needs_amx = pytest.mark.skipif(not amx.AMX_SUPPORTED, reason='no AMX tile unit')
 ARCH64 = dict(embed_dims=128, num_layers=2, num_heads=2, feedforward_channels=256)
 
 
-def _qkv(B: int, h: int, n: int, N: int, strided: bool):
-    """q (B, h, n, 64), k and v (B, h, N, 64): views of one (B, N, 3*h*64) GEMM output as the
-    model has them, or contiguous copies."""
-    qkv = (torch.randn(B, N, 3 * h * 64) * 3).bfloat16()
+def qkv_views(
+    B: int, h: int, n: int, N: int, strided: bool, dtype=torch.bfloat16, spread: float = 3.0
+):
+    """q (B, h, n, 64), k and v (B, h, N, 64) in ``dtype`` (default bf16), standard normal
+    values times ``spread`` (default 3): views of one (B, N, 3*h*64) GEMM output as the model
+    has them, or contiguous copies."""
+    qkv = (torch.randn(B, N, 3 * h * 64) * spread).to(dtype)
     q, k, v = qkv.reshape(B, N, 3, h, 64).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, 64)
     q = q[:, :, :n]  # the first n queries (the last layer's cls and dist: n = 2)
     if not strided:
@@ -61,7 +64,7 @@ SHAPES = [
 @pytest.mark.parametrize('strided, scale', [(True, 1.0), (True, 0.125), (False, 0.125)])
 def test_attention_is_the_gemm_attentions_bits(amx_on, monkeypatch, shape, strided, scale):
     torch.manual_seed(sum(shape))
-    q, k, v = _qkv(*shape, strided)
+    q, k, v = qkv_views(*shape, strided)
     with torch.no_grad():
         assert amx.attention_applies(q, k, v, scale)
         got = amx.attention(q, k, v, scale)
@@ -74,7 +77,7 @@ def test_attention_is_the_gemm_attentions_bits(amx_on, monkeypatch, shape, strid
 @needs_amx
 def test_a_constant_row_and_large_scores(amx_on, monkeypatch):
     """Equal scores (a uniform softmax) and scores of a few hundred (exp of -hundreds: 0)."""
-    q, k, v = _qkv(2, 2, 33, 33, strided=True)
+    q, k, v = qkv_views(2, 2, 33, 33, strided=True)
     q, k = q.clone(), k.clone()
     q[0, 0] = 0.0
     k[1] *= 40
@@ -86,7 +89,7 @@ def test_a_constant_row_and_large_scores(amx_on, monkeypatch):
 
 @needs_amx
 def test_where_it_applies(amx_on):
-    q, k, v = _qkv(2, 2, 20, 20, strided=True)
+    q, k, v = qkv_views(2, 2, 20, 20, strided=True)
     with torch.no_grad():
         assert amx.attention_applies(q, k, v, 0.125)
         assert amx.takes_views(64)
@@ -112,7 +115,7 @@ def test_where_it_applies(amx_on):
 def test_nothing_applies_without_the_tile_unit(monkeypatch):
     """On a CPU without AMX (or with the switch off) the GEMM attention runs."""
     monkeypatch.setattr(amx, 'AMX_SUPPORTED', False)
-    q, k, v = _qkv(1, 2, 8, 8, strided=True)
+    q, k, v = qkv_views(1, 2, 8, 8, strided=True)
     with torch.no_grad():
         assert not amx.attention_applies(q, k, v, 0.125)
     assert not amx.takes_views(64)
@@ -123,7 +126,7 @@ def test_the_kernel_refuses_what_it_cannot_take():
     built = cpu_kernels.kernels() if cpu_kernels.SUPPORTED else None
     if built is None or not built.amx_attention_ready():
         pytest.skip('no AMX tile unit')
-    q, k, v = _qkv(1, 2, 8, 8, strided=True)
+    q, k, v = qkv_views(1, 2, 8, 8, strided=True)
     with pytest.raises(RuntimeError, match='heads of 64'):
         built.attention_bf16(q[..., :32], k[..., :32], v[..., :32], 1.0)
     with pytest.raises(RuntimeError, match='bf16 q, k and v'):

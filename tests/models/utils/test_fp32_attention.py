@@ -17,6 +17,7 @@ from mmdeit.models.backbones import DistilledVisionTransformer
 from mmdeit.models.utils import cpu_kernels
 from mmdeit.models.utils import fp32_attention as fa
 
+from .test_amx_attention import qkv_views
 from .test_cpu_kernels import spy_kernels, user_run
 
 needs_kernels = pytest.mark.skipif(not cpu_kernels.SUPPORTED, reason='no AVX-512 BF16')
@@ -45,17 +46,6 @@ def fp32_on(monkeypatch):
     assert cpu_kernels.kernels() is not None, 'the CPU kernels did not build'
 
 
-def _qkv(B: int, h: int, n: int, N: int, strided: bool, dtype=torch.float32):
-    """q (B, h, n, 64), k and v (B, h, N, 64): views of one (B, N, 3*h*64) GEMM output as the
-    model has them, or contiguous copies."""
-    qkv = torch.randn(B, N, 3 * h * 64, dtype=dtype)
-    q, k, v = qkv.reshape(B, N, 3, h, 64).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, 64)
-    q = q[:, :, :n]  # the first n queries (the last layer's cls and dist: n = 2)
-    if not strided:
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return q, k, v
-
-
 def _sdpa(q, k, v, scale):
     """SDPA, heads merged: (B, n, h*d)."""
     out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, h, n, d)
@@ -68,7 +58,7 @@ def _sdpa(q, k, v, scale):
 @pytest.mark.parametrize('strided, scale', [(True, 0.125), (False, 0.125), (True, 0.1)])
 def test_attention_is_sdpa_within_fp32_rounding(fp32_on, shape, strided, scale):
     torch.manual_seed(sum(shape))
-    q, k, v = _qkv(*shape, strided)
+    q, k, v = qkv_views(*shape, strided, torch.float32, 1.0)
     with torch.no_grad():
         assert fa.attention_applies(q, k, v, 0.0)
         got = fa.attention(q, k, v, scale)
@@ -85,7 +75,7 @@ def test_attention_is_sdpa_within_fp32_rounding(fp32_on, shape, strided, scale):
 def test_a_constant_row_and_large_scores(fp32_on):
     """Equal scores (a uniform softmax: the mean of v) and scores of thousands (exp of
     -thousands: 0, no overflow)."""
-    q, k, v = _qkv(2, 2, 33, 33, strided=True)
+    q, k, v = qkv_views(2, 2, 33, 33, True, torch.float32, 1.0)
     q, k = q.clone(), k.clone()
     q[0, 0] = 0.0
     k[1] *= 400
@@ -100,7 +90,7 @@ def test_a_constant_row_and_large_scores(fp32_on):
 
 @needs_kernels
 def test_where_it_applies(fp32_on, monkeypatch):
-    q, k, v = _qkv(2, 2, 20, 20, strided=True)
+    q, k, v = qkv_views(2, 2, 20, 20, True, torch.float32, 1.0)
     with torch.no_grad():
         assert fa.attention_applies(q, k, v, 0.0)
         # not: bf16, another head size, dropout, a key count out of range, a strided last dim
@@ -123,7 +113,7 @@ def test_where_it_applies(fp32_on, monkeypatch):
 def test_nothing_applies_with_the_kernels_off(monkeypatch):
     """With ``MMDEIT_CPU_KERNELS=0`` (or on a CPU without AVX-512 BF16) SDPA runs."""
     monkeypatch.setattr(cpu_kernels, 'USE_CPU_KERNELS', False)
-    q, k, v = _qkv(1, 2, 8, 8, strided=True)
+    q, k, v = qkv_views(1, 2, 8, 8, True, torch.float32, 1.0)
     with torch.no_grad():
         assert not fa.attention_applies(q, k, v, 0.0)
 
@@ -132,7 +122,7 @@ def test_nothing_applies_with_the_kernels_off(monkeypatch):
 def test_the_kernel_refuses_what_it_cannot_take(fp32_on):
     """The C++ checks name what is wrong."""
     built = cpu_kernels.kernels()
-    q, k, v = _qkv(1, 2, 8, 8, strided=True)
+    q, k, v = qkv_views(1, 2, 8, 8, True, torch.float32, 1.0)
     with pytest.raises(RuntimeError, match='heads of 64'):
         built.attention_fp32(q[..., :32], k[..., :32], v[..., :32], 1.0)
     with pytest.raises(RuntimeError, match='fp32 q, k and v'):
