@@ -23,10 +23,14 @@ from .test_cpu_kernels import spy_kernels, user_run
 needs_kernels = pytest.mark.skipif(not cpu_kernels.SUPPORTED, reason='no AVX-512 BF16')
 #: heads of 64, the size the kernel takes (2 heads, 2 layers: small enough for the suite)
 ARCH64 = dict(embed_dims=128, num_layers=2, num_heads=2, feedforward_channels=256)
-# (B, h, n, N): the queries' tail block of 12 full, partial, padded (n < 12), one key, odd N,
-# DeiT's 198 and 197 tokens, 384 px's 578, the longest row
+# (B, h, n, N): the last queries a block of 6 (198, 197, 13, 578: 1 to 6 left over), of 12
+# (20: 8 left over), none left (12), padded copies of 6 (2) and 12 (11), exactly 6 queries;
+# keys in 1 vector (13, 1), 2 (32), an odd count >= 3 ending in 48 keys (198, 40, 33, 578), an
+# even one (1024, the longest row); DeiT's 198 and 197 tokens, 384 px's 578
 SHAPES = [
     (2, 3, 198, 198),
+    (2, 2, 20, 33),
+    (1, 2, 6, 32),
     (1, 6, 197, 197),
     (3, 2, 2, 198),
     (2, 2, 13, 13),

@@ -2,7 +2,9 @@
 //
 // One (sample, head) pair at a time per thread, kRows query rows at a time, everything in L1/L2:
 //   1. k^T packed once per pair (64 x Np fp32, keys past N zero: amx_tiles.h's transpose_rows);
-//   2. S = q k^T * scale for kRows rows: register blocks of kRows x 32 keys (FMA on broadcast q);
+//   2. S = q k^T * scale for kRows rows (the last rows a block of 6 where 6 or fewer remain):
+//      register blocks of kRows x 32 keys (FMA on broadcast q), an odd count of 16-key vectors
+//      ending with 48 keys in blocks of 6 rows;
 //   3. their softmax in place (cpu_kernels' fp32 softmax: exp_u20, the fast exp PyTorch's CPU flash
 //      attention uses too);
 //   4. O = P v for the rows, register blocks of 6 rows x 64, written into the heads-merged output
@@ -18,26 +20,28 @@ namespace {
 
 constexpr int64_t kHead = 64;  // the head size the kernel takes (every DeiT/ViT arch shipped)
 constexpr int kRows = 12;      // query rows a block: the scores' register block is kRows x 32
+constexpr int kHalf = 6;       // rows of the last block where 6 or fewer remain
 constexpr int kOutRows = 6;    // rows of O = P v's register block (x 64: 24 accumulators)
-static_assert(kRows % kInterleave == 0 && kRows % kOutRows == 0, "whole softmax and P v groups");
+static_assert(kRows % kOutRows == 0 && kHalf % kOutRows == 0 && kHalf % 2 == 0,
+              "whole P v groups; the softmax takes 4 rows, then 2");
 
-// s[r][j0 + 16v ..] = scale * sum_d q[r][d] kt[d][j0 + 16v ..]: kRows rows, kVecs vectors of keys
-template <int kVecs>
+// s[r][j0 + 16v ..] = scale * sum_d q[r][d] kt[d][j0 + 16v ..]: kR rows, kVecs vectors of keys
+template <int kVecs, int kR>
 inline void scores(const float* q, int64_t ldq, const float* kt, int64_t Np, int64_t j0, float* s,
                    __m512 scale) {
-  __m512 acc[kRows][kVecs];
-  for (int r = 0; r < kRows; ++r) {
+  __m512 acc[kR][kVecs];
+  for (int r = 0; r < kR; ++r) {
     for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_setzero_ps();
   }
   for (int64_t d = 0; d < kHead; ++d) {
     __m512 kv[kVecs];
     for (int v = 0; v < kVecs; ++v) kv[v] = _mm512_loadu_ps(kt + d * Np + j0 + 16 * v);
-    for (int r = 0; r < kRows; ++r) {
+    for (int r = 0; r < kR; ++r) {
       const __m512 qb = _mm512_set1_ps(q[r * ldq + d]);
       for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_fmadd_ps(qb, kv[v], acc[r][v]);
     }
   }
-  for (int r = 0; r < kRows; ++r) {
+  for (int r = 0; r < kR; ++r) {
     for (int v = 0; v < kVecs; ++v) {
       _mm512_storeu_ps(s + r * Np + j0 + 16 * v, _mm512_mul_ps(acc[r][v], scale));
     }
@@ -72,44 +76,92 @@ struct FloatRows {
   }
 };
 
+// One (sample, head) pair's keys and values, packed or as views, and the scratch rows.
+struct Pair {
+  const float* kt;  // k^T [64][Np], keys >= N zero
+  const float* v;   // rows ldv apart
+  int64_t ldv, N, Np;
+  int nv;           // Np / 16
+  float* s;         // kRows x Np scores, then probabilities
+  float* o;         // kRows x 64 outputs
+};
+
+// O = softmax(q k^T * scale) v for kR query rows at q (ldq apart) into p.o.
+template <int kR>
+void attend_rows(const float* q, int64_t ldq, const Pair& p, __m512 scale,
+                 __m512 (*regs)[kMaxVecs]) {
+  // S: blocks of 32 keys; an odd count of vectors (>= 3) ends with 48 keys in blocks of 6 rows
+  // (12 rows x 16 keys ran at ~40 % of the 32-key blocks' speed)
+  const int64_t j32 = p.nv >= 3 && p.nv % 2 ? p.Np - 48 : p.Np - p.Np % 32;
+  int64_t j0 = 0;
+  for (; j0 < j32; j0 += 32) scores<2, kR>(q, ldq, p.kt, p.Np, j0, p.s, scale);
+  if (p.Np - j0 == 48) {
+    for (int r = 0; r < kR; r += 6) {
+      scores<3, 6>(q + r * ldq, ldq, p.kt, p.Np, j0, p.s + r * p.Np, scale);
+    }
+  } else if (j0 < p.Np) {  // one vector of keys
+    scores<1, kR>(q, ldq, p.kt, p.Np, j0, p.s, scale);
+  }
+  int r = 0;  // the softmax in place, 4 rows at a time, then 2
+  for (; r + kInterleave <= kR; r += kInterleave) {
+    softmax_rows<kInterleave>(FloatRows{p.s + r * p.Np, p.Np}, p.s + r * p.Np, p.Np, p.N, p.nv,
+                              regs);
+  }
+  if (r < kR) {
+    softmax_rows<2>(FloatRows{p.s + r * p.Np, p.Np}, p.s + r * p.Np, p.Np, p.N, p.nv, regs);
+  }
+  for (r = 0; r < kR; r += kOutRows) values(p.s + r * p.Np, p.Np, p.v, p.ldv, p.N, p.o + r * kHead);
+}
+
 void attend_pairs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
                   float scale, int64_t begin, int64_t end) {
-  const int64_t H = q.size(1), n = q.size(2), N = k.size(2), C = H * kHead;
+  const int64_t H = q.size(1), n = q.size(2), N = k.size(2), C = H * kHead, ldq = q.stride(2);
   const int64_t nv = (N + kLanes - 1) / kLanes, Np = nv * kLanes;
-  const int nvi = static_cast<int>(nv);
   Scratch<float> kt_buf(kHead * Np), s_buf(kRows * Np), o_buf(kRows * kHead), q_pad(kRows * kHead);
-  float* kt = kt_buf.data;
-  float* s = s_buf.data;
-  float* ob = o_buf.data;
+  Pair p{kt_buf.data, nullptr, v.stride(2), N, Np, static_cast<int>(nv), s_buf.data, o_buf.data};
   const float* qp = q.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const __m512 vscale = _mm512_set1_ps(scale);
   __m512 regs[kInterleave][kMaxVecs];
-  const int64_t blocks = (n + kRows - 1) / kRows;
+  const int64_t full = n / kRows, rem = n % kRows;
   for (int64_t bh = begin; bh < end; ++bh) {
     const int64_t b = bh / H, h = bh % H;
     const float* qb = qp + b * q.stride(0) + h * q.stride(1);
-    const float* vb = vp + b * v.stride(0) + h * v.stride(1);
-    // k^T: [64][Np], keys >= N zero
-    transpose_rows(kp + b * k.stride(0) + h * k.stride(1), k.stride(2) * 4, N, kHead, Np, kt);
-    for (int64_t i = 0; i < blocks; ++i) {
-      // rows kRows*i.. of q (query_rows: the last block ends at n)
-      const QueryRows<float> rows = query_rows<kRows>(qb, q.stride(2), n, i, q_pad.data, kHead);
-      int64_t j0 = 0;
-      for (; j0 + 32 <= Np; j0 += 32) scores<2>(rows.q, rows.ld, kt, Np, j0, s, vscale);
-      if (j0 < Np) scores<1>(rows.q, rows.ld, kt, Np, j0, s, vscale);
-      for (int r = 0; r < kRows; r += kInterleave) {  // in place
-        softmax_rows<kInterleave>(FloatRows{s + r * Np, Np}, s + r * Np, Np, N, nvi, regs);
-      }
-      for (int r = 0; r < kRows; r += kOutRows) {
-        values(s + r * Np, Np, vb, v.stride(2), N, ob + r * kHead);
-      }
-      for (int64_t r = rows.begin; r < rows.end; ++r) {  // into (B, n, h*d)
-        std::memcpy(op + (b * n + rows.first + r) * C + h * kHead, ob + r * kHead,
+    p.v = vp + b * v.stride(0) + h * v.stride(1);
+    transpose_rows(kp + b * k.stride(0) + h * k.stride(1), k.stride(2) * 4, N, kHead, Np,
+                   kt_buf.data);  // k^T [64][Np], keys >= N zero
+    // rows [first + from, first + to) of the block at first go into (B, n, h*d)
+    auto write = [&](int64_t first, int64_t from, int64_t to) {
+      for (int64_t r = from; r < to; ++r) {
+        std::memcpy(op + (b * n + first + r) * C + h * kHead, p.o + r * kHead,
                     kHead * sizeof(float));
       }
+    };
+    for (int64_t i = 0; i < full; ++i) {
+      attend_rows<kRows>(qb + i * kRows * ldq, ldq, p, vscale, regs);
+      write(i * kRows, 0, kRows);
+    }
+    if (rem == 0) continue;
+    // the last rem rows: a block of 6 or 12 ending at n (its first rows written already), or
+    // below 6 or 12 queries a zero-padded copy of them
+    if (rem <= kHalf && n >= kHalf) {
+      attend_rows<kHalf>(qb + (n - kHalf) * ldq, ldq, p, vscale, regs);
+      write(n - kHalf, kHalf - rem, kHalf);
+    } else if (n >= kRows) {
+      attend_rows<kRows>(qb + (n - kRows) * ldq, ldq, p, vscale, regs);
+      write(n - kRows, kRows - rem, kRows);
+    } else {  // n < 12 and (n < 6 or n > 6): rows past n of q_pad stay zero
+      for (int64_t r = 0; r < n; ++r) {
+        std::memcpy(q_pad.data + r * kHead, qb + r * ldq, kHead * sizeof(float));
+      }
+      if (n <= kHalf) {
+        attend_rows<kHalf>(q_pad.data, kHead, p, vscale, regs);
+      } else {
+        attend_rows<kRows>(q_pad.data, kHead, p, vscale, regs);
+      }
+      write(0, 0, n);
     }
   }
 }
