@@ -6,16 +6,17 @@ the fp32 forward (DeiT-S, batch 8, docs/benchmarks.md). ``csrc/fp32_attention.cp
 ``softmax(q k^T * scale) v`` for one (sample, head) pair at a time, 12 query rows at a time (the
 last rows a block of 6 where 6 or fewer remain): k^T packed once per pair, the scores of the
 rows from FMA register blocks (12 rows x 32 keys; an odd count of 16-key vectors ends with 48
-keys in blocks of 6 rows), their softmax in place (``cpu_kernels``' fp32 softmax with
-``exp_u20``, the fast exp the flash kernel uses too), and their product with v from register
-blocks of 6 rows x 64, written into the heads-merged output; q, k and v read as the views of the
-qkv GEMM's output they are. The same math as SDPA in fp32, the sums in another order: against an
-fp64 reference both are ~1e-6 off (tested against SDPA to 1e-5). One DeiT-S layer at batch 8 on
-2 AMX-host cores: 1.75-1.82 ms against SDPA's 2.68-2.73 (the first version: 1.86, and 1.78
-against this one's 1.66 interleaved); the model 1.067x faster with the first (paired;
-docs/benchmarks.md, "fp32 inference: the attention in registers"). Measured on that host only:
-on AVX-512 BF16 CPUs without AMX it is on too, unmeasured there (``--ablate fp32-attention``
-tells).
+keys in blocks of 6 rows), their rows' maxima taken as they are stored, exp(S - max) in place
+(``exp_u20``, the fast exp the flash kernel uses too) and each row's sum, and the product with v
+from register blocks of 6 rows x 64 divided by the sums, written into the heads-merged output;
+q, k and v read as the views of the qkv GEMM's output they are. The same math as SDPA in fp32,
+the sums in another order: against an fp64 reference both are ~1e-6 off (tested against SDPA to
+1e-5). One DeiT-S layer at batch 8 on 2 AMX-host cores: 1.75-1.82 ms against SDPA's 2.68-2.73
+with the blocks of 6 rows and 48 keys (the first version: 1.86, and 1.78 against 1.66
+interleaved), 2-3 % less with the maxima taken in the scores' pass and the division after P v;
+the model 1.067x faster with the first (paired; docs/benchmarks.md, "fp32 inference: the
+attention in registers"). Measured on that host only: on AVX-512 BF16 CPUs without AMX it is on
+too, unmeasured there (``--ablate fp32-attention`` tells).
 
 Where it runs: CPUs with AVX-512 BF16 (the kernels' build, ``cpu_kernels.SUPPORTED``), the
 switches :data:`USE_FP32_ATTENTION` and ``cpu_kernels.USE_CPU_KERNELS`` on, fp32 without

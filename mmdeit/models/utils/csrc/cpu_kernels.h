@@ -36,9 +36,6 @@ inline void store_bf16(at::BFloat16* p, __m512 v, __mmask16 m) {
   _mm256_mask_storeu_epi16(p, m, to_bf16(v));
 }
 
-inline void store_row(at::BFloat16* p, __m512 v, __mmask16 m) { store_bf16(p, v, m); }
-inline void store_row(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
-
 // Vector j of row r of bf16 rows ld apart, in fp32: a loader for softmax_rows.
 struct Bf16Rows {
   const at::BFloat16* base;
@@ -50,10 +47,9 @@ struct Bf16Rows {
 
 // Softmax of kRows rows of N at once, each held in v[r]: the rows' passes interleave, so one row's
 // reductions (max, sum) wait while the others compute (1.6x one row at a time, measured).
-// load(r, j, m) gives vector j of row r in fp32 (lanes m); the result goes to out + r * ld, in
-// bf16 or fp32 (Out), and may overwrite the rows load reads (a row is read whole before written).
-template <int kRows, typename Load, typename Out>
-inline void softmax_rows(Load load, Out* out, int64_t ld, int64_t N, int nv,
+// load(r, j, m) gives vector j of row r in fp32 (lanes m); the result goes to out + r * ld in bf16.
+template <int kRows, typename Load>
+inline void softmax_rows(Load load, at::BFloat16* out, int64_t ld, int64_t N, int nv,
                          __m512 (*v)[kMaxVecs]) {
   __m512 vmax[kRows], vsum[kRows], max[kRows], inv[kRows];
   for (int r = 0; r < kRows; ++r) vmax[r] = _mm512_set1_ps(-INFINITY);
@@ -79,7 +75,7 @@ inline void softmax_rows(Load load, Out* out, int64_t ld, int64_t N, int nv,
   for (int j = 0; j < nv; ++j) {
     const __mmask16 m = lanes(N, j, nv);
     for (int r = 0; r < kRows; ++r) {
-      store_row(out + r * ld + j * kLanes, _mm512_mul_ps(v[r][j], inv[r]), m);
+      store_bf16(out + r * ld + j * kLanes, _mm512_mul_ps(v[r][j], inv[r]), m);
     }
   }
 }

@@ -4,11 +4,11 @@
 //   1. k^T packed once per pair (64 x Np fp32, keys past N zero: amx_tiles.h's transpose_rows);
 //   2. S = q k^T * scale for kRows rows (the last rows a block of 6 where 6 or fewer remain):
 //      register blocks of kRows x 32 keys (FMA on broadcast q), an odd count of 16-key vectors
-//      ending with 48 keys in blocks of 6 rows;
-//   3. their softmax in place (cpu_kernels' fp32 softmax: exp_u20, the fast exp PyTorch's CPU flash
-//      attention uses too);
-//   4. O = P v for the rows, register blocks of 6 rows x 64, written into the heads-merged output
-//      (B, n, h*d): no (B*h, n, N) scores in memory, no copies of q, v or of the output.
+//      ending with 48 keys in blocks of 6 rows; the rows' maxima taken as the scores are stored;
+//   3. P = exp(S - max) in place (exp_u20 of cpu_kernels.h, the fast exp PyTorch's CPU flash
+//      attention uses too), and each row's sum;
+//   4. O = P v / sum for the rows, register blocks of 6 rows x 64, written into the heads-merged
+//      output (B, n, h*d): no (B*h, n, N) scores in memory, no copies of q, v or of the output.
 // q, k and v may be strided views of the qkv GEMM's output (last dim contiguous).
 #include <ATen/Parallel.h>
 
@@ -22,13 +22,14 @@ constexpr int64_t kHead = 64;  // the head size the kernel takes (every DeiT/ViT
 constexpr int kRows = 12;      // query rows a block: the scores' register block is kRows x 32
 constexpr int kHalf = 6;       // rows of the last block where 6 or fewer remain
 constexpr int kOutRows = 6;    // rows of O = P v's register block (x 64: 24 accumulators)
-static_assert(kRows % kOutRows == 0 && kHalf % kOutRows == 0 && kHalf % 2 == 0,
-              "whole P v groups; the softmax takes 4 rows, then 2");
+static_assert(kRows % kOutRows == 0 && kHalf % kOutRows == 0 && kHalf % 6 == 0,
+              "whole P v groups and 48-key blocks of 6 rows");
 
-// s[r][j0 + 16v ..] = scale * sum_d q[r][d] kt[d][j0 + 16v ..]: kR rows, kVecs vectors of keys
+// s[r][j0 + 16v ..] = scale * sum_d q[r][d] kt[d][j0 + 16v ..]: kR rows, kVecs vectors of keys;
+// rmax[r] takes the lane-wise max of row r's scores of keys < N
 template <int kVecs, int kR>
-inline void scores(const float* q, int64_t ldq, const float* kt, int64_t Np, int64_t j0, float* s,
-                   __m512 scale) {
+inline void scores(const float* q, int64_t ldq, const float* kt, int64_t Np, int64_t N,
+                   int64_t j0, float* s, __m512 scale, __m512* rmax) {
   __m512 acc[kR][kVecs];
   for (int r = 0; r < kR; ++r) {
     for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_setzero_ps();
@@ -41,15 +42,41 @@ inline void scores(const float* q, int64_t ldq, const float* kt, int64_t Np, int
       for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_fmadd_ps(qb, kv[v], acc[r][v]);
     }
   }
-  for (int r = 0; r < kR; ++r) {
-    for (int v = 0; v < kVecs; ++v) {
-      _mm512_storeu_ps(s + r * Np + j0 + 16 * v, _mm512_mul_ps(acc[r][v], scale));
+  for (int v = 0; v < kVecs; ++v) {
+    const int64_t left = N - j0 - 16 * v;  // keys of this vector below N
+    const __mmask16 m = left >= kLanes ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
+    for (int r = 0; r < kR; ++r) {
+      const __m512 val = _mm512_mul_ps(acc[r][v], scale);
+      _mm512_storeu_ps(s + r * Np + j0 + 16 * v, val);
+      rmax[r] = _mm512_mask_max_ps(rmax[r], m, rmax[r], val);
     }
   }
 }
 
-// o[r][:] = sum_j p[r][j] v[j][:] for kOutRows rows (p rows ldp apart, v rows ldv apart)
-inline void values(const float* p, int64_t ldp, const float* v, int64_t ldv, int64_t N, float* o) {
+// s[r][j] = exp(s[r][j] - max_r) for the kR rows' N keys in place (cpu_kernels' exp_u20), the
+// rows' maxima from rmax (lane-wise), 1 / sum_j s[r][j] into inv[r]: P v divides by the sum
+template <int kR>
+inline void exp_rows(float* s, int64_t Np, int64_t N, int nv, const __m512* rmax, float* inv) {
+  __m512 max[kR], sum[kR];
+  for (int r = 0; r < kR; ++r) {
+    max[r] = _mm512_set1_ps(_mm512_reduce_max_ps(rmax[r]));
+    sum[r] = _mm512_setzero_ps();
+  }
+  for (int j = 0; j < nv; ++j) {
+    const __mmask16 m = lanes(N, j, nv);
+    for (int r = 0; r < kR; ++r) {
+      float* row = s + r * Np + j * kLanes;
+      const __m512 e = FloatVec(_mm512_sub_ps(_mm512_loadu_ps(row), max[r])).exp_u20();
+      sum[r] = _mm512_mask_add_ps(sum[r], m, sum[r], e);
+      _mm512_mask_storeu_ps(row, m, e);
+    }
+  }
+  for (int r = 0; r < kR; ++r) inv[r] = 1.f / _mm512_reduce_add_ps(sum[r]);
+}
+
+// o[r][:] = inv[r] * sum_j p[r][j] v[j][:] for kOutRows rows (p rows ldp apart, v rows ldv apart)
+inline void values(const float* p, int64_t ldp, const float* v, int64_t ldv, int64_t N,
+                   const float* inv, float* o) {
   __m512 acc[kOutRows][4];
   for (int r = 0; r < kOutRows; ++r) {
     for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
@@ -63,18 +90,12 @@ inline void values(const float* p, int64_t ldp, const float* v, int64_t ldv, int
     }
   }
   for (int r = 0; r < kOutRows; ++r) {
-    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(o + r * kHead + 16 * c, acc[r][c]);
+    const __m512 ir = _mm512_set1_ps(inv[r]);
+    for (int c = 0; c < 4; ++c) {
+      _mm512_storeu_ps(o + r * kHead + 16 * c, _mm512_mul_ps(acc[r][c], ir));
+    }
   }
 }
-
-// Vector j of score row r, fp32, as stored.
-struct FloatRows {
-  const float* base;
-  int64_t ld;
-  __m512 operator()(int r, int j, __mmask16 m) const {
-    return _mm512_maskz_loadu_ps(m, base + r * ld + j * kLanes);
-  }
-};
 
 // One (sample, head) pair's keys and values, packed or as views, and the scratch rows.
 struct Pair {
@@ -88,29 +109,26 @@ struct Pair {
 
 // O = softmax(q k^T * scale) v for kR query rows at q (ldq apart) into p.o.
 template <int kR>
-void attend_rows(const float* q, int64_t ldq, const Pair& p, __m512 scale,
-                 __m512 (*regs)[kMaxVecs]) {
+void attend_rows(const float* q, int64_t ldq, const Pair& p, __m512 scale) {
+  __m512 rmax[kR];
+  for (int r = 0; r < kR; ++r) rmax[r] = _mm512_set1_ps(-INFINITY);
   // S: blocks of 32 keys; an odd count of vectors (>= 3) ends with 48 keys in blocks of 6 rows
   // (12 rows x 16 keys ran at ~40 % of the 32-key blocks' speed)
   const int64_t j32 = p.nv >= 3 && p.nv % 2 ? p.Np - 48 : p.Np - p.Np % 32;
   int64_t j0 = 0;
-  for (; j0 < j32; j0 += 32) scores<2, kR>(q, ldq, p.kt, p.Np, j0, p.s, scale);
+  for (; j0 < j32; j0 += 32) scores<2, kR>(q, ldq, p.kt, p.Np, p.N, j0, p.s, scale, rmax);
   if (p.Np - j0 == 48) {
     for (int r = 0; r < kR; r += 6) {
-      scores<3, 6>(q + r * ldq, ldq, p.kt, p.Np, j0, p.s + r * p.Np, scale);
+      scores<3, 6>(q + r * ldq, ldq, p.kt, p.Np, p.N, j0, p.s + r * p.Np, scale, rmax + r);
     }
   } else if (j0 < p.Np) {  // one vector of keys
-    scores<1, kR>(q, ldq, p.kt, p.Np, j0, p.s, scale);
+    scores<1, kR>(q, ldq, p.kt, p.Np, p.N, j0, p.s, scale, rmax);
   }
-  int r = 0;  // the softmax in place, 4 rows at a time, then 2
-  for (; r + kInterleave <= kR; r += kInterleave) {
-    softmax_rows<kInterleave>(FloatRows{p.s + r * p.Np, p.Np}, p.s + r * p.Np, p.Np, p.N, p.nv,
-                              regs);
+  float inv[kR];  // the softmax without its division, in place
+  exp_rows<kR>(p.s, p.Np, p.N, p.nv, rmax, inv);
+  for (int r = 0; r < kR; r += kOutRows) {
+    values(p.s + r * p.Np, p.Np, p.v, p.ldv, p.N, inv + r, p.o + r * kHead);
   }
-  if (r < kR) {
-    softmax_rows<2>(FloatRows{p.s + r * p.Np, p.Np}, p.s + r * p.Np, p.Np, p.N, p.nv, regs);
-  }
-  for (r = 0; r < kR; r += kOutRows) values(p.s + r * p.Np, p.Np, p.v, p.ldv, p.N, p.o + r * kHead);
 }
 
 void attend_pairs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
@@ -124,7 +142,6 @@ void attend_pairs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const float* vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const __m512 vscale = _mm512_set1_ps(scale);
-  __m512 regs[kInterleave][kMaxVecs];
   const int64_t full = n / kRows, rem = n % kRows;
   for (int64_t bh = begin; bh < end; ++bh) {
     const int64_t b = bh / H, h = bh % H;
@@ -140,26 +157,26 @@ void attend_pairs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       }
     };
     for (int64_t i = 0; i < full; ++i) {
-      attend_rows<kRows>(qb + i * kRows * ldq, ldq, p, vscale, regs);
+      attend_rows<kRows>(qb + i * kRows * ldq, ldq, p, vscale);
       write(i * kRows, 0, kRows);
     }
     if (rem == 0) continue;
     // the last rem rows: a block of 6 or 12 ending at n (its first rows written already), or
     // below 6 or 12 queries a zero-padded copy of them
     if (rem <= kHalf && n >= kHalf) {
-      attend_rows<kHalf>(qb + (n - kHalf) * ldq, ldq, p, vscale, regs);
+      attend_rows<kHalf>(qb + (n - kHalf) * ldq, ldq, p, vscale);
       write(n - kHalf, kHalf - rem, kHalf);
     } else if (n >= kRows) {
-      attend_rows<kRows>(qb + (n - kRows) * ldq, ldq, p, vscale, regs);
+      attend_rows<kRows>(qb + (n - kRows) * ldq, ldq, p, vscale);
       write(n - kRows, kRows - rem, kRows);
     } else {  // n < 12 and (n < 6 or n > 6): rows past n of q_pad stay zero
       for (int64_t r = 0; r < n; ++r) {
         std::memcpy(q_pad.data + r * kHead, qb + r * ldq, kHead * sizeof(float));
       }
       if (n <= kHalf) {
-        attend_rows<kHalf>(q_pad.data, kHead, p, vscale, regs);
+        attend_rows<kHalf>(q_pad.data, kHead, p, vscale);
       } else {
-        attend_rows<kRows>(q_pad.data, kHead, p, vscale, regs);
+        attend_rows<kRows>(q_pad.data, kHead, p, vscale);
       }
       write(0, 0, n);
     }
