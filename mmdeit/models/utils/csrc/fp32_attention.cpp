@@ -22,8 +22,8 @@ constexpr int64_t kHead = 64;  // the head size the kernel takes (every DeiT/ViT
 constexpr int kRows = 12;      // query rows a block: the scores' register block is kRows x 32
 constexpr int kHalf = 6;       // rows of the last block where 6 or fewer remain
 constexpr int kOutRows = 6;    // rows of O = P v's register block (x 64: 24 accumulators)
-static_assert(kRows % kOutRows == 0 && kHalf % kOutRows == 0 && kHalf % 6 == 0,
-              "whole P v groups and 48-key blocks of 6 rows");
+static_assert(kRows % kHalf == 0 && kHalf % kOutRows == 0 && kHalf % 6 == 0,
+              "blocks of 6 within 12, whole P v groups and 48-key blocks of 6 rows");
 
 // s[r][j0 + 16v ..] = scale * sum_d q[r][d] kt[d][j0 + 16v ..]: kR rows, kVecs vectors of keys;
 // rmax[r] takes the lane-wise max of row r's scores of keys < N
@@ -131,6 +131,19 @@ void attend_rows(const float* q, int64_t ldq, const Pair& p, __m512 scale) {
   }
 }
 
+// Block i of kBlock query rows at qb (ldq apart; query_rows: the last block ends at n, or a
+// zero-padded copy in pad of fewer than kBlock queries) attended, its rows begin..end-1 copied
+// to ob (rows ldo apart).
+template <int kBlock>
+void attend_block(const float* qb, int64_t ldq, int64_t n, int64_t i, float* pad, const Pair& p,
+                  __m512 scale, float* ob, int64_t ldo) {
+  const QueryRows<float> rows = query_rows<kBlock>(qb, ldq, n, i, pad, kHead);
+  attend_rows<kBlock>(rows.q, rows.ld, p, scale);
+  for (int64_t r = rows.begin; r < rows.end; ++r) {
+    std::memcpy(ob + (rows.first + r) * ldo, p.o + r * kHead, kHead * sizeof(float));
+  }
+}
+
 void attend_pairs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
                   float scale, int64_t begin, int64_t end) {
   const int64_t H = q.size(1), n = q.size(2), N = k.size(2), C = H * kHead, ldq = q.stride(2);
@@ -149,36 +162,14 @@ void attend_pairs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     p.v = vp + b * v.stride(0) + h * v.stride(1);
     transpose_rows(kp + b * k.stride(0) + h * k.stride(1), k.stride(2) * 4, N, kHead, Np,
                    kt_buf.data);  // k^T [64][Np], keys >= N zero
-    // rows [first + from, first + to) of the block at first go into (B, n, h*d)
-    auto write = [&](int64_t first, int64_t from, int64_t to) {
-      for (int64_t r = from; r < to; ++r) {
-        std::memcpy(op + (b * n + first + r) * C + h * kHead, p.o + r * kHead,
-                    kHead * sizeof(float));
-      }
-    };
+    float* ob = op + b * n * C + h * kHead;  // sample b's rows, head h's columns
     for (int64_t i = 0; i < full; ++i) {
-      attend_rows<kRows>(qb + i * kRows * ldq, ldq, p, vscale);
-      write(i * kRows, 0, kRows);
+      attend_block<kRows>(qb, ldq, n, i, q_pad.data, p, vscale, ob, C);
     }
-    if (rem == 0) continue;
-    // the last rem rows: a block of 6 or 12 ending at n (its first rows written already), or
-    // below 6 or 12 queries a zero-padded copy of them
-    if (rem <= kHalf && n >= kHalf) {
-      attend_rows<kHalf>(qb + (n - kHalf) * ldq, ldq, p, vscale);
-      write(n - kHalf, kHalf - rem, kHalf);
-    } else if (n >= kRows) {
-      attend_rows<kRows>(qb + (n - kRows) * ldq, ldq, p, vscale);
-      write(n - kRows, kRows - rem, kRows);
-    } else {  // n < 12 and (n < 6 or n > 6): rows past n of q_pad stay zero
-      for (int64_t r = 0; r < n; ++r) {
-        std::memcpy(q_pad.data + r * kHead, qb + r * ldq, kHead * sizeof(float));
-      }
-      if (n <= kHalf) {
-        attend_rows<kHalf>(q_pad.data, kHead, p, vscale);
-      } else {
-        attend_rows<kRows>(q_pad.data, kHead, p, vscale);
-      }
-      write(0, 0, n);
+    if (rem > kHalf) {  // the last rows a block of 12, or of 6 where 6 or fewer remain
+      attend_block<kRows>(qb, ldq, n, full, q_pad.data, p, vscale, ob, C);
+    } else if (rem > 0) {
+      attend_block<kHalf>(qb, ldq, n, full * kRows / kHalf, q_pad.data, p, vscale, ob, C);
     }
   }
 }
