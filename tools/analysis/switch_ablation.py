@@ -64,6 +64,13 @@ SWITCHES: Dict[str, Switch] = {
         ('inference', 'train'),
         'bf16 attention on the AMX tile unit, heads read as views; off: the GEMM attention',
     ),
+    'amx-attention-grad': Switch(
+        _UTILS + 'amx_attention_grad',
+        'USE_AMX_ATTENTION_GRAD',
+        False,
+        ('train',),
+        "the tile-unit attention's backward on the tile unit too; off: bmm calls from P",
+    ),
     'fp32-attention': Switch(
         _UTILS + 'fp32_attention',
         'USE_FP32_ATTENTION',

@@ -19,8 +19,8 @@ Where it runs: CPUs with AMX's bf16 tile unit (:data:`AMX_SUPPORTED`), the switc
 (:data:`HEAD_DIMS`, every DeiT and ViT arch shipped), and Linux lets the process use the tile
 registers (asked once, as PyTorch's oneDNN does). Built with the other kernels
 (``cpu_kernels.kernels``); elsewhere the GEMM attention runs. With autograd (training) the
-kernel also writes the softmax's output for the backward (:class:`TileAttention`), whose
-products are ``bmm`` calls: the tile unit's share is the forward.
+kernel also writes the softmax's output for the backward, which runs on the tile unit too
+(``amx_attention_grad.py``).
 """
 
 import math
@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from . import cpu_kernels
+from . import amx_attention_grad, cpu_kernels
 from .cpu_ops import cpu_supports
 
 #: This CPU has the tile unit (checked once, at import; torch reports ``amx_tile``, and every
@@ -93,50 +93,7 @@ def attention_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """``softmax(q k^T * scale) v`` with the heads merged, on the tile unit: q (B, h, n, d),
     k/v (B, h, N, d) -> (B, n, h*d) bf16; where :func:`attention_applies` holds. With autograd
-    (any input requiring grad) through :class:`TileAttention`."""
+    (any input requiring grad) through ``amx_attention_grad``'s autograd functions."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        return TileAttention.apply(q, k, v, scale)
+        return amx_attention_grad.attention(q, k, v, scale)
     return cpu_kernels.kernels().attention_bf16(q, k, v, scale)
-
-
-class TileAttention(torch.autograd.Function):
-    """The tile-unit attention for training: the forward is the inference kernel, which also
-    writes the softmax's output P (B, h, n, N) in bf16 (the tensor the GEMM attention keeps for
-    its backward); the backward is the GEMM attention's, from P, in bf16 ``bmm`` calls:
-
-    dV = P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(dP * P)) * scale,  dQ = dS K,  dK = dS^T Q
-
-    (``scale`` a power of two: exact in bf16, applied by the GEMM that writes dP: dS comes out
-    scaled, the same bits as scaling the copies of K and Q, which took 2.5x a plain copy: one
-    layer's forward and backward at batch 32, 20.4 against 22.0 ms). Forward: no copies of q,
-    k, v into the heads' layout, no scores in memory; q, k, v are kept as the views they are
-    (of the qkv GEMM's output) and made contiguous in the backward. DeiT-S, bf16 autocast, a
-    training step at batch 32 on 2 AMX cores: the GEMM attention instead takes 1.01x-1.04x the
-    time (docs/benchmarks.md)."""
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
-        B, h, n, _ = q.shape
-        probs = q.new_empty(B, h, n, k.shape[2])  # (B, h, n, N)
-        out = cpu_kernels.kernels().attention_bf16(q, k, v, scale, probs)  # (B, n, h*d)
-        ctx.save_for_backward(q, k, v, probs)
-        ctx.scale = scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        q, k, v, probs = ctx.saved_tensors
-        B, h, n, d = q.shape
-        N = k.shape[2]
-        do = grad.reshape(B, n, h, d).transpose(1, 2).reshape(B * h, n, d)  # a copy
-        p = probs.view(B * h, n, N)
-        dv = torch.bmm(p.transpose(1, 2), do)  # (B*h, N, d)
-        v_t = v.reshape(B * h, N, d).transpose(1, 2)  # (B*h, d, N), a copy
-        # dP * scale from the GEMM (alpha): the softmax's backward is linear in it, so dS comes
-        # out scaled, the same bits as dS * scale (a power of two: exact)
-        dp = torch.baddbmm(p.new_empty(B * h, n, N), do, v_t, beta=0, alpha=ctx.scale)
-        ds = torch._softmax_backward_data(dp, p, -1, p.dtype)  # dS * scale
-        dq = torch.bmm(ds, k.reshape(B * h, N, d))  # (B*h, n, d); k's copy
-        dk = torch.bmm(ds.transpose(1, 2), q.reshape(B * h, n, d))  # (B*h, N, d); q's copy
-        shape = (B, h, -1, d)
-        return dq.view(shape), dk.view(shape), dv.view(shape), None

@@ -57,6 +57,7 @@ _SOURCES = [
         'cpu_kernels.cpp',
         'layer_norm_grad.cpp',
         'amx_attention.cpp',
+        'amx_attention_grad.cpp',
         'fp32_attention.cpp',
         'amx_linear.cpp',
         'amx_weight_grad.cpp',

@@ -28,19 +28,6 @@ constexpr int64_t kHead = 64;  // the head size the kernel takes (every DeiT/ViT
 // measured).
 constexpr int64_t kOverlapKeys = 320;
 
-// v (N x 64 bf16, rows ld apart) -> vv: [key pairs][64] dwords (v[2p][c], v[2p+1][c]); an odd
-// N's last pair and the pairs past it zero
-inline void pack_values(const at::BFloat16* v, int64_t ld, int64_t N, uint32_t* vv) {
-  const auto* zeros = reinterpret_cast<const at::BFloat16*>(kZeroRow);
-  for (int64_t j = 0; j < N; j += 2) {
-    const at::BFloat16* row = v + j * ld;
-    for (int64_t c = 0; c < kHead; c += 16) {
-      const at::BFloat16* next = j + 1 < N ? row + ld + c : zeros;
-      _mm512_storeu_si512(vv + (j / 2) * kHead + c, pair_rows(row + c, next));
-    }
-  }
-}
-
 // Vector j of score row r: fp32 from the tiles, rounded to bf16 as the bmm's output, times scale.
 struct ScoreRows {
   const float* base;
@@ -56,14 +43,7 @@ struct ScoreRows {
 
 using Rows = QueryRows<at::BFloat16>;  // 16 query rows
 
-// Tile use: 0, 1 q (the two halves of d) or a chunk of P; 2, 3 k^T or v; 4..7 accumulators.
-#define MMDEIT_SCORES(c, j)                       \
-  _tile_zero(c);                                  \
-  _tile_loadd(2, kt + (j) * 16, ld_kt);           \
-  _tile_dpbf16ps(c, 0, 2);                        \
-  _tile_loadd(3, kt + 16 * Np + (j) * 16, ld_kt); \
-  _tile_dpbf16ps(c, 1, 3);
-
+// Tile use: amx_tiles.h's products (rows_times_keys, rows_times_values).
 __attribute__((target("amx-tile,amx-bf16"))) void attend_pairs(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, float scale,
     at::BFloat16* probs, int64_t begin, int64_t end) {
@@ -71,7 +51,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void attend_pairs(
   const int64_t nb = (N + 15) / 16, Np = nb * 16;  // score columns: key blocks of 16
   const int64_t ks = (N + 31) / 32, Kp = ks * 32;  // P v's inner dim: steps of 32 keys
   const int nv = static_cast<int>((N + kLanes - 1) / kLanes);
-  const int64_t ld_kt = Np * 4, ld_s = Np * 4, ld_p = Kp * 2, ld_v = kHead * 4, ld_o = kHead * 4;
+  const int64_t ld_p = Kp * 2;  // P's rows, bytes apart
   Scratch<uint32_t> kt_buf(kHead / 2 * Np), vv_buf(Kp / 2 * kHead);
   Scratch<float> s_buf(2 * 16 * Np), o_buf(16 * kHead);  // two blocks of scores
   Scratch<at::BFloat16> p_buf(16 * Kp), q_pad(16 * kHead);
@@ -96,18 +76,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void attend_pairs(
   };
   // S = q k^T of 16 rows for key blocks 4g..4g+3, stored to s
   auto scores = [&](const Rows& rows, int64_t g, float* s) {
-    const int64_t j0 = 4 * g, count = std::min<int64_t>(4, nb - j0);
-    MMDEIT_BARRIER();
-    _tile_loadd(0, rows.q, rows.ld * 2);  // bytes apart
-    _tile_loadd(1, rows.q + 32, rows.ld * 2);
-    MMDEIT_SCORES(4, j0);
-    if (count > 1) { MMDEIT_SCORES(5, j0 + 1); }
-    if (count > 2) { MMDEIT_SCORES(6, j0 + 2); }
-    if (count > 3) { MMDEIT_SCORES(7, j0 + 3); }
-    _tile_stored(4, s + j0 * 16, ld_s);
-    if (count > 1) _tile_stored(5, s + (j0 + 1) * 16, ld_s);
-    if (count > 2) _tile_stored(6, s + (j0 + 2) * 16, ld_s);
-    if (count > 3) _tile_stored(7, s + (j0 + 3) * 16, ld_s);
+    rows_times_keys(rows.q, rows.ld * 2, kt, Np, 4 * g, std::min<int64_t>(4, nb - 4 * g), s);
   };
   for (int64_t bh = begin; bh < end; ++bh) {
     const int64_t b = bh / H, h = bh % H;
@@ -141,34 +110,9 @@ __attribute__((target("amx-tile,amx-bf16"))) void attend_pairs(
           std::memcpy(probs + (bh * n + cur.first + r) * N, pb + r * Kp, N * sizeof(at::BFloat16));
         }
       }
-      MMDEIT_BARRIER();
-      _tile_zero(4);
-      _tile_zero(5);
-      _tile_zero(6);
-      _tile_zero(7);
-      for (int64_t s = 0; s < ks; ++s) {  // O = P v, 32 keys at a time
-        const uint32_t* vs = vv + 16 * s * kHead;
-        _tile_loadd(0, pb + 32 * s, ld_p);
-        _tile_loadd(2, vs, ld_v);
-        _tile_dpbf16ps(4, 0, 2);
-        _tile_loadd(3, vs + 16, ld_v);
-        _tile_dpbf16ps(5, 0, 3);
-        _tile_loadd(2, vs + 32, ld_v);
-        _tile_dpbf16ps(6, 0, 2);
-        _tile_loadd(3, vs + 48, ld_v);
-        _tile_dpbf16ps(7, 0, 3);
-      }
-      _tile_stored(4, ob, ld_o);
-      _tile_stored(5, ob + 16, ld_o);
-      _tile_stored(6, ob + 32, ld_o);
-      _tile_stored(7, ob + 48, ld_o);
-      MMDEIT_BARRIER();
-      for (int64_t r = cur.begin; r < cur.end; ++r) {  // bf16 into (B, n, h*d)
-        at::BFloat16* dst = op + (b * n + cur.first + r) * C + h * kHead;
-        for (int64_t c = 0; c < kHead; c += kLanes) {
-          store_bf16(dst + c, _mm512_loadu_ps(ob + r * kHead + c), 0xFFFF);
-        }
-      }
+      rows_times_values(pb, ld_p, vv, ks, ob);  // O = P v
+      // bf16 into (B, n, h*d)
+      store_rows_bf16(ob, cur.begin, cur.end, op + (b * n + cur.first) * C + h * kHead, C);
       cur = next;
     }
   }

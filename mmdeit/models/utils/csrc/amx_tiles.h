@@ -126,4 +126,95 @@ inline QueryRows<T> query_rows(const T* qb, int64_t ld, int64_t n, int64_t i, T*
   return {first, i * kBlock - first, kBlock, qb + first * ld, ld};
 }
 
+// v (N x 64 bf16, rows ld apart) -> vv: [row pairs][64] dwords (v[2p][c], v[2p+1][c]), the tile
+// unit's second operand for a product over v's rows; an odd N's last pair and the pairs past
+// it zero (left as they are: zero in fresh Scratch)
+inline void pack_values(const at::BFloat16* v, int64_t ld, int64_t N, uint32_t* vv) {
+  constexpr int64_t kWidth = 64;
+  const auto* zeros = reinterpret_cast<const at::BFloat16*>(kZeroRow);
+  for (int64_t j = 0; j < N; j += 2) {
+    const at::BFloat16* row = v + j * ld;
+    for (int64_t c = 0; c < kWidth; c += 16) {
+      const at::BFloat16* next = j + 1 < N ? row + ld + c : zeros;
+      _mm512_storeu_si512(vv + (j / 2) * kWidth + c, pair_rows(row + c, next));
+    }
+  }
+}
+
+#ifdef MMDEIT_AMX
+
+// Tile use of the two products below: 0, 1 the first operand's rows; 2, 3 the second
+// operand; 4..7 the fp32 accumulators.
+#define MMDEIT_ROWS_TIMES_KEYS(c, j)             \
+  _tile_zero(c);                                 \
+  _tile_loadd(2, kt + (j) * 16, ld_kt);          \
+  _tile_dpbf16ps(c, 0, 2);                       \
+  _tile_loadd(3, kt + 16 * Np + (j) * 16, ld_kt); \
+  _tile_dpbf16ps(c, 1, 3);
+
+// 16 rows of 64 bf16 (a, rows lda bytes apart) times key blocks j0..j0+count-1 (count 1 to 4)
+// of kt^T, kt being [32 pairs of the 64][Np keys] dwords (transpose_rows): fp32 16 x 16 blocks
+// stored to s + 16 j, rows Np fp32 apart (the attention's q k^T; its backward's dO v^T)
+__attribute__((target("amx-tile,amx-bf16"))) inline void rows_times_keys(
+    const at::BFloat16* a, int64_t lda, const uint32_t* kt, int64_t Np, int64_t j0,
+    int64_t count, float* s) {
+  const int64_t ld_kt = Np * 4;
+  MMDEIT_BARRIER();
+  _tile_loadd(0, a, lda);
+  _tile_loadd(1, a + 32, lda);
+  MMDEIT_ROWS_TIMES_KEYS(4, j0);
+  if (count > 1) { MMDEIT_ROWS_TIMES_KEYS(5, j0 + 1); }
+  if (count > 2) { MMDEIT_ROWS_TIMES_KEYS(6, j0 + 2); }
+  if (count > 3) { MMDEIT_ROWS_TIMES_KEYS(7, j0 + 3); }
+  _tile_stored(4, s + j0 * 16, ld_kt);
+  if (count > 1) _tile_stored(5, s + (j0 + 1) * 16, ld_kt);
+  if (count > 2) _tile_stored(6, s + (j0 + 2) * 16, ld_kt);
+  if (count > 3) _tile_stored(7, s + (j0 + 3) * 16, ld_kt);
+  MMDEIT_BARRIER();
+}
+
+#undef MMDEIT_ROWS_TIMES_KEYS
+
+// 16 rows of 32 * steps bf16 (a, rows lda bytes apart) times vv ([pairs][64] dwords,
+// pack_values): o (16 x 64 fp32, rows 64 apart) (the attention's P v; its backward's dS k,
+// dS^T q and P^T dO)
+__attribute__((target("amx-tile,amx-bf16"))) inline void rows_times_values(
+    const at::BFloat16* a, int64_t lda, const uint32_t* vv, int64_t steps, float* o) {
+  constexpr int64_t ld_v = 64 * 4;
+  MMDEIT_BARRIER();
+  _tile_zero(4);
+  _tile_zero(5);
+  _tile_zero(6);
+  _tile_zero(7);
+  for (int64_t s = 0; s < steps; ++s) {  // 32 rows of vv at a time
+    const uint32_t* vs = vv + 16 * s * 64;
+    _tile_loadd(0, a + 32 * s, lda);
+    _tile_loadd(2, vs, ld_v);
+    _tile_dpbf16ps(4, 0, 2);
+    _tile_loadd(3, vs + 16, ld_v);
+    _tile_dpbf16ps(5, 0, 3);
+    _tile_loadd(2, vs + 32, ld_v);
+    _tile_dpbf16ps(6, 0, 2);
+    _tile_loadd(3, vs + 48, ld_v);
+    _tile_dpbf16ps(7, 0, 3);
+  }
+  _tile_stored(4, o, ld_v);
+  _tile_stored(5, o + 16, ld_v);
+  _tile_stored(6, o + 32, ld_v);
+  _tile_stored(7, o + 48, ld_v);
+  MMDEIT_BARRIER();
+}
+
+#endif  // MMDEIT_AMX
+
+// Rows begin..end-1 of o (16 x 64 fp32, rows 64 apart) in bf16 to dst + r * ld
+inline void store_rows_bf16(const float* o, int64_t begin, int64_t end, at::BFloat16* dst,
+                            int64_t ld) {
+  for (int64_t r = begin; r < end; ++r) {
+    for (int64_t c = 0; c < 64; c += kLanes) {
+      store_bf16(dst + r * ld + c, _mm512_loadu_ps(o + r * 64 + c), 0xFFFF);
+    }
+  }
+}
+
 }  // namespace mmdeit_kernels

@@ -95,6 +95,11 @@ at::Tensor attention_bf16(at::Tensor q, at::Tensor k, at::Tensor v, double scale
                           c10::optional<at::Tensor> probs);
 bool amx_attention_ready();
 
+// amx_attention_grad.cpp
+void attention_backward_bf16(at::Tensor grad, at::Tensor q, at::Tensor k, at::Tensor v,
+                             at::Tensor probs, double scale, at::Tensor dq, at::Tensor dk,
+                             at::Tensor dv);
+
 // fp32_attention.cpp
 at::Tensor attention_fp32(at::Tensor q, at::Tensor k, at::Tensor v, double scale);
 
