@@ -81,7 +81,9 @@ def _backward(grad, q, k, v, probs, scale: float, into: Optional[Grads] = None) 
     last dim contiguous) where given."""
     if USE_AMX_ATTENTION_GRAD:
         if into is None:
-            into = tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+            into = tuple(
+                torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v)
+            )
         grad = grad if grad.stride(-1) == 1 else grad.contiguous()
         cpu_kernels.kernels().attention_backward_bf16(grad, q, k, v, probs, scale, *into)
         return into
