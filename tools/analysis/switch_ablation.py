@@ -106,6 +106,13 @@ SWITCHES: Dict[str, Switch] = {
         ('inference', 'train'),
         "the patch embedding as one GEMM on the patches; off: mmcv's convolution",
     ),
+    'drop-add': Switch(
+        _UTILS + 'drop_add',
+        'USE_DROP_ADD',
+        False,
+        ('train',),
+        "stochastic depth's residual sum in one pass each way under bf16 autocast; off: ATen's",
+    ),
     'prepack': Switch(
         _UTILS + 'onednn_linear',
         'PREPACK',

@@ -56,6 +56,7 @@ _SOURCES = [
     for name in (
         'cpu_kernels.cpp',
         'layer_norm_grad.cpp',
+        'drop_add.cpp',
         'amx_attention.cpp',
         'amx_attention_grad.cpp',
         'fp32_attention.cpp',

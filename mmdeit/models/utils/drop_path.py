@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from .drop_add import drop_add
+
 #: Device types on which the kept samples are found with ``nonzero`` (no device sync there).
 SKIP_DEVICE_TYPES = frozenset({'cpu'})
 
@@ -74,11 +76,11 @@ def skip_dropped_samples(
     kept = mask.nonzero().view(-1)  # (b,)
     num_kept = kept.numel()
     if num_kept == x.shape[0]:
-        return torch.add(identity, branch(x).to(identity.dtype), alpha=1 / keep)
+        return drop_add(identity, branch(x), None, 1 / keep)  # (B, n, C)
     if num_kept == 0:  # keep every parameter in the graph (DDP), as mmcv does
         return _masked_sum(identity, branch(x), mask, keep)
-    out = branch(x.index_select(0, kept)).to(identity.dtype)  # (b, n, C)
-    return identity.index_add(0, kept, out, alpha=1 / keep)
+    out = branch(x.index_select(0, kept))  # (b, n, C)
+    return drop_add(identity, out, kept, 1 / keep)  # one pass under bf16 autocast (drop_add.py)
 
 
 def skips_dropped_samples(x: torch.Tensor) -> bool:

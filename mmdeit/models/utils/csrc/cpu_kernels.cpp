@@ -182,6 +182,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("layer_norm_backward_bf16", &layer_norm_backward_bf16,
         "LayerNorm's gradients from a bf16 output gradient, in fp32");
   m.def("add_bf16_out", &add_bf16_out, "out = x (fp32) + y (bf16)");
+  m.def("drop_add_bf16", &drop_add_bf16, "fp32 identity + alpha * the kept samples' bf16 branch");
+  m.def("scaled_rows_bf16", &scaled_rows_bf16, "bf16(alpha * grad) of the kept samples");
   m.def("split_heads_bf16", &split_heads_bf16, "(B, N, parts*h*d) -> (parts, B, h, N, d)");
   m.def("attention_bf16", &attention_bf16, "softmax(q k^T * scale) v on AMX, heads merged",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("probs") = py::none());

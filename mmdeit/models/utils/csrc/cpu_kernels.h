@@ -90,6 +90,11 @@ at::Tensor layer_norm_bf16(at::Tensor x, at::Tensor weight, at::Tensor bias, dou
 std::vector<at::Tensor> layer_norm_backward_bf16(at::Tensor grad, at::Tensor x, at::Tensor stats,
                                                  at::Tensor weight);
 
+// drop_add.cpp
+at::Tensor drop_add_bf16(at::Tensor identity, at::Tensor branch, c10::optional<at::Tensor> kept,
+                         double alpha);
+at::Tensor scaled_rows_bf16(at::Tensor grad, c10::optional<at::Tensor> kept, double alpha);
+
 // amx_attention.cpp
 at::Tensor attention_bf16(at::Tensor q, at::Tensor k, at::Tensor v, double scale,
                           c10::optional<at::Tensor> probs);
