@@ -298,12 +298,12 @@ def _add_residual(
     """
     if isinstance(drop_path, DropPath) and _active_dropout(drop_path):
 
-        def branch(t: torch.Tensor) -> torch.Tensor:
-            return module.branch(layer_norm_grad.pre_norm(norm, t), **kwargs)
+        def branch(t: torch.Tensor, kept: Optional[torch.Tensor] = None) -> torch.Tensor:
+            return module.branch(layer_norm_grad.pre_norm(norm, t, kept), **kwargs)
 
         if not skips_dropped_samples(x):  # CUDA (no host sync per layer), torch.compile
             return multiply_dropped(identity, x, branch, drop_path.drop_prob)
-        return skip_dropped_samples(identity, x, branch, drop_path.drop_prob)
+        return skip_dropped_samples(identity, x, branch, drop_path.drop_prob, branch)
     x = layer_norm_grad.pre_norm(norm, x)  # in bf16 where the kernels apply
     return module.add_branch(identity, x, inplace=inplace, **kwargs)
 

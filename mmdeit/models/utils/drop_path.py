@@ -9,7 +9,7 @@ mask-multiply form runs: the same random draw, the same sums, every sample compu
 asks it).
 """
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -50,7 +50,11 @@ def multiply_dropped(
 
 
 def skip_dropped_samples(
-    identity: torch.Tensor, x: torch.Tensor, branch: Callable, drop_prob: float
+    identity: torch.Tensor,
+    x: torch.Tensor,
+    branch: Callable,
+    drop_prob: float,
+    kept_branch: Optional[Callable] = None,
 ) -> torch.Tensor:
     """``identity + drop_path(branch(x))``, computing ``branch`` only for the kept samples.
 
@@ -70,6 +74,9 @@ def skip_dropped_samples(
         branch: Maps a batch of inputs (b, N, C) to its residual branch (b, n, C), without
             stochastic depth.
         drop_prob: The drop probability, > 0.
+        kept_branch: Maps ``x`` and the kept samples' indices (b,) to ``branch(x[kept])``,
+            reading them where they are (the fast layer's pre-norm kernel); None for
+            ``branch(x.index_select(0, kept))``. Defaults to None.
     """
     keep = 1 - drop_prob
     mask = drop_path_mask(x, drop_prob)  # (B,)
@@ -79,7 +86,7 @@ def skip_dropped_samples(
         return drop_add(identity, branch(x), None, 1 / keep)  # (B, n, C)
     if num_kept == 0:  # keep every parameter in the graph (DDP), as mmcv does
         return _masked_sum(identity, branch(x), mask, keep)
-    out = branch(x.index_select(0, kept))  # (b, n, C)
+    out = branch(x.index_select(0, kept)) if kept_branch is None else kept_branch(x, kept)
     return drop_add(identity, out, kept, 1 / keep)  # one pass under bf16 autocast (drop_add.py)
 
 

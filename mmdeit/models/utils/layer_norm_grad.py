@@ -20,6 +20,8 @@ input, not while ``torch.compile`` traces, the switches :data:`USE_LAYER_NORM_GR
 (inference) or the module runs.
 """
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
@@ -42,13 +44,16 @@ def applies(x: torch.Tensor, norm: nn.Module) -> bool:
     )
 
 
-def pre_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def pre_norm(norm: nn.Module, x: torch.Tensor, kept: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``norm(x)`` for a linear layer that computes in bf16 under autocast: with autograd by
     :class:`TrainLayerNorm` where :func:`applies` holds, else ``cpu_kernels.pre_norm`` (bf16
-    inference, or the module). (..., C) -> (..., C)."""
+    inference, or the module). (B, ..., C) -> (B, ..., C); with ``kept`` (b,) int64, the norm
+    of samples ``x[kept]`` only, (b, ..., C): stochastic depth's kept samples, read where they
+    are by the kernel (no gathered copy of them, and in the backward their gradient written
+    into x's rows, zero for the other samples, instead of a zeroed tensor it is added into)."""
     if applies(x, norm):
-        return TrainLayerNorm.apply(x, norm.weight, norm.bias, norm.eps)
-    return cpu_kernels.pre_norm(norm, x)
+        return TrainLayerNorm.apply(x, norm.weight, norm.bias, norm.eps, kept)
+    return cpu_kernels.pre_norm(norm, x if kept is None else x.index_select(0, kept))
 
 
 class TrainLayerNorm(torch.autograd.Function):
@@ -59,20 +64,32 @@ class TrainLayerNorm(torch.autograd.Function):
     db = sum(dy)
 
     the means over the channels, the sums over the rows; xhat, the mean and rstd the forward's.
+
+    With ``kept`` (b,) int64 the norm of samples ``x[kept]`` (b, ..., C), dx zero for the others.
     """
 
     @staticmethod
     def forward(
-        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+        ctx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        eps: float,
+        kept: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        stats = x.new_empty(x.numel() // x.shape[-1], 2)  # (rows, 2): mean, 1/std
-        out = cpu_kernels.kernels().layer_norm_bf16(x, weight, bias, eps, stats)  # (..., C) bf16
-        ctx.save_for_backward(x, weight, stats)
+        rows = x.numel() // x.shape[-1]
+        if kept is not None:
+            rows = rows // x.shape[0] * kept.numel()
+        stats = x.new_empty(rows, 2)  # (rows, 2): mean, 1/std
+        # (b, ..., C) bf16
+        out = cpu_kernels.kernels().layer_norm_bf16(x, weight, bias, eps, stats, kept)
+        ctx.save_for_backward(x, weight, stats, kept)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, weight, stats = ctx.saved_tensors
+        x, weight, stats, kept = ctx.saved_tensors
         grad = grad.to(torch.bfloat16).contiguous()  # the linear's: bf16, contiguous
-        dx, dw, db = cpu_kernels.kernels().layer_norm_backward_bf16(grad, x, stats, weight)
-        return dx, dw, db, None
+        built = cpu_kernels.kernels()
+        dx, dw, db = built.layer_norm_backward_bf16(grad, x, stats, weight, kept)
+        return dx, dw, db, None, None

@@ -5,7 +5,8 @@
 // the LayerNorm in one pass over rows held in registers (up to kMaxRow elements; 4 rows at once):
 //   softmax_bf16_    softmax over the last dim of a (R, N) bf16 tensor, in place (exp_u20)
 //   layer_norm_bf16  LayerNorm of a (..., C) fp32 tensor, written in bf16 (each row's mean and
-//                    1/std also written where asked: for layer_norm_grad.cpp's backward)
+//                    1/std also written where asked: for layer_norm_grad.cpp's backward; of
+//                    some samples only where asked: stochastic depth's kept samples)
 //   add_bf16_out     out = x (fp32) + y (bf16), out may be x
 //   split_heads_bf16 q, k, v of the qkv GEMM's (B, N, 3C) output, each (B, h, N, d) contiguous
 #include <ATen/Parallel.h>
@@ -85,7 +86,7 @@ void layer_norm_rows(const float* x, at::BFloat16* y, const float* w, const floa
 }  // namespace
 
 at::Tensor layer_norm_bf16(at::Tensor x, at::Tensor weight, at::Tensor bias, double eps,
-                           c10::optional<at::Tensor> stats) {
+                           c10::optional<at::Tensor> stats, c10::optional<at::Tensor> kept) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() >= 1,
               "layer_norm_bf16: a contiguous fp32 tensor");
   const int64_t C = x.size(-1), R = C ? x.numel() / C : 0;
@@ -94,30 +95,36 @@ at::Tensor layer_norm_bf16(at::Tensor x, at::Tensor weight, at::Tensor bias, dou
                   weight.is_contiguous() && bias.is_contiguous() && weight.numel() == C &&
                   bias.numel() == C,
               "layer_norm_bf16: contiguous fp32 weight and bias of the last dim's size");
+  // the rows of samples kept[s] of x (B, ..., C) -> sample s of y; without kept, all of x
+  const SampleRows rows(x, kept, "layer_norm_bf16");
   if (stats.has_value()) {
     TORCH_CHECK(stats->scalar_type() == at::kFloat && stats->is_contiguous() &&
-                    stats->dim() == 2 && stats->size(0) == R && stats->size(1) == 2,
+                    stats->dim() == 2 && stats->size(0) == rows.out_rows() && stats->size(1) == 2,
                 "layer_norm_bf16: stats a contiguous fp32 (rows, 2) tensor");
   }
   float* sp = stats.has_value() ? stats->data_ptr<float>() : nullptr;
-  at::Tensor y = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape[0] = kept.has_value() ? rows.samples : shape[0];
+  at::Tensor y = at::empty(shape, x.options().dtype(at::kBFloat16));
   const float* xp = x.data_ptr<float>();
   const float* wp = weight.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
   at::BFloat16* yp = y.data_ptr<at::BFloat16>();
   const int nv = static_cast<int>((C + kLanes - 1) / kLanes);
-  const int64_t groups = (R + kInterleave - 1) / kInterleave;
-  at::parallel_for(0, groups, 8, [&](int64_t begin, int64_t end) {
+  const int64_t per = (rows.per_sample + kInterleave - 1) / kInterleave;  // groups a sample
+  at::parallel_for(0, rows.samples * per, 8, [&](int64_t begin, int64_t end) {
     __m512 v[kInterleave][kMaxVecs];
     for (int64_t g = begin; g < end; ++g) {
-      const int64_t r0 = g * kInterleave;
-      if (r0 + kInterleave <= R) {
-        layer_norm_rows<kInterleave>(xp + r0 * C, yp + r0 * C, wp, bp, C, nv, eps, v,
-                                     sp == nullptr ? nullptr : sp + 2 * r0);
-      } else {  // the last rows
-        for (int64_t r = r0; r < R; ++r) {
-          layer_norm_rows<1>(xp + r * C, yp + r * C, wp, bp, C, nv, eps, v,
-                             sp == nullptr ? nullptr : sp + 2 * r);
+      const int64_t s = g / per, r0 = (g % per) * kInterleave;
+      const int64_t count = std::min<int64_t>(kInterleave, rows.per_sample - r0);
+      const int64_t src = rows.source(s) + r0, dst = s * rows.per_sample + r0;
+      if (count == kInterleave) {
+        layer_norm_rows<kInterleave>(xp + src * C, yp + dst * C, wp, bp, C, nv, eps, v,
+                                     sp == nullptr ? nullptr : sp + 2 * dst);
+      } else {  // a sample's last rows
+        for (int64_t r = 0; r < count; ++r) {
+          layer_norm_rows<1>(xp + (src + r) * C, yp + (dst + r) * C, wp, bp, C, nv, eps, v,
+                             sp == nullptr ? nullptr : sp + 2 * (dst + r));
         }
       }
     }
@@ -178,9 +185,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("softmax_bf16_", &softmax_bf16_, "softmax over the rows of a 2-D bf16 tensor, in place");
   m.def("layer_norm_bf16", &layer_norm_bf16, "LayerNorm of fp32 rows, written in bf16",
         py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
-        py::arg("stats") = py::none());
+        py::arg("stats") = py::none(), py::arg("kept") = py::none());
   m.def("layer_norm_backward_bf16", &layer_norm_backward_bf16,
-        "LayerNorm's gradients from a bf16 output gradient, in fp32");
+        "LayerNorm's gradients from a bf16 output gradient, in fp32", py::arg("grad"),
+        py::arg("x"), py::arg("stats"), py::arg("weight"), py::arg("kept") = py::none());
   m.def("add_bf16_out", &add_bf16_out, "out = x (fp32) + y (bf16)");
   m.def("drop_add_bf16", &drop_add_bf16, "fp32 identity + alpha * the kept samples' bf16 branch");
   m.def("scaled_rows_bf16", &scaled_rows_bf16, "bf16(alpha * grad) of the kept samples");

@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <vector>
 
 namespace mmdeit_kernels {
 
@@ -80,15 +81,43 @@ inline void softmax_rows(Load load, at::BFloat16* out, int64_t ld, int64_t N, in
   }
 }
 
+// The rows of x (B, ..., C) by sample: with kept (b,) int64, sample s of an output is sample
+// kept[s] of x; without, all of x is one sample (out_rows() = x's rows).
+struct SampleRows {
+  int64_t samples, per_sample;
+  std::vector<int64_t> index;  // kept's values, empty without it
+  SampleRows(const at::Tensor& x, const c10::optional<at::Tensor>& kept, const char* name) {
+    const int64_t R = x.numel() / x.size(-1);
+    if (!kept.has_value()) {
+      samples = 1;
+      per_sample = R;
+      return;
+    }
+    TORCH_CHECK(x.dim() >= 2 && kept->scalar_type() == at::kLong && kept->dim() == 1, name,
+                ": kept a 1-D int64 tensor of samples of an x of 2 or more dims");
+    const int64_t B = x.size(0);
+    samples = kept->numel();
+    per_sample = B > 0 ? R / B : 0;
+    const at::Tensor k = kept->contiguous();
+    index.assign(k.data_ptr<int64_t>(), k.data_ptr<int64_t>() + samples);
+    for (int64_t i : index) TORCH_CHECK(i >= 0 && i < B, name, ": kept samples within the batch");
+  }
+  int64_t out_rows() const { return samples * per_sample; }
+  int64_t source(int64_t s) const {  // the first x row of output sample s
+    return (index.empty() ? s : index[s]) * per_sample;
+  }
+};
+
 }  // namespace mmdeit_kernels
 
 // cpu_kernels.cpp
 at::Tensor layer_norm_bf16(at::Tensor x, at::Tensor weight, at::Tensor bias, double eps,
-                           c10::optional<at::Tensor> stats);
+                           c10::optional<at::Tensor> stats, c10::optional<at::Tensor> kept);
 
 // layer_norm_grad.cpp
 std::vector<at::Tensor> layer_norm_backward_bf16(at::Tensor grad, at::Tensor x, at::Tensor stats,
-                                                 at::Tensor weight);
+                                                 at::Tensor weight,
+                                                 c10::optional<at::Tensor> kept);
 
 // drop_add.cpp
 at::Tensor drop_add_bf16(at::Tensor identity, at::Tensor branch, c10::optional<at::Tensor> kept,

@@ -7,6 +7,8 @@
 // summed per thread, then added. ATen's backward wants the gradient in fp32: a cast of it first.
 #include <ATen/Parallel.h>
 
+#include <cstring>
+
 #include "cpu_kernels.h"
 
 using namespace mmdeit_kernels;
@@ -44,20 +46,35 @@ inline void backward_row(const at::BFloat16* dy, const float* x, const float* st
 }  // namespace
 
 std::vector<at::Tensor> layer_norm_backward_bf16(at::Tensor grad, at::Tensor x, at::Tensor stats,
-                                                 at::Tensor weight) {
+                                                 at::Tensor weight,
+                                                 c10::optional<at::Tensor> kept) {
   TORCH_CHECK(grad.scalar_type() == at::kBFloat16 && x.scalar_type() == at::kFloat &&
-                  grad.is_contiguous() && x.is_contiguous() && grad.sizes() == x.sizes() &&
-                  x.dim() >= 1,
-              "layer_norm_backward_bf16: a contiguous bf16 grad and fp32 x of one shape");
-  const int64_t C = x.size(-1), R = C ? x.numel() / C : 0;
+                  grad.is_contiguous() && x.is_contiguous() && x.dim() >= 1 &&
+                  grad.dim() == x.dim() && grad.sizes().slice(1) == x.sizes().slice(1) &&
+                  (kept.has_value() || grad.size(0) == x.size(0)),
+              "layer_norm_backward_bf16: a contiguous bf16 grad and fp32 x of one shape (of "
+              "one sample shape with kept)");
+  const int64_t C = x.size(-1);
   TORCH_CHECK(C > 0 && C <= kMaxRow, "layer_norm_backward_bf16: rows of 1 to ", kMaxRow,
               " elements");
+  // grad's sample s is x's sample kept[s] (the forward's rows); without kept, all of x
+  const SampleRows rows(x, kept, "layer_norm_backward_bf16");
+  TORCH_CHECK(grad.numel() == rows.out_rows() * C,
+              "layer_norm_backward_bf16: grad of kept's samples");
   TORCH_CHECK(stats.scalar_type() == at::kFloat && stats.is_contiguous() && stats.dim() == 2 &&
-                  stats.size(0) == R && stats.size(1) == 2,
+                  stats.size(0) == rows.out_rows() && stats.size(1) == 2,
               "layer_norm_backward_bf16: stats a contiguous fp32 (rows, 2) tensor");
   TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous() && weight.numel() == C,
               "layer_norm_backward_bf16: a contiguous fp32 weight of the last dim's size");
-  at::Tensor dx = at::empty(x.sizes(), x.options());
+  at::Tensor dx = at::empty_like(x);  // every sample of x's: zero where grad has none of it
+  if (kept.has_value()) {
+    std::vector<bool> read(x.size(0), false);
+    for (int64_t i : rows.index) read[i] = true;
+    const int64_t sample = rows.per_sample * C;
+    for (int64_t i = 0; i < x.size(0); ++i) {
+      if (!read[i]) std::memset(dx.data_ptr<float>() + i * sample, 0, sample * sizeof(float));
+    }
+  }
   const int threads = at::get_num_threads();
   at::Tensor sums = at::zeros({threads, 2, C}, x.options());  // per thread: dw, db
   const at::BFloat16* gp = grad.data_ptr<at::BFloat16>();
@@ -67,11 +84,14 @@ std::vector<at::Tensor> layer_norm_backward_bf16(at::Tensor grad, at::Tensor x, 
   float* dxp = dx.data_ptr<float>();
   float* sums_p = sums.data_ptr<float>();
   const int nv = static_cast<int>((C + kLanes - 1) / kLanes);
-  at::parallel_for(0, R, 8, [&](int64_t begin, int64_t end) {
+  const int64_t per = rows.per_sample;
+  at::parallel_for(0, rows.out_rows(), 8, [&](int64_t begin, int64_t end) {
     __m512 xhat[kMaxVecs], g[kMaxVecs];
     float* dw = sums_p + at::get_thread_num() * 2 * C;
     for (int64_t r = begin; r < end; ++r) {
-      backward_row(gp + r * C, xp + r * C, sp + 2 * r, wp, dxp + r * C, dw, dw + C, C, nv, xhat, g);
+      const int64_t xr = rows.source(r / per) + r % per;  // x's row
+      backward_row(gp + r * C, xp + xr * C, sp + 2 * r, wp, dxp + xr * C, dw, dw + C, C, nv,
+                   xhat, g);
     }
   });
   at::Tensor total = sums.sum(0);  // (2, C)
