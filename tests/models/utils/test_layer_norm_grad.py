@@ -158,3 +158,58 @@ def test_training_step_with_it_is_the_step_without_within_bf16(
     want = training_grads(x, out_type, drop_path_rate)
     assert 'layer_norm_backward_bf16' not in ran
     assert_grads_close(got, want)
+
+
+@needs_kernels
+@pytest.mark.parametrize('kept', [[0, 2, 3], [1], [3, 0]], ids=str)
+def test_kept_samples_read_where_they_are(kernels_on, monkeypatch, kept):
+    """``pre_norm(norm, x, kept)``: the norm of ``x[kept]`` and its gradients bit for bit, dx
+    zero for the dropped samples, without the gathered copy."""
+    torch.manual_seed(len(kept))
+    norm, x = _norm(40), torch.randn(4, 7, 40, requires_grad=True)
+    kept = torch.tensor(kept)
+    grad = torch.randn(len(kept), 7, 40).bfloat16()
+    results = []
+    for gather in (False, True):
+        norm.zero_grad(set_to_none=True)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            if gather:
+                out = lng.pre_norm(norm, x.index_select(0, kept))
+            else:
+                ran = spy_kernels(monkeypatch)
+                out = lng.pre_norm(norm, x, kept)
+                assert ran == ['layer_norm_bf16'] and out.shape == (len(kept), 7, 40)
+        (dx,) = torch.autograd.grad(out, x, grad, retain_graph=True)
+        out.backward(grad)
+        results.append((out, dx, norm.weight.grad, norm.bias.grad))
+    for g, w in zip(*results):
+        assert torch.equal(g, w)
+    dropped = [i for i in range(4) if i not in kept.tolist()]
+    assert not results[0][1][dropped].any()
+
+
+@needs_kernels
+def test_the_kernels_refuse_wrong_kept_samples(kernels_on):
+    built = cpu_kernels.kernels()
+    x, norm = torch.randn(4, 3, 32), _norm(32)
+    w, b = norm.weight.detach(), norm.bias.detach()
+    stats = torch.empty(6, 2)
+    for kept, match in (
+        (torch.tensor([0, 4]), 'layer_norm_bf16: kept samples within the batch'),
+        (torch.tensor([0, 1]).int(), 'layer_norm_bf16: kept a 1-D int64 tensor'),
+        (torch.tensor([[0, 1]]), 'layer_norm_bf16: kept a 1-D int64 tensor'),
+    ):
+        with pytest.raises(RuntimeError, match=match):
+            built.layer_norm_bf16(x, w, b, 1e-6, stats, kept)
+    with pytest.raises(RuntimeError, match=r'stats a contiguous fp32 \(rows, 2\) tensor'):
+        built.layer_norm_bf16(x, w, b, 1e-6, torch.empty(12, 2), torch.tensor([0, 1]))
+    grad = torch.randn(2, 3, 32).bfloat16()
+    built.layer_norm_backward_bf16(grad, x, stats, w, torch.tensor([1, 2]))
+    for args, match in (
+        ((grad, x, stats, w, torch.tensor([1, 2, 3])), "grad of kept's samples"),
+        ((grad, x, stats, w, torch.tensor([1, 9])), 'kept samples within the batch'),
+        ((grad, x, stats, w), 'a contiguous bf16 grad and fp32 x of one shape'),
+        ((grad[..., :16], x, stats, w, torch.tensor([1, 2])), 'of one sample shape with kept'),
+    ):
+        with pytest.raises(RuntimeError, match=match):
+            built.layer_norm_backward_bf16(*args)
