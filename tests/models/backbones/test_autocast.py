@@ -61,12 +61,17 @@ def kept_counts(monkeypatch) -> list:
     """Records (kept, batch) of every stochastic-depth call of the layers."""
     counts = []
 
-    def spy(identity, x, branch, drop_prob):
+    def spy(identity, x, branch, drop_prob, kept_branch=None):
         def counted(t):
             counts.append((t.shape[0], x.shape[0]))
             return branch(t)
 
-        return skip_dropped_samples(identity, x, counted, drop_prob)
+        def counted_kept(t, kept):  # the samples kept[...] of t, read where they are
+            counts.append((kept.numel(), x.shape[0]))
+            return kept_branch(t, kept)
+
+        kept_spy = None if kept_branch is None else counted_kept
+        return skip_dropped_samples(identity, x, counted, drop_prob, kept_spy)
 
     monkeypatch.setattr(fast_transformer_layer, 'skip_dropped_samples', spy)
     return counts
