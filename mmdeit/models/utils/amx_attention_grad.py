@@ -38,9 +38,14 @@ Grads = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 def qkv_of(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Optional[torch.Tensor]:
     """The (B, N, 3*h*d) tensor whose views q (B, h, n, d: its first n rows), k and v
     (B, h, N, d) are, as the layer's ``_split_heads`` makes them from the qkv GEMM's output (a
-    contiguous bf16 tensor); None where they are not."""
+    contiguous bf16 tensor in the autograd graph); None where they are not, or where their base
+    is not in the graph (the output of an autograd function that is a view of a tensor made in
+    its forward, as oneDNN's linear of a 3-D input gives: its gradient would not reach the
+    function)."""
     base = q._base
     if base is None or k._base is not base or v._base is not base or not base.is_contiguous():
+        return None
+    if not base.requires_grad:  # made inside another op's forward (a view of its output)
         return None
     B, h, n, d = q.shape
     N = k.shape[2]

@@ -14,6 +14,7 @@ import torch
 
 from mmdeit.models.utils import amx_attention as amx
 from mmdeit.models.utils import amx_attention_grad as grad_mod
+from mmdeit.models.utils import amx_linear as amx_linear_mod
 from mmdeit.models.utils import cpu_kernels
 from mmdeit.models.utils import gemm_attention as ga
 
@@ -107,15 +108,21 @@ def test_the_kernel_refuses_a_wrong_probs_tensor(amx_on):
 
 @needs_amx
 @pytest.mark.parametrize('out_type', ['cls_token', 'featmap'])
-def test_training_step_with_it_is_the_step_without_within_bf16(amx_on, monkeypatch, out_type):
+@pytest.mark.parametrize('amx_linear', [True, False], ids=['tile-linear', 'onednn-linear'])
+def test_training_step_with_it_is_the_step_without_within_bf16(
+    amx_on, monkeypatch, out_type, amx_linear
+):
     """A bf16 autocast training step of the fast path (drop path 0.1: dropped samples skipped):
-    the tile-unit attention in every layer, gradients on every parameter, close to the GEMM
-    attention's step."""
+    the tile-unit attention and its backward in every layer, gradients on every parameter,
+    close to the GEMM attention's step; with the qkv GEMM's output a tensor of its own (the tile
+    unit's linear) or a view of one made inside the linear's autograd function (oneDNN's)."""
 
+    monkeypatch.setattr(amx_linear_mod, 'USE_AMX_LINEAR', amx_linear)  # qkv: a new tensor or a view
     x = torch.randn(4, 3, 32, 32)
     ran = spy_kernels(monkeypatch)
     got = training_grads(x, out_type, 0.1)
     assert ran.count('attention_bf16') == 2  # both layers
+    assert ran.count('attention_backward_bf16') == 2
     monkeypatch.setattr(amx, 'USE_AMX_ATTENTION', False)
     want = training_grads(x, out_type, 0.1)
     assert ran.count('attention_bf16') == 2
@@ -183,7 +190,7 @@ def test_qkv_gradient_written_whole(amx_on, monkeypatch, n):
 
 
 def test_qkv_of_finds_only_the_three_views_of_one_tensor():
-    qkv = torch.randn(2, 10, 3 * 2 * 64).bfloat16()
+    qkv = torch.randn(2, 10, 3 * 2 * 64).bfloat16().requires_grad_()
     q, k, v = qkv.view(2, 10, 3, 2, 64).permute(2, 0, 3, 1, 4).unbind(0)
     assert grad_mod.qkv_of(q, k, v).data_ptr() == qkv.data_ptr()
     assert grad_mod.qkv_of(q[:, :, :2], k, v) is not None  # the last layer's cls and dist
@@ -193,6 +200,22 @@ def test_qkv_of_finds_only_the_three_views_of_one_tensor():
     assert grad_mod.qkv_of(q, k, other) is None  # views of two tensors
     kv = torch.randn(2, 10, 2 * 2 * 64).bfloat16().view(2, 10, 2, 2, 64).permute(2, 0, 3, 1, 4)
     assert grad_mod.qkv_of(q, kv[0], kv[1]) is None
+    # a base outside the autograd graph: an autograd function's output that is a view of a
+    # tensor made in its forward (oneDNN's linear of a 3-D input)
+    out = _ViewOfInternal.apply(qkv)
+    q, k, v = out.view(2, 10, 3, 2, 64).permute(2, 0, 3, 1, 4).unbind(0)
+    assert q.requires_grad and not q._base.requires_grad
+    assert grad_mod.qkv_of(q, k, v) is None
+
+
+class _ViewOfInternal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return (x * 1).view(-1).view(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
 
 
 @needs_amx
