@@ -169,8 +169,7 @@ __attribute__((target("amx-tile,amx-bf16"))) inline void rows_times_keys(
   _tile_stored(4, s + j0 * 16, ld_kt);
   if (count > 1) _tile_stored(5, s + (j0 + 1) * 16, ld_kt);
   if (count > 2) _tile_stored(6, s + (j0 + 2) * 16, ld_kt);
-  if (count > 3) _tile_stored(7, s + (j0 + 3) * 16, ld_kt);
-  MMDEIT_BARRIER();
+  if (count > 3) _tile_stored(7, s + (j0 + 3) * 16, ld_kt);  // tile stores clobber memory
 }
 
 #undef MMDEIT_ROWS_TIMES_KEYS
