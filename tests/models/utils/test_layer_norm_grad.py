@@ -195,7 +195,8 @@ def test_the_kernels_refuse_wrong_kept_samples(kernels_on):
     w, b = norm.weight.detach(), norm.bias.detach()
     stats = torch.empty(6, 2)
     for kept, match in (
-        (torch.tensor([0, 4]), 'layer_norm_bf16: kept samples within the batch'),
+        (torch.tensor([0, 4]), 'layer_norm_bf16: kept samples distinct and within the batch'),
+        (torch.tensor([2, 2]), 'layer_norm_bf16: kept samples distinct and within the batch'),
         (torch.tensor([0, 1]).int(), 'layer_norm_bf16: kept a 1-D int64 tensor'),
         (torch.tensor([[0, 1]]), 'layer_norm_bf16: kept a 1-D int64 tensor'),
     ):
@@ -207,7 +208,9 @@ def test_the_kernels_refuse_wrong_kept_samples(kernels_on):
     built.layer_norm_backward_bf16(grad, x, stats, w, torch.tensor([1, 2]))
     for args, match in (
         ((grad, x, stats, w, torch.tensor([1, 2, 3])), "grad of kept's samples"),
-        ((grad, x, stats, w, torch.tensor([1, 9])), 'kept samples within the batch'),
+        ((grad, x, stats, w, torch.tensor([1, 9])), 'kept samples distinct and within the batch'),
+        # a sample twice: its dx rows would be written twice, not summed as index_select's are
+        ((grad, x, stats, w, torch.tensor([1, 1])), 'kept samples distinct and within the batch'),
         ((grad, x, stats, w), 'a contiguous bf16 grad and fp32 x of one shape'),
         ((grad[..., :16], x, stats, w, torch.tensor([1, 2])), 'of one sample shape with kept'),
     ):

@@ -81,8 +81,25 @@ inline void softmax_rows(Load load, at::BFloat16* out, int64_t ld, int64_t N, in
   }
 }
 
+// kept's values: stochastic depth's kept samples of a batch of B, each once (a backward writes,
+// never adds, a sample's rows); empty without kept.
+inline std::vector<int64_t> kept_samples(const c10::optional<at::Tensor>& kept, int64_t B,
+                                         const char* name) {
+  if (!kept.has_value()) return {};
+  TORCH_CHECK(kept->scalar_type() == at::kLong && kept->dim() == 1, name,
+              ": kept a 1-D int64 tensor of samples");
+  const at::Tensor k = kept->contiguous();
+  std::vector<int64_t> index(k.data_ptr<int64_t>(), k.data_ptr<int64_t>() + k.numel());
+  std::vector<bool> seen(B, false);
+  for (int64_t i : index) {
+    TORCH_CHECK(i >= 0 && i < B && !seen[i], name, ": kept samples distinct and within the batch");
+    seen[i] = true;
+  }
+  return index;
+}
+
 // The rows of x (B, ..., C) by sample: with kept (b,) int64, sample s of an output is sample
-// kept[s] of x; without, all of x is one sample (out_rows() = x's rows).
+// kept[s] of x (kept_samples); without, all of x is one sample (out_rows() = x's rows).
 struct SampleRows {
   int64_t samples, per_sample;
   std::vector<int64_t> index;  // kept's values, empty without it
@@ -93,14 +110,12 @@ struct SampleRows {
       per_sample = R;
       return;
     }
-    TORCH_CHECK(x.dim() >= 2 && kept->scalar_type() == at::kLong && kept->dim() == 1, name,
+    TORCH_CHECK(x.dim() >= 2, name,
                 ": kept a 1-D int64 tensor of samples of an x of 2 or more dims");
     const int64_t B = x.size(0);
-    samples = kept->numel();
+    index = kept_samples(kept, B, name);
+    samples = static_cast<int64_t>(index.size());
     per_sample = B > 0 ? R / B : 0;
-    const at::Tensor k = kept->contiguous();
-    index.assign(k.data_ptr<int64_t>(), k.data_ptr<int64_t>() + samples);
-    for (int64_t i : index) TORCH_CHECK(i >= 0 && i < B, name, ": kept samples within the batch");
   }
   int64_t out_rows() const { return samples * per_sample; }
   int64_t source(int64_t s) const {  // the first x row of output sample s

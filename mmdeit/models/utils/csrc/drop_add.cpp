@@ -16,25 +16,17 @@ using namespace mmdeit_kernels;
 
 namespace {
 
-// sample i -> its row j of the branch (kept[j] = i), or -1 where it was dropped
-std::vector<int64_t> rows_of(const c10::optional<at::Tensor>& kept, int64_t B, int64_t b,
-                             const char* name) {
-  std::vector<int64_t> row(B, -1);
+// The branch's b rows' samples of a batch of B: kept's values (kept_samples), or every sample
+std::vector<int64_t> branch_samples(const c10::optional<at::Tensor>& kept, int64_t B, int64_t b,
+                                    const char* name) {
+  std::vector<int64_t> sample = kept_samples(kept, B, name);
   if (!kept.has_value()) {
     TORCH_CHECK(b == B, name, ": without kept, the branch has every sample");
-    for (int64_t i = 0; i < B; ++i) row[i] = i;
-    return row;
+    for (int64_t i = 0; i < B; ++i) sample.push_back(i);
   }
-  TORCH_CHECK(kept->scalar_type() == at::kLong && kept->dim() == 1 && kept->numel() == b,
-              name, ": kept a 1-D int64 tensor of the branch's samples");
-  const at::Tensor idx = kept->contiguous();
-  const int64_t* k = idx.data_ptr<int64_t>();
-  for (int64_t j = 0; j < b; ++j) {
-    TORCH_CHECK(k[j] >= 0 && k[j] < B && row[k[j]] < 0, name,
-                ": kept samples distinct and within the batch");
-    row[k[j]] = j;
-  }
-  return row;
+  TORCH_CHECK(static_cast<int64_t>(sample.size()) == b, name,
+              ": kept a 1-D int64 tensor of the branch's samples");
+  return sample;
 }
 
 }  // namespace
@@ -48,7 +40,9 @@ at::Tensor drop_add_bf16(at::Tensor identity, at::Tensor branch, c10::optional<a
                   identity.sizes().slice(1) == branch.sizes().slice(1),
               "drop_add_bf16: identity (B, ...) and branch (b, ...) of one sample shape");
   const int64_t B = identity.size(0), S = B > 0 ? identity.numel() / B : 0;
-  const std::vector<int64_t> row = rows_of(kept, B, branch.size(0), "drop_add_bf16");
+  const std::vector<int64_t> sample = branch_samples(kept, B, branch.size(0), "drop_add_bf16");
+  std::vector<int64_t> row(B, -1);  // sample i -> its branch row, -1 where it was dropped
+  for (int64_t j = 0; j < static_cast<int64_t>(sample.size()); ++j) row[sample[j]] = j;
   at::Tensor out = at::empty_like(identity);
   const float* ip = identity.data_ptr<float>();
   const at::BFloat16* bp = branch.data_ptr<at::BFloat16>();
@@ -75,11 +69,7 @@ at::Tensor scaled_rows_bf16(at::Tensor grad, c10::optional<at::Tensor> kept, dou
               "scaled_rows_bf16: a contiguous fp32 grad");
   const int64_t B = grad.size(0), S = B > 0 ? grad.numel() / B : 0;
   const int64_t b = kept.has_value() ? kept->numel() : B;
-  const std::vector<int64_t> row = rows_of(kept, B, b, "scaled_rows_bf16");
-  std::vector<int64_t> sample(b);
-  for (int64_t i = 0; i < B; ++i) {
-    if (row[i] >= 0) sample[row[i]] = i;
-  }
+  const std::vector<int64_t> sample = branch_samples(kept, B, b, "scaled_rows_bf16");
   std::vector<int64_t> shape = grad.sizes().vec();
   shape[0] = b;
   at::Tensor out = at::empty(shape, grad.options().dtype(at::kBFloat16));
