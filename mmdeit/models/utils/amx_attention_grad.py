@@ -16,8 +16,9 @@ The forward is ``amx_attention``'s inference kernel, which also writes the softm
   writes dQ, dK, dV where the gradient's strides say: where q, k and v are the three views of
   one qkv GEMM output (the model's case, :func:`qkv_of`), straight into that output's gradient
   (:class:`QKVTileAttention`), so autograd neither stacks the three nor copies the stack back
-  through the heads' permute. DeiT-S at batch 32, one layer on 2 AMX cores: 5.5 ms against
-  12.5-17 ms for the GEMM form and its copies (docs/benchmarks.md);
+  through the heads' permute. DeiT-S at batch 32, one layer on 2 AMX cores: 6.0-7.4 ms against
+  12.5-25 ms for the GEMM form and its copies; the training step 1.09x-1.15x faster
+  (docs/benchmarks.md);
 * **the GEMM form** (:func:`gemm_backward`): five bf16 ``bmm`` calls from P around ATen's
   softmax backward, dO, q, k and v copied into the heads' layout.
 """

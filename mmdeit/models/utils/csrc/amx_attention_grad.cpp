@@ -1,4 +1,4 @@
-// The backward of the bf16 attention on the tile unit of AMX CPUs (amx_attention.TileAttention):
+// The backward of the bf16 attention on the tile unit of AMX CPUs (amx_attention_grad.py):
 //
 //   dP = dO v^T * scale,  dS = P * (dP - rowsum(dP * P)),  dq = dS k,  dk = dS^T q,  dv = P^T dO
 //
@@ -83,18 +83,19 @@ __attribute__((target("amx-tile,amx-bf16"))) void attention_grad_pairs(
         rows_times_keys(rows.q, rows.ld * 2, vt, Np, 4 * g, count, dp);
       }
       const int valid = static_cast<int>(std::min<int64_t>(16, n));  // rows past n: zero
-      // dP rounded to bf16 times scale (exact: a power of two), as the bmm writes it
-      auto grad_p = [&](int r, int j, __mmask16 m) {
-        const __m512 s = _mm512_maskz_loadu_ps(m, dp + r * Np + j * kLanes);
-        return _mm512_mul_ps(bf16_to_fp32(to_bf16(s)), vscale);
-      };
       float sums[16];  // rowsum(dP * P) in fp32
       for (int r = 0; r < valid; ++r) {
         const at::BFloat16* p_row = pb + (rows.first + r) * N;
         __m512 sum = _mm512_setzero_ps();
         for (int j = 0; j < nv; ++j) {
           const __mmask16 m = lanes(N, j, nv);
-          sum = _mm512_fmadd_ps(grad_p(r, j, m), load_bf16(p_row + j * kLanes, m), sum);
+          // dP rounded to bf16 times scale (exact: a power of two), as the bmm writes it; kept
+          // in place for dS below
+          float* dp_j = dp + r * Np + j * kLanes;
+          const __m512 d = _mm512_mul_ps(bf16_to_fp32(to_bf16(_mm512_maskz_loadu_ps(m, dp_j))),
+                                         vscale);
+          _mm512_storeu_ps(dp_j, d);
+          sum = _mm512_fmadd_ps(d, load_bf16(p_row + j * kLanes, m), sum);
         }
         sums[r] = _mm512_reduce_add_ps(sum);
       }
@@ -108,7 +109,8 @@ __attribute__((target("amx-tile,amx-bf16"))) void attention_grad_pairs(
           }
           const __m256i p_bits =
               _mm256_maskz_loadu_epi16(m, pb + (rows.first + r) * N + j * kLanes);
-          const __m512 diff = _mm512_sub_ps(grad_p(r, j, m), _mm512_set1_ps(sums[r]));
+          const __m512 diff = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, dp + r * Np + j * kLanes),
+                                            _mm512_set1_ps(sums[r]));
           const __m512 dsr = _mm512_mul_ps(bf16_to_fp32(p_bits), diff);
           const __m256i ds_bits = _mm256_maskz_mov_epi16(m, to_bf16(dsr));  // zero past N
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(ds + r * Kp + j * kLanes), ds_bits);
