@@ -1,6 +1,7 @@
 """Classify an image and print the top-5 classes: ``python tools/infer.py IMG CONFIG CKPT``."""
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -11,7 +12,7 @@ from mmdeit.engine import KEEP_FREED_HELP, keep_freed_memory
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Classify an image with an mmdeit model')
     parser.add_argument('img', help='image file')
-    parser.add_argument('config', help='config file')
+    parser.add_argument('config', help='config file, or mmdeit::path of a shipped one')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--device', default='cpu', help='device, e.g. cpu or cuda:0')
     parser.add_argument('--topk', type=int, default=5, help='how many classes to print')
@@ -23,7 +24,10 @@ def main(argv=None):
     args = parse_args(argv)
     if not args.no_keep_freed_memory:
         keep_freed_memory()  # fewer page faults for the tensors of every step
-    model = init_model(args.config, args.checkpoint, device=args.device)
+    try:
+        model = init_model(args.config, args.checkpoint, device=args.device)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f'mmdeit infer: {err}')
     result = inference_model(model, args.img)
     classes = model.dataset_meta.get('classes')
     scores = result['pred_scores']

@@ -5,11 +5,12 @@ import os
 import os.path as osp
 import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.evaluator import DumpResults
 from mmengine.runner import Runner
 
 import mmdeit  # noqa: F401  (registers modules)
+from mmdeit.apis import checkpoint_path, load_config
 from mmdeit.datasets import check_data_roots
 from mmdeit.engine import (
     KEEP_FREED_HELP,
@@ -24,7 +25,7 @@ from mmdeit.models.classifiers import student_model_cfg
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test a classifier (mmdeit)')
-    parser.add_argument('config', help='test config file path')
+    parser.add_argument('config', help='test config file path, or mmdeit::path of a shipped one')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument('--out', help='dump the predictions to this pickle file')
@@ -44,7 +45,11 @@ def main(argv=None):
     args = parse_args(argv)
     if not args.no_keep_freed_memory:
         keep_freed_memory()  # fewer page faults for the tensors of every step
-    cfg = Config.fromfile(args.config)
+    try:
+        cfg = load_config(args.config)
+        checkpoint_path(args.checkpoint)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f'mmdeit: cannot test {args.config}: {err}')
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
@@ -53,8 +58,6 @@ def main(argv=None):
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
-    if not osp.isfile(args.checkpoint):
-        sys.exit(f'mmdeit: checkpoint {args.checkpoint} does not exist')
     cfg.train_dataloader = cfg.train_cfg = cfg.optim_wrapper = cfg.param_scheduler = None
     # The student alone is evaluated: no teacher is built, its checkpoint is not needed.
     cfg.model = student_model_cfg(cfg.model)

@@ -10,6 +10,7 @@ from mmengine.device import get_device
 from mmengine.runner import Runner
 
 import mmdeit  # noqa: F401  (registers modules)
+from mmdeit.apis import load_config
 from mmdeit.datasets import check_data_roots
 from mmdeit.engine import (
     KEEP_FREED_HELP,
@@ -42,7 +43,7 @@ def _enable_amp(cfg: Config) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a classifier (mmdeit)')
-    parser.add_argument('config', help='train config file path')
+    parser.add_argument('config', help='train config file path, or mmdeit::path of a shipped one')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument(
         '--resume',
@@ -106,8 +107,8 @@ def main(argv=None):
     args = parse_args(argv)
     if not args.no_keep_freed_memory:
         keep_freed_memory()  # fewer page faults for the tensors of every step
-    cfg = merge_args(Config.fromfile(args.config), args)
     try:
+        cfg = merge_args(load_config(args.config), args)
         check_evaluators(cfg)
         check_data_roots(cfg)
     except (ValueError, FileNotFoundError) as err:

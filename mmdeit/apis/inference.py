@@ -18,6 +18,8 @@ from mmdeit.engine import safe_load_checkpoint
 from mmdeit.models.classifiers import student_model_cfg
 from mmdeit.registry import DATASETS, MODELS
 
+from .config_file import checkpoint_path, load_config
+
 ImageType = Union[str, Path, np.ndarray]
 
 
@@ -63,7 +65,8 @@ def init_model(
     names them.
 
     Args:
-        config: Config file path or :class:`Config`.
+        config: Config file path, ``PACKAGE::path`` (``mmdeit::deit/...``, as a ``_base_``)
+            or :class:`Config`.
         checkpoint: Checkpoint path; None keeps the initialisation. Defaults to None.
         device: Device to put the model on. Defaults to 'cpu'.
         compile: Compile the backbone with ``torch.compile`` for inference, in place (the
@@ -79,12 +82,7 @@ def init_model(
         (``{'classes': ...}`` when the class names are known, from the checkpoint's meta or
         the config's dataset).
     """
-    if isinstance(config, (str, Path)):
-        if not osp.isfile(config):
-            raise FileNotFoundError(f'config {config} does not exist')
-        config = Config.fromfile(str(config))
-    elif not isinstance(config, Config):
-        raise TypeError(f'config must be a path or a Config, got {type(config).__name__}')
+    config = load_config(config)
     compile_kwargs = _compile_kwargs(compile)
     cfg = copy.deepcopy(config)
     if overrides:
@@ -93,9 +91,9 @@ def init_model(
     model = MODELS.build(_student_cfg(cfg))
     classes = _classes_from_cfg(cfg)
     if checkpoint is not None:
-        if not osp.isfile(checkpoint):
-            raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
-        ckpt = safe_load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+        ckpt = safe_load_checkpoint(
+            model, checkpoint_path(checkpoint), map_location='cpu', strict=True
+        )
         meta_classes = ckpt.get('meta', {}).get('dataset_meta', {}).get('classes')
         classes = tuple(meta_classes) if meta_classes else classes
     else:

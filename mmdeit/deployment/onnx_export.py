@@ -36,6 +36,7 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.registry import DefaultScope
 
+from mmdeit.apis.config_file import checkpoint_path, load_config
 from mmdeit.apis.inference import init_model, test_pipeline_cfg
 from mmdeit.engine import atomic_write
 from mmdeit.registry import MODELS
@@ -192,7 +193,7 @@ def export_onnx(
     """Export the classifier of ``config`` with the weights of ``checkpoint`` to ONNX.
 
     Args:
-        config: Config file path or :class:`~mmengine.config.Config`.
+        config: Config file path, ``PACKAGE::path`` or :class:`~mmengine.config.Config`.
         checkpoint: Checkpoint path (loaded strictly, as :func:`~mmdeit.apis.init_model`).
         output: The ``.onnx`` file to write (atomically; its folder is created).
         head: Which prediction of DeiT's two heads: 'fused' (their average), 'cls' or
@@ -206,17 +207,14 @@ def export_onnx(
         The path written.
 
     Raises:
-        ValueError: A bad ``output``, ``head`` or ``opset``, or a head the model lacks.
+        ValueError: A bad ``output``, ``head`` or ``opset``, a head the model lacks, a
+            ``config`` that is not a config file or a ``checkpoint`` that is one.
         FileNotFoundError: ``config`` or ``checkpoint`` does not exist.
         ImportError: onnx is not installed.
     """
     _check_args(output, head, opset)
-    if not osp.isfile(checkpoint):
-        raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
-    if isinstance(config, (str, Path)):
-        if not osp.isfile(config):
-            raise FileNotFoundError(f'config {config} does not exist')
-        config = Config.fromfile(str(config))
+    checkpoint = checkpoint_path(checkpoint)
+    config = load_config(config)
     onnx = _require('onnx', 'ONNX export')
     cfg = copy.deepcopy(config)
     model = init_model(cfg, str(checkpoint), device='cpu', **_overrides(cfg, head))

@@ -11,14 +11,15 @@ softmax probabilities out (``--logits`` for the logits); see ``docs/deployment.m
 import argparse
 import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
+from mmdeit.apis import load_config
 from mmdeit.deployment import DEFAULT_OPSET, HEADS, export_onnx
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Export an mmdeit classifier to ONNX')
-    parser.add_argument('config', help='config file')
+    parser.add_argument('config', help='config file, or mmdeit::path of a shipped one')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('output', help='the .onnx file to write')
     parser.add_argument(
@@ -44,7 +45,7 @@ def main(argv=None) -> str:
     try:
         config = args.config
         if args.cfg_options:
-            config = Config.fromfile(config)
+            config = load_config(config)
             config.merge_from_dict(args.cfg_options)
         return export_onnx(
             config,

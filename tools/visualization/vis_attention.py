@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from mmengine.logging import MMLogger
 
-from mmdeit.apis import init_model
+from mmdeit.apis import init_model, load_config
 from mmdeit.visualization import attention_panels, resize_image, save_panel_grid
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
@@ -116,9 +116,7 @@ def main(argv=None) -> int:
     model = build_model(args.config, args.checkpoint, args.device)
     cfg = getattr(model, 'cfg', None)
     if cfg is None:
-        from mmengine.config import Config
-
-        cfg = Config.fromfile(args.config)
+        cfg = load_config(args.config)
     pipeline = build_pipeline(cfg)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

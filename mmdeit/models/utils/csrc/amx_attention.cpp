@@ -3,8 +3,9 @@
 // One (sample, head) pair at a time per thread, 16 query rows at a time, everything in L1/L2:
 //   1. k^T and v packed once per pair into the tile unit's pair-interleaved (VNNI) layout;
 //   2. S = q k^T for 16 rows: fp32 tiles of 16 x 16, stored to a row buffer;
-//   3. softmax of the 16 rows as the GEMM attention computes it: each score rounded to bf16 (the
-//      dtype its bmm writes), times scale (a power of two: exact), fp32 softmax (exp_u20), P in bf16;
+//   3. softmax of the 16 rows as the GEMM attention computes it: each score rounded to bf16
+//      (the dtype its bmm writes), times scale (a power of two: exact), fp32 softmax (exp_u20),
+//      P in bf16;
 //   4. O = P v for the 16 rows in fp32 tiles, rounded to bf16 and written into the heads-merged
 //      output (B, n, h*d): no (B*h, n, N) scores in memory, no copies of q, k, v or of the output.
 // The same products, roundings and softmax as two bmm calls around cpu_kernels' softmax (tested

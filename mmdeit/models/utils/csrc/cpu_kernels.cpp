@@ -1,5 +1,5 @@
-// Kernels for bf16 autocast inference on AVX-512 BF16 CPUs (mmdeit/models/utils/cpu_kernels.py); the
-// attention on the tile unit of AMX CPUs is amx_attention.cpp's.
+// Kernels for bf16 autocast inference on AVX-512 BF16 CPUs (mmdeit/models/utils/cpu_kernels.py);
+// the attention on the tile unit of AMX CPUs is amx_attention.cpp's.
 //
 // Each computes in fp32 and rounds to bf16 once, as the ATen ops they replace do; the softmax and
 // the LayerNorm in one pass over rows held in registers (up to kMaxRow elements; 4 rows at once):

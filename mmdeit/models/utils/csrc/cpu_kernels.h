@@ -13,7 +13,7 @@ namespace mmdeit_kernels {
 
 using FloatVec = at::vec::Vectorized<float>;
 constexpr int kLanes = 16;                      // fp32 lanes of a __m512
-constexpr int kMaxVecs = 64;                    // a row of up to 1024 elements stays in registers/stack
+constexpr int kMaxVecs = 64;                    // a row of <= 1024 elements: registers/stack
 constexpr int64_t kMaxRow = kMaxVecs * kLanes;  // cpu_kernels.MAX_ROW
 constexpr int kInterleave = 4;                  // rows a thread computes at once
 
