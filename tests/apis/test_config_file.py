@@ -5,9 +5,7 @@ folder outside the checkout: a shipped config named ``mmdeit::...``, and CONFIG 
 given the wrong way round.
 """
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from mmengine.config import Config
 from PIL import Image
 
 from mmdeit.apis import checkpoint_path, config_path, init_model, load_config
+from tests.journeys.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = 'digits/deit-digits-tiny_1xb64_digits.py'
@@ -78,18 +77,8 @@ def test_load_config_passes_a_config_through_and_refuses_other_types():
 
 # ---------------------------------------------------------------- as a user runs the tools
 def _run(args, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTEST_CURRENT_TEST')}
-    env.update(OMP_NUM_THREADS='1')
-    return subprocess.run(
-        [sys.executable, '-m', 'mmdeit', *map(str, args)],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
-    )
+    """``python -m mmdeit ARGS`` in ``cwd`` as a user's shell runs it (the journeys' runner)."""
+    return run_cli(['-m', 'mmdeit', *args], cwd, f'mmdeit_{args[0]}', timeout=300, expect_ok=False)
 
 
 @pytest.fixture(scope='module')
