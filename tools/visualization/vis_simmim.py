@@ -122,11 +122,12 @@ def draw(cfg: Config, checkpoint: str, args: argparse.Namespace) -> List[list]:
 
 def main(argv=None) -> int:
     import mmdeit  # noqa: F401  (registers modules, mmdeit:: configs)
+    from mmdeit.apis import checkpoint_path, load_config
     from mmdeit.visualization import save_panel_grid
 
     args = parse_args(argv)
     logger = MMLogger.get_instance('vis_simmim', log_level='INFO')
-    rows = draw(Config.fromfile(args.config), args.checkpoint, args)
+    rows = draw(load_config(args.config), checkpoint_path(args.checkpoint), args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     width, height = save_panel_grid(rows, str(out))
