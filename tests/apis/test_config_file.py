@@ -112,6 +112,10 @@ def test_user_infers_with_a_package_config(user):
             'is a config file, not a checkpoint',
         ),
         (['train', 'epoch_1.pth'], 'config epoch_1.pth is not a config file'),
+        (
+            ['vis_attention', 'img.png', 'epoch_1.pth', f'mmdeit::{DIGITS}', '--out', 'att'],
+            'config epoch_1.pth is not a config file',
+        ),
     ],
 )
 def test_user_swaps_config_and_checkpoint(user, args, message):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from mmengine.logging import MMLogger
 
-from mmdeit.apis import init_model, load_config
+from mmdeit.apis import init_model
 from mmdeit.visualization import attention_panels, resize_image, save_panel_grid
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
@@ -27,7 +27,7 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Attention maps of the cls and dist tokens.')
     parser.add_argument('img', help='an image file or a folder of images')
-    parser.add_argument('config', help='model config file')
+    parser.add_argument('config', help='model config file, or mmdeit::path of a shipped one')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--out', required=True, help='output folder for the PNGs')
     parser.add_argument('--device', default='cpu', help='device, e.g. cpu or cuda:0')
@@ -113,11 +113,11 @@ def visualize(model, pipeline, image_path: Path, out_dir: Path, args) -> Path:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logger = MMLogger.get_instance('vis_attention', log_level='INFO')
-    model = build_model(args.config, args.checkpoint, args.device)
-    cfg = getattr(model, 'cfg', None)
-    if cfg is None:
-        cfg = load_config(args.config)
-    pipeline = build_pipeline(cfg)
+    try:
+        model = build_model(args.config, args.checkpoint, args.device)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f'mmdeit vis_attention: {err}')
+    pipeline = build_pipeline(model.cfg)  # init_model's config
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     for image_path in list_images(args.img):
