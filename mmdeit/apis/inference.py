@@ -2,6 +2,7 @@
 
 import copy
 import inspect
+import logging
 import os.path as osp
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
@@ -97,8 +98,16 @@ def init_model(
         meta_classes = ckpt.get('meta', {}).get('dataset_meta', {}).get('classes')
         classes = tuple(meta_classes) if meta_classes else classes
     else:
-        model.init_weights()
-        MMLogger.get_current_instance().warning('init_model: no checkpoint, random weights')
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        # Without a log file mmengine's init_weights prints a line per parameter (dozens of
+        # lines before the result): kept for INFO's next user, not shown here.
+        logger.setLevel(max(level, logging.WARNING))
+        try:
+            model.init_weights()
+        finally:
+            logger.setLevel(level)
+        logger.warning('init_model: no checkpoint, random weights')
     model.cfg = cfg
     model.dataset_meta = {'classes': classes} if classes else {}
     model = model.to(device).eval()

@@ -1,8 +1,11 @@
+import logging
+
 import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
 from mmengine.config import Config
+from mmengine.logging import MMLogger
 from PIL import Image
 
 from mmdeit.apis import inference_model, init_model
@@ -115,6 +118,25 @@ def test_fewer_class_names_than_classes_predicts_without_names(trained, tmp_path
     model.dataset_meta = {'classes': CLASSES[:2]}
     result = inference_model(model, _image(tmp_path / 'a.png'))
     assert 'pred_class' not in result and result['pred_scores'].shape == (3,)
+
+
+def test_init_model_without_checkpoint_logs_one_warning(tmp_path):
+    """Not mmengine's line per parameter from ``init_weights`` (it prints them where no log
+    file is open): the warning that the weights are random, and the logger's level as before."""
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    level = logger.level
+    try:
+        init_model(_config(tmp_path))
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if 'init_weights' in r.getMessage()]
+    shown = [r.getMessage() for r in records if r.levelno >= logging.INFO]
+    assert shown == ['init_model: no checkpoint, random weights']
+    assert logger.level == level
 
 
 def test_distilled_config_builds_without_its_teacher(tmp_path):

@@ -234,11 +234,12 @@ def test_bf16_runs_with_one_attention_kernel(tmp_path):
 def test_each_timed_call_starts_after_the_pause(monkeypatch):
     """``--settle``: a pause before every call of every round (warm-up included), so no call
     starts while the previous one's threads still spin; the default 0.1 s. The order is drawn
-    anew for each round, the same for the same seed."""
+    anew for each round, the same for the same seed and section."""
     assert benchmark.parse_args([]).settle == 0.1
     events = []
     monkeypatch.setattr(benchmark.time, 'sleep', lambda s: events.append(s))
     args = benchmark.parse_args([*ARGV[:-2], '--settle', '0.25', '--warmup', '1'])
+    args.order_seed = 1  # fixed: the assertions below hold for every draw of this seed
     fns = {name: lambda name=name: events.append(name) for name in ('a', 'b', 'c')}
     res = benchmark.run_rounds(args, fns, 2, 'test')
     assert events[0::2] == [0.25] * 9  # 3 rounds of 3 calls, each after a pause
@@ -249,10 +250,22 @@ def test_each_timed_call_starts_after_the_pause(monkeypatch):
     benchmark.run_rounds(args, fns, 2, 'test')
     assert events[1::2] == order  # seeded
     events.clear()
+    benchmark.run_rounds(args, fns, 2, 'other section')
+    assert events[1::2] != order  # each section its own orders
+    events.clear()
     args.rounds, args.warmup = 30, 0
     benchmark.run_rounds(args, fns, 30, 'test')
     firsts = set(events[1::6])  # the first call of each round
     assert firsts == {'a', 'b', 'c'}  # not always the same
+
+
+def test_each_run_draws_its_own_order_seed():
+    """Without ``--order-seed`` a run draws one (kept in ``args``, so in the report): two runs
+    do not repeat one sequence of orders; given, it is kept."""
+    seeds = {benchmark.parse_args([]).order_seed for _ in range(5)}
+    assert len(seeds) > 1 and all(isinstance(s, int) for s in seeds)
+    assert benchmark.parse_args(['--order-seed', '7']).order_seed == 7
+    assert benchmark.parse_args([]).seed == 0  # the weights and inputs stay reproducible
 
 
 def test_mm_size_defaults_to_2048_on_cpu():

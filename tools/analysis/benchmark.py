@@ -2,8 +2,9 @@
 
 Every library is built here holding mmdeit's random weights (strict loads; the logits are
 compared), gets the same inputs and thread count, and is timed in interleaved rounds: each round
-calls every library once, in an order drawn anew each round (seeded), and a large ``torch.mm``
-whose best time is the matmul peak of the roofline, sampled under the same load; each call
+calls every library once, in an order drawn anew each round (``--order-seed``, drawn for the
+run unless given, kept in the report), and a large ``torch.mm`` whose best time is the matmul
+peak of the roofline, sampled under the same load; each call
 starts ``--settle`` seconds (0.1) after the previous one ended, on idle cores (ONNX Runtime's
 threads spin on for tens of ms after a run: a DeiT-S forward right after it took 1.2x its time).
 Timed: inference (``predict`` under ``inference_mode``), a training step (forward, mean
@@ -114,7 +115,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     dm.add_malloc_arg(p)
     p.add_argument('--memory-archs', nargs='*', default=[], help='peak memory of a step, each arch')
     p.add_argument('--memory-jobs', type=int, default=1, help='memory processes at a time')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=int, default=0, help='seed of the weights and inputs')
+    p.add_argument(
+        '--order-seed',
+        type=int,
+        help='seed of the rounds\' call orders (default: drawn for the run, kept in the report)',
+    )
     p.add_argument(
         '--mm-size',
         type=int,
@@ -124,6 +130,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.prepack_ablation and 'prepack' not in args.ablate:
         args.ablate.append('prepack')
+    if args.order_seed is None:  # each run its own orders: a position effect does not repeat
+        args.order_seed = random.SystemRandom().randrange(2**31)
     if args.mm_size is None:
         args.mm_size = 8192 if args.device == 'cuda' else 2048
     counts = ('infer_batch', 'train_batch', 'rounds', 'train_rounds', 'threads', 'mm_size')
@@ -145,10 +153,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run_rounds(args, fns: Dict[str, Fn], rounds: int, label: str) -> Dict[str, dict]:
     """``args.warmup`` untimed rounds, then ``rounds`` timed ones; each calls every function,
     ``args.settle`` seconds after the previous call ended, in an order drawn for the round
-    (``args.seed``): in a fixed cyclic order each function always follows the same one, and the
-    first (mmdeit) followed the roofline's large GEMMs, which left it ~1 % slower than an
-    identical function elsewhere in the order (fp32, DeiT-S, measured)."""
-    names, rng = list(fns), random.Random(args.seed)
+    (``args.order_seed`` and ``label``): in a fixed cyclic order each function always follows
+    the same one, and the first (mmdeit) followed the roofline's large GEMMs, which left it ~1 %
+    slower than an identical function elsewhere in the order (fp32, DeiT-S, measured). The seed
+    is drawn anew for each run unless given: with one fixed seed every run drew the same orders,
+    so a position effect came back in each (3 rounds of fp32 training, docs/benchmarks.md)."""
+    names, rng = list(fns), random.Random(f'{args.order_seed}:{label}')
     wall: Dict[str, List[float]] = {n: [] for n in names}
     cpu: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(args.warmup + rounds):

@@ -43,7 +43,8 @@ def print_report(report: dict) -> None:
     lines, the distillation step and the memory rows."""
     m, diff = report['machine'], max(report['parity_max_abs_diff'].values())
     print(f'\n{m["cpu"]} | {m["threads"]} threads | torch {m["torch"]} | {m["device"]}', end=' ')
-    print(f'{m["dtype"]} | logits agree to {diff:.1e}')
+    order_seed = report['args'].get('order_seed')  # absent in reports of older versions
+    print(f'{m["dtype"]} | logits agree to {diff:.1e} | order seed {order_seed}')
     for name, peer_diff in report.get('peers_max_abs_diff', {}).items():
         print(f'{name}: output within {peer_diff:.1e} of its eager model')
     columns = 'best s|median s|cpu s|img/s|GFLOP/img|GFLOP/s|roofline|/mmdeit'.split('|')
