@@ -119,7 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         '--order-seed',
         type=int,
-        help='seed of the rounds\' call orders (default: drawn for the run, kept in the report)',
+        help="seed of the rounds' call orders (default: drawn for the run, kept in the report)",
     )
     p.add_argument(
         '--mm-size',
