@@ -64,6 +64,14 @@ SWITCHES: Dict[str, Switch] = {
         ('inference', 'train'),
         'bf16 attention on the AMX tile unit, heads read as views; off: the GEMM attention',
     ),
+    'bf16-attention': Switch(
+        _UTILS + 'bf16_attention',
+        'USE_BF16_ATTENTION',
+        False,
+        ('inference',),
+        'bf16 attention in vdpbf16ps register blocks (AVX-512 BF16 without AMX), heads read '
+        'as views; off: the GEMM attention',
+    ),
     'amx-attention-grad': Switch(
         _UTILS + 'amx_attention_grad',
         'USE_AMX_ATTENTION_GRAD',

@@ -18,11 +18,12 @@ keys are the reference's. The measures (see ``docs/benchmarks.md``):
 * **Attention as two GEMMs in bf16 on the CPU** (``mmdeit/models/utils/gemm_attention.py``):
   faster there than PyTorch's flash kernel; in inference ``1/sqrt(d)`` scales q in its GEMM.
 * **mmdeit's C++ kernels** on AVX-512 BF16 CPUs: in bf16 autocast the softmax, the pre-norms
-  written in bf16, the bf16 branch added, the heads split in one pass (``cpu_kernels.py``); on
-  AMX the attention on the tile unit, reading the heads as views (``amx_attention.py``). In
-  fp32 inference the attention in registers and L1/L2 (``fp32_attention.py``). In training the
-  pre-norms' own backward (``layer_norm_grad.py``), on AMX the linears' weight and bias
-  gradients on the tile unit (``amx_linear_grad.py``).
+  written in bf16, the bf16 branch added, the heads split in one pass (``cpu_kernels.py``); the
+  attention reading the heads as views, on AMX's tile unit (``amx_attention.py``), elsewhere in
+  ``vdpbf16ps`` register blocks (``bf16_attention.py``). In fp32 inference the attention in
+  registers and L1/L2 (``fp32_attention.py``). In training the pre-norms' own backward
+  (``layer_norm_grad.py``), on AMX the linears' weight and bias gradients on the tile unit
+  (``amx_linear_grad.py``).
 * **q of the first tokens only**: given ``num_queries`` (the backbone's last layer gives only
   the cls/dist tokens it reads) the reference slices q from the whole qkv GEMM; here q's rows
   come from a GEMM on the first rows, except with autograd off the CPU (:func:`_q_rows_from_whole`).
@@ -46,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn.bricks.drop import DropPath
 
-from ..utils import amx_attention, amx_linear_grad, cpu_kernels, fp32_attention, layer_norm_grad
+from ..utils import amx_linear_grad, bf16_attention, cpu_kernels, fp32_attention, layer_norm_grad
 from ..utils import onednn_linear as onednn
 from ..utils.cpu_ops import plain_ops_traced
 from ..utils.drop_path import multiply_dropped, skip_dropped_samples, skips_dropped_samples
@@ -56,9 +57,8 @@ from .transformer_layer import FFN, MultiheadAttention, TransformerEncoderLayer
 
 def _autocast_on(x: torch.Tensor) -> bool:
     """Whether autocast is on for ``x``'s device type; False for a type autocast does not know
-    (such as 'meta', where asking would raise). ``torch.compile`` does not ask: torch 2.11's
-    dynamo broke the graph at each call on ``torch.amp.is_autocast_available`` (an H200: the
-    host time 12x timm's); 2.13's can trace it."""
+    (such as 'meta', where asking would raise). Not asked while compiling: torch 2.11's dynamo
+    broke the graph on ``torch.amp.is_autocast_available`` (an H200: host time 12x timm's)."""
     device = x.device.type
     if not torch.compiler.is_compiling() and not torch.amp.is_autocast_available(device):
         return False
@@ -165,8 +165,8 @@ class FastMultiheadAttention(MultiheadAttention):
     def _split_heads(self, t: torch.Tensor, parts: int) -> Tuple[torch.Tensor, ...]:
         """The parent's views; in bf16 CPU inference contiguous copies made in one pass
         (``cpu_kernels.split_heads``), the layout the GEMM attention would copy them to; not
-        where its tile-unit kernel reads the views (``amx_attention.takes_views``)."""
-        if cpu_kernels.split_applies(t) and not amx_attention.takes_views(self.head_dims):
+        where an attention kernel reads the views (``bf16_attention.takes_views``)."""
+        if cpu_kernels.split_applies(t) and not bf16_attention.takes_views(self.head_dims):
             return cpu_kernels.split_heads(t, parts, self.num_heads)
         return super()._split_heads(t, parts)
 

@@ -59,6 +59,7 @@ _SOURCES = [
         'drop_add.cpp',
         'amx_attention.cpp',
         'amx_attention_grad.cpp',
+        'bf16_attention.cpp',
         'fp32_attention.cpp',
         'amx_linear.cpp',
         'amx_weight_grad.cpp',

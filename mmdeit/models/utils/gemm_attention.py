@@ -31,7 +31,9 @@ the same bits (tested). Under ``torch.compile`` too: the scale rows are argument
 ``amx_attention.attention_applies``): 16 query rows at a time with their scores, softmax and
 products in L1/L2, the same bits as the two ``bmm`` and the softmax here, q, k and v read as
 views of the qkv GEMM's output (no copies) and the heads merged as it writes (DeiT-S, bf16
-batch 8: the model 1.05x-1.13x faster, docs/benchmarks.md).
+batch 8: the model 1.05x-1.13x faster, docs/benchmarks.md). On AVX-512 BF16 CPUs without AMX
+the same computation runs in ``vdpbf16ps`` register blocks (``bf16_attention.attention``,
+where ``bf16_attention.attention_applies``): the same bits as here.
 """
 
 import math
@@ -40,7 +42,7 @@ import torch
 import torch.nn as nn
 
 from . import amx_attention as amx
-from . import cpu_kernels
+from . import bf16_attention, cpu_kernels
 from . import onednn_linear as onednn
 from .cpu_ops import define_cpu_op, plain_ops_traced
 
@@ -108,6 +110,8 @@ def _gemm_attention(
     """:func:`gemm_attention`'s computation."""
     if amx.attention_applies(q, k, v, scale):  # all of it on the tile unit (amx_attention.py)
         return amx.attention(q, k, v, scale)  # (B, n, C)
+    if bf16_attention.attention_applies(q, k, v, scale):  # AVX-512 BF16 without AMX
+        return bf16_attention.attention(q, k, v, scale)  # (B, n, C)
     B, h, n, d = q.shape
     N = k.shape[2]
     with torch.autocast(q.device.type, enabled=False):  # the inputs' dtype throughout

@@ -29,17 +29,6 @@ constexpr int64_t kHead = 64;  // the head size the kernel takes (every DeiT/ViT
 // measured).
 constexpr int64_t kOverlapKeys = 320;
 
-// Vector j of score row r: fp32 from the tiles, rounded to bf16 as the bmm's output, times scale.
-struct ScoreRows {
-  const float* base;
-  int64_t ld;
-  __m512 scale;
-  __m512 operator()(int r, int j, __mmask16 m) const {
-    const __m512 s = _mm512_maskz_loadu_ps(m, base + r * ld + j * kLanes);
-    return _mm512_mul_ps(bf16_to_fp32(to_bf16(s)), scale);
-  }
-};
-
 #ifdef MMDEIT_AMX
 
 using Rows = QueryRows<at::BFloat16>;  // 16 query rows

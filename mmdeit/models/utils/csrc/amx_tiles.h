@@ -126,6 +126,18 @@ inline QueryRows<T> query_rows(const T* qb, int64_t ld, int64_t n, int64_t i, T*
   return {first, i * kBlock - first, kBlock, qb + first * ld, ld};
 }
 
+// Vector j of fp32 score row r (rows ld apart) rounded to bf16 as the GEMM attention's bmm
+// writes it, times scale: the bf16 attention kernels' loader for softmax_rows.
+struct ScoreRows {
+  const float* base;
+  int64_t ld;
+  __m512 scale;
+  __m512 operator()(int r, int j, __mmask16 m) const {
+    const __m512 s = _mm512_maskz_loadu_ps(m, base + r * ld + j * kLanes);
+    return _mm512_mul_ps(bf16_to_fp32(to_bf16(s)), scale);
+  }
+};
+
 // v (N x 64 bf16, rows ld apart) -> vv: [row pairs][64] dwords (v[2p][c], v[2p+1][c]), the tile
 // unit's second operand for a product over v's rows; an odd N's last pair and the pairs past
 // it zero (left as they are: zero in fresh Scratch)

@@ -197,6 +197,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("probs") = py::none());
   m.def("attention_backward_bf16", &attention_backward_bf16,
         "the tile-unit attention's dq, dk, dv from P, written where their strides say");
+  m.def("attention_avx512_bf16", &attention_avx512_bf16,
+        "softmax(q k^T * scale) v in bf16 with AVX-512 BF16, heads merged");
   m.def("attention_fp32", &attention_fp32, "softmax(q k^T * scale) v in fp32, heads merged");
   m.def("amx_attention_ready", &amx_attention_ready, "whether this process may use the tile unit");
   m.def("amx_pack_weight", &amx_pack_weight, "a linear weight in amx_linear_bf16's layout");

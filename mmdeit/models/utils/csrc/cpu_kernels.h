@@ -149,6 +149,9 @@ void attention_backward_bf16(at::Tensor grad, at::Tensor q, at::Tensor k, at::Te
                              at::Tensor probs, double scale, at::Tensor dq, at::Tensor dk,
                              at::Tensor dv);
 
+// bf16_attention.cpp
+at::Tensor attention_avx512_bf16(at::Tensor q, at::Tensor k, at::Tensor v, double scale);
+
 // fp32_attention.cpp
 at::Tensor attention_fp32(at::Tensor q, at::Tensor k, at::Tensor v, double scale);
 
