@@ -55,7 +55,7 @@ SWITCHES: Dict[str, Switch] = {
         False,
         ('inference',),
         "mmdeit's C++ kernels: bf16 softmax, pre-norm, add, heads' split, and with them the "
-        "tile-unit and fp32 attention; off: ATen's ops",
+        "tile-unit, bf16 and fp32 attention; off: ATen's ops",
     ),
     'amx-attention': Switch(
         _UTILS + 'amx_attention',

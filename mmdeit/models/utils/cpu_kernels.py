@@ -19,7 +19,9 @@ bf16 once, as the ops they replace:
   pass instead of the attention's three strided copies (the same bits).
 
 The same build holds the attention on AMX's tile unit (``csrc/amx_attention.cpp``, used through
-``amx_attention.py``; where it runs, the split and the softmax here are not needed). Built once
+``amx_attention.py``) and in ``vdpbf16ps`` register blocks on CPUs without AMX
+(``csrc/bf16_attention.cpp``, ``bf16_attention.py``); where either runs, the split and the softmax
+here are not needed. Built once
 per machine with PyTorch's C++ extension builder (``torch.utils.cpp_extension``,
 ninja and a C++ compiler, as ``torch.compile`` on the CPU needs; ~25 s on 2 cores, then loaded
 from PyTorch's extension cache, :func:`_build_directory`), at the first call that can use them,
