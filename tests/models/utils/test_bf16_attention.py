@@ -137,6 +137,9 @@ def test_the_kernel_refuses_what_it_cannot_take(kernel_on):
         built.attention_avx512_bf16(spaced, k, v, 1.0)
     with pytest.raises(RuntimeError, match='k and v \\(B, h, N, d\\)'):
         built.attention_avx512_bf16(q, k, v[:, :, :4], 1.0)
+    big = torch.zeros(1, 1, cpu_kernels.MAX_ROW + 1, 64, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match=f'1 to {cpu_kernels.MAX_ROW} keys'):
+        built.attention_avx512_bf16(big[:, :, :2], big, big, 1.0)
 
 
 @needs_kernels

@@ -1,7 +1,8 @@
 // What the tile-unit kernels (amx_*.cpp) share: the compiler check, the tile configuration,
 // aligned scratch, and the row pairing and dword transpose that pack operands into the tile
-// unit's pair-interleaved (VNNI) layout; with the fp32 attention (fp32_attention.cpp) also the
-// scratch, the keys' transpose and the choice of each block's query rows.
+// unit's pair-interleaved (VNNI) layout, which the vdpbf16ps attention (bf16_attention.cpp)
+// packs into too; with the fp32 attention (fp32_attention.cpp) also the scratch, the keys'
+// transpose, the choice of each block's query rows and the attention's input checks.
 #pragma once
 
 #include <cstdint>
@@ -101,6 +102,22 @@ inline void transpose_rows(const void* src, int64_t ld_bytes, int64_t N, int64_t
       for (int c = 0; c < 16; ++c) _mm512_storeu_si512(dst + (c0 + c) * Np + j0, r[c]);
     }
   }
+}
+
+// The attention kernels' inputs: q (B, h, n, head), k and v (B, h, N, head) of `dtype`, each
+// with its last dim contiguous, n > 0 and 1 to kMaxRow keys; a failed check names `name`.
+inline void check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   at::ScalarType dtype, int64_t head, const char* name) {
+  TORCH_CHECK(q.scalar_type() == dtype && k.scalar_type() == dtype && v.scalar_type() == dtype,
+              name, ": ", dtype == at::kFloat ? "fp32" : "bf16", " q, k and v");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes() &&
+                  q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
+              name, ": q (B, h, n, d), k and v (B, h, N, d)");
+  TORCH_CHECK(q.size(3) == head, name, ": heads of ", head);
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, name,
+              ": the last dim contiguous");
+  TORCH_CHECK(q.size(2) > 0 && k.size(2) > 0 && k.size(2) <= kMaxRow, name, ": 1 to ", kMaxRow,
+              " keys");
 }
 
 // An attention block's query rows: kBlock rows from row `first` (at q, ld elements apart), of

@@ -173,17 +173,8 @@ void attend_pairs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 }  // namespace
 
 at::Tensor attention_avx512_bf16(at::Tensor q, at::Tensor k, at::Tensor v, double scale) {
-  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 &&
-                  v.scalar_type() == at::kBFloat16,
-              "attention_avx512_bf16: bf16 q, k and v");
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes() &&
-                  q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
-              "attention_avx512_bf16: q (B, h, n, d), k and v (B, h, N, d)");
-  TORCH_CHECK(q.size(3) == kHead, "attention_avx512_bf16: heads of ", kHead);
-  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
-              "attention_avx512_bf16: the last dim contiguous");
+  check_attention_inputs(q, k, v, at::kBFloat16, kHead, "attention_avx512_bf16");
   const int64_t B = q.size(0), H = q.size(1), n = q.size(2), N = k.size(2);
-  TORCH_CHECK(n > 0 && N > 0 && N <= kMaxRow, "attention_avx512_bf16: 1 to ", kMaxRow, " keys");
   at::Tensor out = at::empty({B, n, H * kHead}, q.options());
   const float s = static_cast<float>(scale);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
