@@ -5,6 +5,8 @@
 // transpose, the choice of each block's query rows and the attention's input checks.
 #pragma once
 
+#include <ATen/Parallel.h>
+
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -118,6 +120,22 @@ inline void check_attention_inputs(const at::Tensor& q, const at::Tensor& k, con
               ": the last dim contiguous");
   TORCH_CHECK(q.size(2) > 0 && k.size(2) > 0 && k.size(2) <= kMaxRow, name, ": 1 to ", kMaxRow,
               " keys");
+}
+
+// out (B, n, h*head) of an attention kernel: the inputs checked, then attend(q, k, v, out, scale,
+// begin, end) for the (sample, head) pairs begin..end-1 of each thread
+template <typename Attend>
+at::Tensor attend_all_pairs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            double scale, at::ScalarType dtype, int64_t head, const char* name,
+                            Attend attend) {
+  check_attention_inputs(q, k, v, dtype, head, name);
+  const int64_t B = q.size(0), H = q.size(1);
+  at::Tensor out = at::empty({B, q.size(2), H * head}, q.options());
+  const float s = static_cast<float>(scale);
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    attend(q, k, v, out, s, begin, end);
+  });
+  return out;
 }
 
 // An attention block's query rows: kBlock rows from row `first` (at q, ld elements apart), of

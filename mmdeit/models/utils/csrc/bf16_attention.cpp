@@ -173,12 +173,6 @@ void attend_pairs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 }  // namespace
 
 at::Tensor attention_avx512_bf16(at::Tensor q, at::Tensor k, at::Tensor v, double scale) {
-  check_attention_inputs(q, k, v, at::kBFloat16, kHead, "attention_avx512_bf16");
-  const int64_t B = q.size(0), H = q.size(1), n = q.size(2), N = k.size(2);
-  at::Tensor out = at::empty({B, n, H * kHead}, q.options());
-  const float s = static_cast<float>(scale);
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    attend_pairs(q, k, v, out, s, begin, end);
-  });
-  return out;
+  return attend_all_pairs(q, k, v, scale, at::kBFloat16, kHead, "attention_avx512_bf16",
+                          attend_pairs);
 }
