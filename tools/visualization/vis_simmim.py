@@ -127,7 +127,11 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     logger = MMLogger.get_instance('vis_simmim', log_level='INFO')
-    rows = draw(load_config(args.config), checkpoint_path(args.checkpoint), args)
+    try:  # a missing or swapped CONFIG/CHECKPOINT: the message, not a traceback
+        cfg, checkpoint = load_config(args.config), checkpoint_path(args.checkpoint)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f'vis_simmim: {err}')
+    rows = draw(cfg, checkpoint, args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     width, height = save_panel_grid(rows, str(out))

@@ -182,3 +182,6 @@ def test_vis_simmim_tool_writes_the_picture(model_cfg, tmp_path):
         assert picture.size == (4 * 32, 2 * (32 + 20))
     with pytest.raises(ValueError, match='no SimMIMMaskGenerator'):
         tool.picture_pipeline([dict(type='Resize', scale=16), dict(type='PackInputs')])
+    # CONFIG and CHECKPOINT swapped: an exit with the message naming the argument
+    with pytest.raises(SystemExit, match=r'vis_simmim: config .*simmim.pth .*swapped\?\)'):
+        tool.main([str(checkpoint), str(CONFIGS / SIMMIM), '--out', str(out)])
