@@ -15,10 +15,10 @@ of ``cpu_kernels.softmax_`` rounded to bf16, the second product accumulated in f
 once; each sum in the order oneDNN's ``bmm`` takes on these CPUs: the same bits up to 512 keys
 (DeiT's 197-198 tokens at 224 px; tested), and past that, where oneDNN sums P v in blocks of
 keys, one bf16 unit apart in ~1 of 10^5 elements (578 keys, 384 px). One DeiT-S layer's
-attention at batch 8 alone (2 cores, AMD EPYC with AVX-512 BF16): 1.74-1.90 ms, as fast as the
-GEMM form's copies, products and softmax (1.79-1.98 ms): the products run at the CPU's
-``vdpbf16ps`` rate in both; in the model, where the GEMM form's scores and copies go through
-L3, bf16 inference is 1.00x-1.06x faster with it (paired rounds, docs/benchmarks.md).
+attention at batch 8 alone (2 cores, AMD EPYC with AVX-512 BF16): 1.59-1.62 ms against the GEMM
+form's 1.68-1.70 (copies, products and softmax; its products run near the CPU's ``vdpbf16ps``
+rate too); in the model, where the GEMM form's scores and copies go through L3, bf16 inference
+is 1.02x-1.04x faster with it by best round, 1.03x-1.06x by paired median (docs/benchmarks.md).
 
 Where it runs: CPUs with AVX-512 BF16 (the kernels' build, ``cpu_kernels.SUPPORTED``) where the
 tile-unit kernel does not (no AMX, or its switch off), the switches :data:`USE_BF16_ATTENTION`
