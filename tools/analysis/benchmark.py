@@ -4,9 +4,9 @@ Every library is built here holding mmdeit's random weights (strict loads; the l
 compared), gets the same inputs and thread count, and is timed in interleaved rounds: each round
 calls every library once, in an order drawn anew each round (``--order-seed``, drawn for the
 run unless given, kept in the report), and a large ``torch.mm`` whose best time is the matmul
-peak of the roofline, sampled under the same load; each call
-starts ``--settle`` seconds (0.1) after the previous one ended, on idle cores (ONNX Runtime's
-threads spin on for tens of ms after a run: a DeiT-S forward right after it took 1.2x its time).
+peak of the roofline, sampled under the same load; each call starts ``--settle`` seconds (0.1)
+after the previous one ended, on idle cores (ONNX Runtime's threads spin on for tens of ms after
+a run: a DeiT-S forward right after it took 1.2x its time).
 Timed: inference (``predict`` under ``inference_mode``), a training step (forward, mean
 cross-entropy of both heads, backward, fused AdamW) and a hard-distillation step with the
 teacher's call timed inside it; optionally a profile of mmdeit's calls and its peak memory in a
