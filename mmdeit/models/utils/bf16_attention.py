@@ -23,8 +23,9 @@ is 1.02x-1.04x faster with it by best round, 1.03x-1.06x by paired median (docs/
 Where it runs: CPUs with AVX-512 BF16 (the kernels' build, ``cpu_kernels.SUPPORTED``) where the
 tile-unit kernel does not (no AMX, or its switch off), the switches :data:`USE_BF16_ATTENTION`
 and ``cpu_kernels.USE_CPU_KERNELS`` on, bf16 without autograd, heads of 64
-(:data:`HEAD_DIMS`), up to ``cpu_kernels.MAX_ROW`` keys, ``scale`` a power of two. Elsewhere
-the GEMM attention runs.
+(:data:`HEAD_DIMS`), up to ``cpu_kernels.MAX_ROW`` keys, ``scale`` a power of two; compiled
+too, inside the ``mmdeit::gemm_attention`` op (the heads passed to it as views). Elsewhere the
+GEMM attention runs.
 """
 
 import math
@@ -49,16 +50,15 @@ def takes_views(head_dims: int) -> bool:
 
 def _runs(head_dims: int) -> bool:
     """Whether this kernel takes bf16 heads of ``head_dims``: the switches on, heads of
-    :data:`HEAD_DIMS`, not on a CPU where the tile-unit kernel takes them, eager (a compiled
-    graph copies the heads; its ``mmdeit::gemm_attention`` op still runs the kernel), and the
-    kernels built."""
+    :data:`HEAD_DIMS`, not on a CPU where the tile-unit kernel takes them, and the kernels built
+    (while ``torch.compile`` traces, a constant of the graph: the heads go to its
+    ``mmdeit::gemm_attention`` op as views, which runs the kernel)."""
     return (
         USE_BF16_ATTENTION
         and cpu_kernels.USE_CPU_KERNELS
         and head_dims == HEAD_DIMS
-        and not torch.compiler.is_compiling()
         and not amx_attention.takes_views(head_dims)
-        and cpu_kernels.kernels() is not None
+        and cpu_kernels._available()
     )
 
 

@@ -165,6 +165,24 @@ def test_model_with_it_is_the_model_without(kernel_on, monkeypatch, out_type, ba
         _assert_gemm_bits(g, w)
 
 
+@needs_kernels
+def test_compiled_model_takes_the_views_and_gives_eagers_numbers(kernel_on, monkeypatch):
+    """Compiled bf16 inference (default mode): no split op in the graph (the heads go to the
+    attention op as views), the op runs the kernel at run time, the numbers are eager's."""
+    from .test_cpu_kernels import _graph_ops, compiled_and_eager
+
+    model, x = _backbone(), torch.randn(2, 3, 32, 32)
+    ops = _graph_ops(model, x)
+    assert 'mmdeit.gemm_attention' in ops and 'mmdeit.split_heads_bf16' not in ops
+    calls, kernel = [], bf16_attention.attention
+    monkeypatch.setattr(bf16_attention, 'attention', lambda *a: calls.append(1) or kernel(*a))
+    got, want = compiled_and_eager(model, x)
+    assert len(calls) == 2 * ARCH64['num_layers']  # eager's and the compiled graph's
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-2)
+    monkeypatch.setattr(bf16_attention, 'USE_BF16_ATTENTION', False)
+    assert 'mmdeit.split_heads_bf16' in _graph_ops(model, x)
+
+
 USER_SCRIPT = """
 import json, sys
 import numpy as np, torch
