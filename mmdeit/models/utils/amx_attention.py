@@ -23,7 +23,6 @@ kernel also writes the softmax's output for the backward, which runs on the tile
 (``amx_attention_grad.py``).
 """
 
-import math
 from typing import Optional
 
 import torch
@@ -82,10 +81,7 @@ def attention_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     return (
         cpu_kernels._on_cpu(q, k, v)  # the other kernels' condition, but autograd
         and not (torch.is_grad_enabled() and torch.compiler.is_compiling())
-        and q.dtype == k.dtype == v.dtype == torch.bfloat16
-        and cpu_kernels.attention_fits(q, k, v, HEAD_DIMS)
-        and scale > 0
-        and math.frexp(scale)[0] == 0.5  # a power of two
+        and cpu_kernels.bf16_attention_fits(q, k, v, scale, HEAD_DIMS)
         and takes_views(q.shape[-1])
     )
 

@@ -28,8 +28,6 @@ too, inside the ``mmdeit::gemm_attention`` op (the heads passed to it as views).
 GEMM attention runs.
 """
 
-import math
-
 import torch
 
 from . import amx_attention, cpu_kernels
@@ -49,15 +47,14 @@ def takes_views(head_dims: int) -> bool:
 
 
 def _runs(head_dims: int) -> bool:
-    """Whether this kernel takes bf16 heads of ``head_dims``: the switches on, heads of
-    :data:`HEAD_DIMS`, not on a CPU where the tile-unit kernel takes them, and the kernels built
-    (while ``torch.compile`` traces, a constant of the graph: the heads go to its
+    """Whether this kernel takes bf16 heads of ``head_dims`` where the tile unit's does not:
+    the switches on, heads of :data:`HEAD_DIMS`, and the kernels built (while
+    ``torch.compile`` traces, a constant of the graph: the heads go to its
     ``mmdeit::gemm_attention`` op as views, which runs the kernel)."""
     return (
         USE_BF16_ATTENTION
         and cpu_kernels.USE_CPU_KERNELS
         and head_dims == HEAD_DIMS
-        and not amx_attention.takes_views(head_dims)
         and cpu_kernels._available()
     )
 
@@ -69,10 +66,8 @@ def attention_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     not run, the switches on and the kernels built."""
     return (
         cpu_kernels._on_cpu_no_grad(q, k, v)
-        and q.dtype == k.dtype == v.dtype == torch.bfloat16
-        and cpu_kernels.attention_fits(q, k, v, HEAD_DIMS)
-        and scale > 0
-        and math.frexp(scale)[0] == 0.5  # a power of two
+        and cpu_kernels.bf16_attention_fits(q, k, v, scale, HEAD_DIMS)
+        and not amx_attention.takes_views(q.shape[-1])
         and _runs(q.shape[-1])
     )
 

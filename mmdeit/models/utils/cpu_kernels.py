@@ -37,6 +37,7 @@ cpu-kernels``).
 
 import hashlib
 import logging
+import math
 import os
 import sys
 import threading
@@ -208,6 +209,19 @@ def attention_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dims:
         and q.shape[2] > 0
         and 0 < k.shape[2] <= MAX_ROW
         and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+    )
+
+
+def bf16_attention_fits(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, head_dims: int
+) -> bool:
+    """Whether a bf16 attention kernel (``amx_attention``, ``bf16_attention``) takes these
+    inputs: bf16 q, k and v of the shapes :func:`attention_fits` takes, and ``scale`` a power of
+    two (then the kernels' scaling of the bf16 scores is exact, as the GEMM attention's)."""
+    return (
+        q.dtype == k.dtype == v.dtype == torch.bfloat16
+        and attention_fits(q, k, v, head_dims)
+        and math.frexp(scale)[0] == 0.5  # a positive power of two
     )
 
 

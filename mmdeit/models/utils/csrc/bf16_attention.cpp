@@ -15,8 +15,6 @@
 //      heads-merged output (B, n, h*d): no (B*h, n, N) scores in memory, no copies of q, k, v or
 //      of the output.
 // q, k and v may be strided views of the qkv GEMM's output (last dim contiguous).
-#include <ATen/Parallel.h>
-
 #include "amx_tiles.h"
 
 using namespace mmdeit_kernels;

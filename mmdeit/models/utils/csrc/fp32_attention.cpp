@@ -10,8 +10,6 @@
 //   4. O = P v / sum for the rows, register blocks of 6 rows x 64, written into the heads-merged
 //      output (B, n, h*d): no (B*h, n, N) scores in memory, no copies of q, v or of the output.
 // q, k and v may be strided views of the qkv GEMM's output (last dim contiguous).
-#include <ATen/Parallel.h>
-
 #include "amx_tiles.h"
 
 using namespace mmdeit_kernels;
