@@ -23,7 +23,7 @@ The same build holds the attention on AMX's tile unit (``csrc/amx_attention.cpp`
 (``csrc/bf16_attention.cpp``, ``bf16_attention.py``); where either runs, the split and the softmax
 here are not needed. Built once
 per machine with PyTorch's C++ extension builder (``torch.utils.cpp_extension``,
-ninja and a C++ compiler, as ``torch.compile`` on the CPU needs; ~25 s on 2 cores, then loaded
+ninja and a C++ compiler, as ``torch.compile`` on the CPU needs; ~45 s on 2 cores, then loaded
 from PyTorch's extension cache, :func:`_build_directory`), at the first call that can use them,
 never at import. Where the build fails the ATen ops run (one warning). :data:`USE_CPU_KERNELS`
 is the switch; it is off on CPUs without AVX-512 BF16 and where the environment variable
@@ -57,6 +57,7 @@ _CSRC = Path(__file__).with_name('csrc')
 _SOURCES = [
     _CSRC / name
     for name in (
+        'bindings.cpp',
         'cpu_kernels.cpp',
         'layer_norm_grad.cpp',
         'drop_add.cpp',
@@ -98,7 +99,7 @@ _lock = threading.Lock()
 _built: Optional[ModuleType] = None
 _failed = False
 #: A build lock older than this (seconds) was left by a process that died while building (a
-#: build takes ~25 s): PyTorch's builder would wait for it forever, so it is removed.
+#: build takes ~45 s): PyTorch's builder would wait for it forever, so it is removed.
 STALE_LOCK_SECONDS = 600
 
 
@@ -143,7 +144,8 @@ def kernels() -> Optional[ModuleType]:
             from torch.utils.cpp_extension import load
 
             print_log(
-                'mmdeit: loading its CPU kernels (built the first time on a machine, ~25 s)',
+                'mmdeit: loading its CPU kernels (built the first time on a machine: ~45 s on 2 '
+                'cores)',
                 logger='current',
             )
             try:

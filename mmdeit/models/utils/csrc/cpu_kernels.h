@@ -2,8 +2,14 @@
 // stores of fp32 vectors and the softmax of rows held in registers (AVX-512 BF16).
 #pragma once
 
-#include <torch/extension.h>
+// ATen's tensor and the few ops used, not <torch/extension.h>: its headers took ~28 s of each
+// source's compile (this module's build 2.4 min on 2 cores); only bindings.cpp includes it
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <immintrin.h>
 
 #include <cmath>
@@ -126,6 +132,9 @@ struct SampleRows {
 }  // namespace mmdeit_kernels
 
 // cpu_kernels.cpp
+void softmax_bf16_(at::Tensor x);
+void add_bf16_out(at::Tensor x, at::Tensor y, at::Tensor out);
+at::Tensor split_heads_bf16(at::Tensor t, int64_t parts, int64_t heads);
 at::Tensor layer_norm_bf16(at::Tensor x, at::Tensor weight, at::Tensor bias, double eps,
                            c10::optional<at::Tensor> stats, c10::optional<at::Tensor> kept);
 
