@@ -4,8 +4,7 @@
 
 // ATen's tensor and the few ops used, not <torch/extension.h>: its headers took ~28 s of each
 // source's compile (this module's build 2.4 min on 2 cores, now ~45 s); pybind11 and PyTorch's
-// tensor casters only in bindings.cpp
-#include <ATen/Parallel.h>
+// tensor casters only in bindings.cpp; <ATen/Parallel.h> where parallel_for is used
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
