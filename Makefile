@@ -4,6 +4,8 @@ UV_VERSION := 0.13.9
 UV := $(PYTHON) -m uv
 RUN := $(UV) run --locked --all-extras
 export MAX_JOBS ?= 2
+# make test's pytest-xdist workers; each test file runs in one of them (tests/conftest.py)
+TEST_WORKERS ?= 2
 
 .PHONY: env test lint format demo clean
 
@@ -23,7 +25,7 @@ format: env
 	$(RUN) ruff format .
 
 test: lint
-	$(RUN) pytest
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadgroup
 
 demo: env
 	$(RUN) python tools/demo.py

@@ -1,6 +1,7 @@
 """Classify an image and print the top-5 classes: ``python tools/infer.py IMG CONFIG CKPT``."""
 
 import argparse
+import os.path as osp
 import sys
 
 import numpy as np
@@ -17,18 +18,26 @@ def parse_args(argv=None):
     parser.add_argument('--device', default='cpu', help='device, e.g. cpu or cuda:0')
     parser.add_argument('--topk', type=int, default=5, help='how many classes to print')
     parser.add_argument('--no-keep-freed-memory', action='store_true', help=KEEP_FREED_HELP)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.topk < 1:
+        parser.error(f'--topk must be at least 1, got {args.topk}')
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if not osp.isfile(args.img):  # before the model is loaded, which takes a while
+        sys.exit(f'mmdeit infer: image {args.img} does not exist')
     if not args.no_keep_freed_memory:
         keep_freed_memory()  # fewer page faults for the tensors of every step
     try:
         model = init_model(args.config, args.checkpoint, device=args.device)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'mmdeit infer: {err}')
-    result = inference_model(model, args.img)
+    try:
+        result = inference_model(model, args.img)
+    except ValueError as err:  # a file that is not an image
+        sys.exit(f'mmdeit infer: {err}')
     classes = model.dataset_meta.get('classes')
     scores = result['pred_scores']
     print(f'{args.img}: top-{min(args.topk, len(scores))}')

@@ -124,3 +124,23 @@ def test_user_swaps_config_and_checkpoint(user, args, message):
     assert message in proc.stdout and 'swapped?' in proc.stdout, proc.stdout[-3000:]
     assert 'Traceback' not in proc.stdout, proc.stdout[-3000:]
     assert not (user / 'm.onnx').exists()
+
+
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (
+            ['infer', 'nope.png', f'mmdeit::{DIGITS}', 'epoch_1.pth'],
+            'image nope.png does not exist',
+        ),
+        (
+            ['vis_attention', 'nope.png', f'mmdeit::{DIGITS}', 'epoch_1.pth', '--out', 'att'],
+            "'nope.png' is neither an image nor a folder with images",
+        ),
+    ],
+)
+def test_user_names_an_image_that_is_not_there(user, args, message):
+    proc = _run(args, user)
+    assert proc.returncode != 0
+    assert f'mmdeit {args[0]}: {message}' in proc.stdout, proc.stdout[-3000:]
+    assert 'Traceback' not in proc.stdout, proc.stdout[-3000:]

@@ -117,7 +117,9 @@ def test_bad_thresholds_are_refused_naming_the_argument(kwargs, error, field):
     ids=['train', 'test', 'infer'],
 )
 @pytest.mark.parametrize('flag', [False, True])
-def test_the_tools_keep_freed_memory_unless_told_not_to(monkeypatch, tool, argv, flag):
+def test_the_tools_keep_freed_memory_unless_told_not_to(monkeypatch, tmp_path, tool, argv, flag):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'img.png').touch()  # infer checks its image before anything else
     calls = []
     monkeypatch.setattr(tool, 'keep_freed_memory', lambda: calls.append(1))
     with pytest.raises((FileNotFoundError, OSError, SystemExit)):  # the missing config

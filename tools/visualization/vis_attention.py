@@ -114,13 +114,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logger = MMLogger.get_instance('vis_attention', log_level='INFO')
     try:
+        images = list_images(args.img)  # before the model is loaded, which takes a while
         model = build_model(args.config, args.checkpoint, args.device)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'mmdeit vis_attention: {err}')
     pipeline = build_pipeline(model.cfg)  # init_model's config
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for image_path in list_images(args.img):
+    for image_path in images:
         logger.info(f'wrote {visualize(model, pipeline, image_path, out_dir, args)}')
     return 0
 
