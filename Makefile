@@ -25,7 +25,7 @@ format: env
 	$(RUN) ruff format .
 
 test: lint
-	$(RUN) pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(RUN) pytest -n $(TEST_WORKERS)
 
 demo: env
 	$(RUN) python tools/demo.py

@@ -1,12 +1,10 @@
 """Shared fixtures: tiny architectures and generated image folders (no downloads).
 
-``make test`` runs the suite in two worker processes (pytest-xdist, ``-n 2 --dist loadgroup``).
-Each test file is one group, so it runs in one worker and its module and session fixtures are
-made once; the files that start process groups (ports, gloo) share the ``process_groups``
-group, so two of them never run at the same time.
+``make test`` runs the suite in two worker processes (pytest-xdist, ``-n 2``) with the
+scheduling below: each test file runs in one worker, so its module and session fixtures are
+made once, and the files that start process groups (free ports, gloo) run in one worker, one
+after the other, so two of them never take the same port.
 """
-
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,14 +14,26 @@ from PIL import Image
 import mmdeit  # noqa: F401  (registers modules)
 
 TINY_ARCH = dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64)
-TESTS = Path(__file__).resolve().parent
+PROCESS_GROUP_FILES = {  # a new test file that starts process groups goes here
+    'tests/engine/test_cpu_distributed.py',
+    'tests/engine/test_distributed_exit.py',
+    'tests/engine/test_slurm_environment.py',
+    'tests/tools/test_dist_train.py',
+    'tests/tools/test_multi_node.py',
+}
 
 
-def pytest_collection_modifyitems(items):
-    """Put each test in its file's xdist group unless its file names a group of its own."""
-    for item in items:
-        if item.get_closest_marker('xdist_group') is None:
-            item.add_marker(pytest.mark.xdist_group(item.path.relative_to(TESTS).as_posix()))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Each file one unit of work for a worker; the process-group files together one."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return 'process groups' if path in PROCESS_GROUP_FILES else path
+
+    return FileScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)

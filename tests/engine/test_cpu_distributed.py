@@ -7,10 +7,7 @@ from mmengine.config import Config
 
 from mmdeit.engine import setup_cpu_distributed
 
-pytestmark = [
-    pytest.mark.skipif(torch.cuda.is_available(), reason='only without CUDA'),
-    pytest.mark.xdist_group('process_groups'),  # free ports: one such file at a time
-]
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason='only without CUDA')
 
 
 def test_nccl_without_gpu_becomes_gloo_and_ddp_gets_no_device_ids(torchrun_env):

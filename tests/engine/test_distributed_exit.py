@@ -21,10 +21,7 @@ from tools import test as test_tool
 from tools.analysis.dist_exit_loop import digits_config
 from tools.train import main as train_main
 
-pytestmark = [
-    pytest.mark.skipif(torch.cuda.is_available(), reason='gloo on CPUs'),
-    pytest.mark.xdist_group('process_groups'),  # free ports: one such file at a time
-]
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason='gloo on CPUs')
 
 ONE_EPOCH = ['train_cfg.max_epochs=1', 'train_dataloader.dataset.indices=16']
 SMALL_VAL = ['val_dataloader.dataset.indices=8', 'test_dataloader.dataset.indices=8']

@@ -13,7 +13,6 @@ from mmdeit.engine.slurm_environment import slurm_environment
 from tools.analysis.dist_exit_loop import free_port
 from tools.analysis.slurm_standin import install
 
-pytestmark = pytest.mark.xdist_group('process_groups')  # free ports: one such file at a time
 TASK = dict(SLURM_PROCID='3', SLURM_NTASKS='8', SLURM_LOCALID='1', SLURM_NODELIST='gpu[07-08]')
 TORCH_VARS = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
 

@@ -24,13 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / 'configs' / 'digits'
 NUM_TRAIN, NUM_VAL, BATCH_PER_RANK = 32, 40, 8
 
-pytestmark = [
-    pytest.mark.skipif(
-        not (DIGITS / 'deit-digits-tiny-distilled-soft_1xb64_digits.py').is_file(),
-        reason='the digits configs are not there',
-    ),
-    pytest.mark.xdist_group('process_groups'),  # free ports: one such file at a time
-]
+pytestmark = pytest.mark.skipif(
+    not (DIGITS / 'deit-digits-tiny-distilled-soft_1xb64_digits.py').is_file(),
+    reason='the digits configs are not there',
+)
 
 # Each rank writes what it sees of the model before training, and the metrics after validation.
 _PROBE = textwrap.dedent(

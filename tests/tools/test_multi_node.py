@@ -29,7 +29,6 @@ from tools.analysis.multi_node_journeys import (
 pytestmark = [
     pytest.mark.journey,
     pytest.mark.skipif(torch.cuda.is_available(), reason='gloo on CPUs'),
-    pytest.mark.xdist_group('process_groups'),  # free ports: one such file at a time
 ]
 ITERS, TRAIN = 3, 48  # per epoch: 48 images, 2 ranks x batch 8
 LR_SCALED = 'current batch size is 16. Scaling the original LR by 0.25'  # 2 x 8 / 64
