@@ -2,6 +2,7 @@
 is loaded where the mistake is in the arguments (in-process; the CLI runs are in
 ``tests/apis/test_config_file.py``)."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ def checkpoint(tmp_path_factory) -> str:
 def test_an_image_that_is_not_there_is_named_before_the_model_loads(tmp_path):
     missing = str(tmp_path / 'nope.png')
     # the checkpoint does not exist either: the image is checked first, so it is the one named
-    with pytest.raises(SystemExit, match=rf'mmdeit infer: image {missing} does not exist'):
+    named = f'mmdeit infer: image {re.escape(missing)} does not exist'
+    with pytest.raises(SystemExit, match=named):
         infer.main([missing, CONFIG, str(tmp_path / 'no.pth'), '--no-keep-freed-memory'])
 
 
