@@ -22,7 +22,7 @@ The same build holds the attention on AMX's tile unit (``csrc/amx_attention.cpp`
 ``amx_attention.py``) and in ``vdpbf16ps`` register blocks on CPUs without AMX
 (``csrc/bf16_attention.cpp``, ``bf16_attention.py``); where either runs, the split and the softmax
 here are not needed. Built once
-per machine with PyTorch's C++ extension builder (``torch.utils.cpp_extension``,
+per machine and install with PyTorch's C++ extension builder (``torch.utils.cpp_extension``,
 ninja and a C++ compiler, as ``torch.compile`` on the CPU needs; ~45 s on 2 cores, then loaded
 from PyTorch's extension cache, :func:`_build_directory`), at the first call that can use them,
 never at import. Where the build fails the ATen ops run (one warning). :data:`USE_CPU_KERNELS`
@@ -105,12 +105,18 @@ STALE_LOCK_SECONDS = 600
 
 def _build_directory() -> Path:
     """Where the kernels are built and cached: a folder of PyTorch's extension cache
-    (``TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``) per Python and torch version."""
+    (``TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``) per Python and torch version
+    and per install (a hash of the sources' folder and torch's): PyTorch's builder rebuilds
+    whenever the sources' or torch's paths in its ninja file change, so two checkouts or
+    environments on one machine sharing one folder rebuilt each other's kernels (~40 s) at
+    every switch; each now keeps its own build."""
     from torch.utils.cpp_extension import get_default_build_root
 
     root = os.environ.get('TORCH_EXTENSIONS_DIR') or get_default_build_root()
     version = f'py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}'
-    path = Path(root) / f'mmdeit_cpu_kernels-{version}'
+    paths = f'{_CSRC.resolve()}\n{Path(torch.__file__).resolve().parent}'.encode()
+    install = hashlib.sha1(paths).hexdigest()[:10]
+    path = Path(root) / f'mmdeit_cpu_kernels-{version}-{install}'
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -144,8 +150,8 @@ def kernels() -> Optional[ModuleType]:
             from torch.utils.cpp_extension import load
 
             print_log(
-                'mmdeit: loading its CPU kernels (built the first time on a machine: ~45 s on 2 '
-                'cores)',
+                'mmdeit: loading its CPU kernels (built the first time on a machine and install: '
+                '~45 s on 2 cores)',
                 logger='current',
             )
             try:

@@ -1,18 +1,17 @@
 """mmdeit's C++ kernels for bf16 autocast inference (``mmdeit/models/utils/cpu_kernels.py``):
-each against the ATen ops it replaces, where it applies and where not, the build's fallback, the
-model with the kernels against the model without, and a user's bf16 inference as a subprocess
-from a folder outside the checkout with the switch's environment variable on and off.
+each against the ATen ops it replaces, where it applies and where not, the model with the
+kernels against the model without, and a user's bf16 inference as a subprocess from a folder
+outside the checkout with the switch's environment variable on and off (their build, its folder
+and its fallback: ``test_kernel_build.py``).
 
 On CPUs without AVX-512 BF16 the kernels are never built or run: the tests that need them skip
-there; the ones about the switch and the fallback run everywhere.
+there; the ones about the switch run everywhere.
 """
 
 import json
-import logging
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -35,18 +34,6 @@ def _within_one_bf16_unit(got: torch.Tensor, want: torch.Tensor, share: float) -
     g, w = got.float(), want.float()
     assert torch.all((g - w).abs() <= BF16_UNIT * w.abs() + 1e-30), (g - w).abs().max()
     assert (got != want).float().mean().item() <= share
-
-
-@pytest.fixture
-def logged(monkeypatch):
-    """The (message, level) pairs the module logs (through mmengine's ``print_log``)."""
-    lines = []
-    monkeypatch.setattr(
-        cpu_kernels,
-        'print_log',
-        lambda msg, logger=None, level=logging.INFO: lines.append((msg, level)),
-    )
-    return lines
 
 
 @pytest.fixture
@@ -168,63 +155,6 @@ def test_switch_off_means_atens_ops(monkeypatch):
         assert cpu_kernels.pre_norm(norm, x).dtype == torch.float32  # ATen's LayerNorm
         branch = torch.randn(2, 5, 24).bfloat16()
         assert torch.equal(cpu_kernels.add(x, branch), x + branch)
-
-
-def test_a_failed_build_warns_once_and_atens_ops_run(monkeypatch, logged):
-    import torch.utils.cpp_extension as cpp_extension
-
-    calls = []
-
-    def failing_load(**kwargs):
-        calls.append(kwargs['name'])
-        raise RuntimeError('Ninja is required to load C++ extensions\nmore lines')
-
-    monkeypatch.setattr(cpp_extension, 'load', failing_load)
-    monkeypatch.setattr(cpu_kernels, 'SUPPORTED', True)
-    monkeypatch.setattr(cpu_kernels, 'USE_CPU_KERNELS', True)
-    monkeypatch.setattr(cpu_kernels, '_built', None)
-    monkeypatch.setattr(cpu_kernels, '_failed', False)
-    assert cpu_kernels.kernels() is None
-    assert cpu_kernels.kernels() is None
-    assert calls == ['mmdeit_cpu_kernels']  # tried once
-    assert any('loading its CPU kernels' in m for m, _ in logged)  # the build is announced
-    warnings = [m for m, level in logged if level == logging.WARNING]
-    assert len(warnings) == 1
-    assert 'could not be built' in warnings[0] and 'Ninja is required' in warnings[0]
-    assert 'MMDEIT_CPU_KERNELS=0' in warnings[0]
-    with torch.no_grad():
-        assert not cpu_kernels.softmax_applies(torch.randn(4, 8).bfloat16())
-
-
-def test_a_stale_build_lock_is_removed_before_the_build(monkeypatch, tmp_path, logged):
-    """A lock left by a process that died while building would make PyTorch's builder wait
-    forever: one older than ``STALE_LOCK_SECONDS`` is removed (a fresh one is left alone)."""
-    import torch.utils.cpp_extension as cpp_extension
-
-    seen = []
-
-    def load(**kwargs):
-        lock = os.path.join(kwargs['build_directory'], 'lock')
-        seen.append((kwargs['build_directory'], os.path.exists(lock)))
-        raise RuntimeError('stop here')
-
-    monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
-    monkeypatch.setattr(cpp_extension, 'load', load)
-    for setting in ('SUPPORTED', 'USE_CPU_KERNELS'):
-        monkeypatch.setattr(cpu_kernels, setting, True)
-    build_dir = cpu_kernels._build_directory()
-    assert build_dir.parent == tmp_path and f'torch{torch.__version__}' in build_dir.name
-    lock = build_dir / 'lock'
-    for age, removed in ((cpu_kernels.STALE_LOCK_SECONDS + 60, True), (5, False)):
-        lock.touch()
-        os.utime(lock, (time.time() - age, time.time() - age))
-        monkeypatch.setattr(cpu_kernels, '_built', None)
-        monkeypatch.setattr(cpu_kernels, '_failed', False)
-        assert cpu_kernels.kernels() is None
-        assert seen[-1] == (str(build_dir), not removed)
-        stale = [m for m, level in logged if 'stale build lock' in m and level == logging.WARNING]
-        assert bool(stale) == removed
-        logged.clear()
 
 
 def _backbone() -> nn.Module:
