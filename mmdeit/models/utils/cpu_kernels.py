@@ -20,28 +20,25 @@ bf16 once, as the ops they replace:
 
 The same build holds the attention on AMX's tile unit (``csrc/amx_attention.cpp``, used through
 ``amx_attention.py``) and in ``vdpbf16ps`` register blocks on CPUs without AMX
-(``csrc/bf16_attention.cpp``, ``bf16_attention.py``); where either runs, the split and the softmax
-here are not needed. Built once
-per machine and install with PyTorch's C++ extension builder (``torch.utils.cpp_extension``,
-ninja and a C++ compiler, as ``torch.compile`` on the CPU needs; ~45 s on 2 cores, then loaded
-from PyTorch's extension cache, :func:`_build_directory`), at the first call that can use them,
-never at import. Where the build fails the ATen ops run (one warning). :data:`USE_CPU_KERNELS`
-is the switch; it is off on CPUs without AVX-512 BF16 and where the environment variable
-``MMDEIT_CPU_KERNELS=0`` is set. Inference only (no autograd). Under ``torch.compile`` the
-pre-norm, the add and the split are ops of the graph (``torch.ops.mmdeit.*``) and the softmax
-runs inside ``mmdeit::gemm_attention``; none in inductor's frozen graph on AMX CPUs, where the
-reference's ops are traced (``cpu_ops.plain_ops_traced``). In the model: 1.18x faster with them
-(DeiT-S, bf16 autocast, batch 8, 2 cores with AMX; issue 26's benchmark, ``--ablate
-cpu-kernels``).
+(``csrc/bf16_attention.cpp``, ``bf16_attention.py``); where either runs, the split and the
+softmax here are not needed. Built once per machine and install with PyTorch's C++ extension
+builder (``torch.utils.cpp_extension``, ninja and a C++ compiler, as ``torch.compile`` on the
+CPU needs; ~45 s on 2 cores, then loaded from PyTorch's extension cache, a folder per install:
+``kernel_build.py``), at the first call that can use them, never at import. Where the build
+fails the ATen ops run (one warning). :data:`USE_CPU_KERNELS` is the switch; it is off on CPUs
+without AVX-512 BF16 and where the environment variable ``MMDEIT_CPU_KERNELS=0`` is set.
+Inference only (no autograd). Under ``torch.compile`` the pre-norm, the add and the split are
+ops of the graph (``torch.ops.mmdeit.*``) and the softmax runs inside
+``mmdeit::gemm_attention``; none in inductor's frozen graph on AMX CPUs, where the reference's
+ops are traced (``cpu_ops.plain_ops_traced``). In the model: 1.18x faster with them (DeiT-S,
+bf16 autocast, batch 8, 2 cores with AMX; issue 26's benchmark, ``--ablate cpu-kernels``).
 """
 
 import hashlib
 import logging
 import math
 import os
-import sys
 import threading
-import time
 from pathlib import Path
 from types import ModuleType
 from typing import Optional, Tuple
@@ -51,6 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
 
+from . import kernel_build
 from .cpu_ops import autocast_bf16, cpu_supports, define_cpu_op, plain_ops_traced
 
 _CSRC = Path(__file__).with_name('csrc')
@@ -98,43 +96,6 @@ MAX_ROW = 1024
 _lock = threading.Lock()
 _built: Optional[ModuleType] = None
 _failed = False
-#: A build lock older than this (seconds) was left by a process that died while building (a
-#: build takes ~45 s): PyTorch's builder would wait for it forever, so it is removed.
-STALE_LOCK_SECONDS = 600
-
-
-def _build_directory() -> Path:
-    """Where the kernels are built and cached: a folder of PyTorch's extension cache
-    (``TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``) per Python and torch version
-    and per install (a hash of the sources' folder and torch's): PyTorch's builder rebuilds
-    whenever the sources' or torch's paths in its ninja file change, so two checkouts or
-    environments on one machine sharing one folder rebuilt each other's kernels (~40 s) at
-    every switch; each now keeps its own build."""
-    from torch.utils.cpp_extension import get_default_build_root
-
-    root = os.environ.get('TORCH_EXTENSIONS_DIR') or get_default_build_root()
-    version = f'py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}'
-    paths = f'{_CSRC.resolve()}\n{Path(torch.__file__).resolve().parent}'.encode()
-    install = hashlib.sha1(paths).hexdigest()[:10]
-    path = Path(root) / f'mmdeit_cpu_kernels-{version}-{install}'
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _remove_stale_lock(build_dir: Path) -> None:
-    """Remove a build lock left by a dead process (older than :data:`STALE_LOCK_SECONDS`)."""
-    lock = build_dir / 'lock'
-    try:
-        age = time.time() - lock.stat().st_mtime
-    except FileNotFoundError:
-        return
-    if age > STALE_LOCK_SECONDS:
-        print_log(
-            f'mmdeit: removing a stale build lock ({age:.0f} s old): {lock}',
-            logger='current',
-            level=logging.WARNING,
-        )
-        lock.unlink(missing_ok=True)
 
 
 def kernels() -> Optional[ModuleType]:
@@ -155,8 +116,9 @@ def kernels() -> Optional[ModuleType]:
                 logger='current',
             )
             try:
-                build_dir = _build_directory()
-                _remove_stale_lock(build_dir)
+                build_dir = kernel_build.build_directory(_CSRC)  # this install's folder
+                kernel_build.remove_stale_lock(build_dir)
+                kernel_build.remove_gone_installs(build_dir)
                 # the headers' hash among the flags: a changed header is a new build
                 header = hashlib.sha1(b''.join(h.read_bytes() for h in _HEADERS)).hexdigest()[:12]
                 _built = load(
