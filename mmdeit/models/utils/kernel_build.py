@@ -4,16 +4,18 @@ PyTorch's extension builder (``torch.utils.cpp_extension.load``) writes a ninja 
 sources' and torch's paths, and rebuilds whenever they change. So the build has a folder per
 install (:func:`build_directory`): two checkouts or environments on one machine sharing one
 folder rebuilt each other's kernels (33-41 s on 2 cores, measured) at every switch. Each folder
-records its install (:data:`INSTALL_FILE`); the folders of installs that are gone (a deleted
-clone or environment) are removed before a build (:func:`remove_gone_installs`), so a machine
-that makes many clones does not keep a build of each. A build lock left by a process that died
-while building is removed too (:func:`remove_stale_lock`): the builder would wait for it forever.
+records its install (:data:`INSTALL_FILE`); the folders of this host's installs that are gone
+(a deleted clone or environment) are removed before a build (:func:`remove_gone_installs`), so
+a machine that makes many clones does not keep a build of each. A build lock left by a process
+that died while building is removed too (:func:`remove_stale_lock`): the builder would wait for
+it forever.
 """
 
 import hashlib
 import logging
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -23,7 +25,8 @@ from mmengine.logging import print_log
 
 #: The build folders' common prefix in PyTorch's extension cache.
 PREFIX = 'mmdeit_cpu_kernels-'
-#: The file in a build folder naming its install: the sources' folder, then torch's.
+#: The file in a build folder naming its install: the sources' folder, torch's, and the host
+#: that built it (an extension cache in a home shared by a cluster's nodes holds every node's).
 INSTALL_FILE = 'install.txt'
 #: A build lock older than this (seconds) was left by a process that died while building (a
 #: build takes ~45 s): PyTorch's builder would wait for it forever, so it is removed.
@@ -40,7 +43,8 @@ def build_directory(csrc: Path) -> Path:
 
     A folder of PyTorch's extension cache (``TORCH_EXTENSIONS_DIR``, else
     ``~/.cache/torch_extensions``) named after the Python and torch versions and a hash of the
-    install (the sources' and torch's folders), which it records in :data:`INSTALL_FILE`.
+    install (the sources' and torch's folders), which it records in :data:`INSTALL_FILE` with
+    this host's name.
     """
     from torch.utils.cpp_extension import get_default_build_root
 
@@ -50,25 +54,27 @@ def build_directory(csrc: Path) -> Path:
     install = hashlib.sha1('\n'.join(paths).encode()).hexdigest()[:10]
     path = Path(root) / f'{PREFIX}{version}-{install}'
     path.mkdir(parents=True, exist_ok=True)
-    record = path / INSTALL_FILE
-    if not record.is_file():
-        record.write_text('\n'.join(paths) + '\n')
+    record, content = path / INSTALL_FILE, '\n'.join([*paths, socket.gethostname()]) + '\n'
+    if not record.is_file() or record.read_text() != content:
+        record.write_text(content)
     return path
 
 
 def remove_gone_installs(build_dir: Path) -> None:
-    """Remove the other build folders beside ``build_dir`` whose recorded install is gone (its
-    sources' or torch's folder no longer exists). Folders without a record (other versions'
-    layout) are left alone."""
+    """Remove the other build folders beside ``build_dir`` whose install, recorded by this host,
+    is gone (its sources' or torch's folder no longer exists). Folders without a record (other
+    versions' layout) or recorded by another host (whose paths this one may not see) stay."""
     for folder in build_dir.parent.glob(f'{PREFIX}*'):
         record = folder / INSTALL_FILE
         if folder == build_dir or not record.is_file():
             continue
         try:
-            paths = record.read_text().split('\n')[:2]
+            *paths, host = record.read_text().split('\n')[:3]
         except OSError:
             continue
-        if len(paths) == 2 and all(paths) and not all(Path(p).is_dir() for p in paths):
+        if host != socket.gethostname() or len(paths) != 2 or not all(paths):
+            continue
+        if not all(Path(p).is_dir() for p in paths):
             print_log(f'mmdeit: removing the kernels of a removed install: {folder}', 'current')
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -8,6 +8,7 @@ CPU); the real build is exercised by the kernels' own tests where the CPU can ru
 
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def test_each_install_builds_in_its_own_folder(monkeypatch, tmp_path):
     assert f'-torch{torch.__version__}-' in here.name
     assert kernel_build.build_directory(CSRC) == here  # the same install: the same folder
     record = (here / kernel_build.INSTALL_FILE).read_text().splitlines()
-    assert record == [str(CSRC.resolve()), str(Path(torch.__file__).resolve().parent)]
+    torch_dir = str(Path(torch.__file__).resolve().parent)
+    assert record == [str(CSRC.resolve()), torch_dir, socket.gethostname()]
     for name in ('other_checkout', 'another_checkout'):
         other = kernel_build.build_directory(tmp_path / name / 'csrc')
         assert other.parent == tmp_path and other != here
@@ -82,7 +84,8 @@ def test_the_build_is_given_its_folder(builds, tmp_path):
 
 def test_the_folders_of_removed_installs_are_cleared_before_a_build(builds, tmp_path, logged):
     """A machine that makes many clones (a CI runner) would keep a build of each: a folder
-    whose recorded sources or torch folder is gone is removed; the others stay."""
+    whose recorded sources or torch folder is gone is removed; the others stay, those of another
+    host too (a home shared by a cluster's nodes: its paths may exist only there)."""
     gone = tmp_path / 'deleted_clone' / 'csrc'
     gone.mkdir(parents=True)
     removed = kernel_build.build_directory(gone)
@@ -92,9 +95,13 @@ def test_the_folders_of_removed_installs_are_cleared_before_a_build(builds, tmp_
     kept = [kernel_build.build_directory(living)]
     kept.append(tmp_path / 'mmdeit_cpu_kernels-py311-torch2.0')  # an older layout: no record
     kept.append(tmp_path / 'another_extension')  # not mmdeit's, with a record of a gone folder
+    kept.append(tmp_path / 'mmdeit_cpu_kernels-py311-torch2.0-0123456789')  # another node's
     for folder in kept[1:]:
         folder.mkdir()
-    (kept[2] / kernel_build.INSTALL_FILE).write_text(f'{tmp_path / "nowhere"}\n{tmp_path}\n')
+    here = socket.gethostname()
+    for folder, host in ((kept[2], here), (kept[3], f'not-{here}')):  # their sources are gone
+        record = f'{tmp_path / "nowhere"}\n{tmp_path}\n{host}\n'
+        (folder / kernel_build.INSTALL_FILE).write_text(record)
     gone.parent.rename(tmp_path / 'moved_clone')  # the clone is gone from where it was built
 
     assert cpu_kernels.kernels() is None
