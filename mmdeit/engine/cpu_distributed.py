@@ -2,6 +2,7 @@
 launchers."""
 
 import datetime
+import inspect
 import logging
 import os
 
@@ -13,6 +14,18 @@ from mmengine.logging import print_log
 from .slurm_environment import slurm_environment
 
 __all__ = ['setup_cpu_distributed']
+
+
+def _no_buffer_sync_in_forward() -> dict:
+    """DDP's argument that stops it broadcasting the buffers in every forward, as mmengine's
+    default wrapper does (``broadcast_buffers=False``): ``forward_sync_buffers=False`` where DDP
+    takes it (torch 2.13 deprecates ``broadcast_buffers`` with a FutureWarning in every
+    process), which still broadcasts rank 0's buffers once at wrapping, as it does the
+    parameters (the same values here: every rank builds the model from the same seed and
+    checkpoints); ``broadcast_buffers=False`` on older torch."""
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    key = 'forward_sync_buffers' if 'forward_sync_buffers' in params else 'broadcast_buffers'
+    return {key: False}
 
 
 def setup_cpu_distributed(cfg: Config) -> bool:
@@ -72,7 +85,7 @@ def setup_cpu_distributed(cfg: Config) -> bool:
     if wrapper is None:
         cfg.model_wrapper_cfg = dict(
             type='MMDistributedDataParallel',
-            broadcast_buffers=False,
+            **_no_buffer_sync_in_forward(),
             find_unused_parameters=cfg.get('find_unused_parameters', False),
             device_ids=None,
         )

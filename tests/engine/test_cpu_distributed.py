@@ -1,9 +1,14 @@
 """setup_cpu_distributed: torchrun's launcher 'pytorch' on a machine without CUDA."""
 
+import inspect
+import warnings
+
 import pytest
 import torch
 import torch.distributed as torch_dist
+import torch.nn as nn
 from mmengine.config import Config
+from mmengine.registry import MODEL_WRAPPERS
 
 from mmdeit.engine import setup_cpu_distributed
 
@@ -18,6 +23,24 @@ def test_nccl_without_gpu_becomes_gloo_and_ddp_gets_no_device_ids(torchrun_env):
     assert cfg.model_wrapper_cfg.type == 'MMDistributedDataParallel'
     assert cfg.model_wrapper_cfg.device_ids is None
     assert setup_cpu_distributed(cfg) is False  # already initialised: nothing to do
+
+
+def test_the_wrapper_syncs_no_buffers_in_forward_without_a_deprecation_warning(torchrun_env):
+    """mmengine's default: no buffer broadcast in each forward. torch 2.13's DDP warns about
+    ``broadcast_buffers`` (in every process of every run): its successor is used there."""
+    cfg = Config(dict(launcher='pytorch', env_cfg=dict(dist_cfg=dict(backend='gloo'))))
+    assert setup_cpu_distributed(cfg) is True
+    wrapper_cfg = cfg.model_wrapper_cfg.to_dict()
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    key = 'forward_sync_buffers' if 'forward_sync_buffers' in params else 'broadcast_buffers'
+    assert wrapper_cfg[key] is False
+    assert {'forward_sync_buffers', 'broadcast_buffers'} & wrapper_cfg.keys() == {key}
+    wrapper_type = MODEL_WRAPPERS.get(wrapper_cfg.pop('type'))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', FutureWarning)
+        model = wrapper_type(module=nn.Linear(2, 2), **wrapper_cfg)
+    synced = getattr(model, 'forward_sync_buffers', getattr(model, 'broadcast_buffers', None))
+    assert synced is False
 
 
 def test_a_given_wrapper_keeps_its_settings(torchrun_env):

@@ -173,6 +173,7 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(
             proc.wait(timeout=60)
     output = (tmp_path / 'dist.out').read_text()
     assert proc.returncode == 0, output[-5000:]
+    assert '`broadcast_buffers` is deprecated' not in output, output[-5000:]  # its successor used
 
     # The teacher: one full, identical, frozen copy per rank, outside DDP.
     for rank in (0, 1):
