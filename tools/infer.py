@@ -1,12 +1,12 @@
 """Classify an image and print the top-5 classes: ``python tools/infer.py IMG CONFIG CKPT``."""
 
 import argparse
-import os.path as osp
 import sys
 
 import numpy as np
 
 from mmdeit.apis import inference_model, init_model
+from mmdeit.apis.inference import check_image_file
 from mmdeit.engine import KEEP_FREED_HELP, keep_freed_memory
 
 
@@ -26,11 +26,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not osp.isfile(args.img):  # before the model is loaded, which takes a while
-        sys.exit(f'mmdeit infer: image {args.img} does not exist')
     if not args.no_keep_freed_memory:
         keep_freed_memory()  # fewer page faults for the tensors of every step
     try:
+        check_image_file(args.img)  # before the model is loaded, which takes a while
         model = init_model(args.config, args.checkpoint, device=args.device)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'mmdeit infer: {err}')

@@ -145,6 +145,12 @@ def _check_array(img: np.ndarray, in_channels: int) -> None:
         raise ValueError(f'img must be uint8, got {img.dtype}')
 
 
+def check_image_file(path: Union[str, Path]) -> None:
+    """Raise ``FileNotFoundError`` naming ``path`` unless it is a file (an image to read)."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'image {path} does not exist')
+
+
 def test_pipeline_cfg(cfg: Config, from_file: bool = True) -> List[dict]:
     """The config's test pipeline, starting with ``LoadImageFromFile`` exactly when images
     come from files.
@@ -192,8 +198,7 @@ def inference_model(
     batch = []
     for item in images:
         if isinstance(item, (str, Path)):
-            if not osp.isfile(item):
-                raise FileNotFoundError(f'image {item} does not exist')
+            check_image_file(item)
             try:
                 batch.append(load(dict(img_path=str(item))))
             except Exception as err:  # a truncated or non-image file
