@@ -7,7 +7,7 @@ import numpy as np
 
 from mmdeit.apis import inference_model, init_model
 from mmdeit.apis.inference import check_image_file
-from mmdeit.engine import KEEP_FREED_HELP, keep_freed_memory
+from mmdeit.engine import KEEP_FREED_HELP, freeze_startup_objects, keep_freed_memory
 
 
 def parse_args(argv=None):
@@ -47,4 +47,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    freeze_startup_objects()  # the imports' objects: no collector passes over them
     main()

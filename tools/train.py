@@ -15,6 +15,7 @@ from mmdeit.datasets import check_data_roots
 from mmdeit.engine import (
     KEEP_FREED_HELP,
     destroy_process_group_on_success,
+    freeze_startup_objects,
     keep_freed_memory,
     setup_cpu_distributed,
     setup_engine,
@@ -121,4 +122,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    freeze_startup_objects()  # the imports' objects: no collector passes over them
     main()

@@ -1,8 +1,9 @@
 """mmdeit's engine parts. Importing this package registers its hooks, loop and optim wrapper and
 changes nothing in mmengine; :func:`setup_engine` turns on the safe checkpoint loader and
 atomic local writes (mmdeit's tools and :class:`AtomicCheckpointHook` call it), and
-:func:`keep_freed_memory` has glibc keep freed memory for the next tensors (mmdeit's tools
-call it)."""
+:func:`keep_freed_memory` has glibc keep freed memory for the next tensors and
+:func:`freeze_startup_objects` takes the imports' objects out of the garbage collector (mmdeit's
+tools call both)."""
 
 from .atomic_file_backend import AtomicLocalBackend, atomic_write, register_atomic_local_backend
 from .checkpoint_loader import (
@@ -27,6 +28,7 @@ from .hooks import (
 )
 from .optim_wrappers import CPUAmpOptimWrapper
 from .rng_state import RNGStateError, capture_rng_state, check_rng_state, restore_rng_state
+from .startup_objects import freeze_startup_objects
 
 __all__ = [
     'KEEP_FREED_HELP',
@@ -47,6 +49,7 @@ __all__ = [
     'destroy_process_group_on_success',
     'engine_is_set_up',
     'freed_memory_setting',
+    'freeze_startup_objects',
     'keep_freed_memory',
     'load_checkpoint_file',
     'register_atomic_local_backend',

@@ -17,7 +17,7 @@ import torch
 from mmengine.logging import MMLogger
 
 from mmdeit.converters import FORMATS, HF_LAYOUTS, TARGETS, convert_checkpoint
-from mmdeit.engine import UnsafeCheckpointError, atomic_write, safe_load
+from mmdeit.engine import UnsafeCheckpointError, atomic_write, freeze_startup_objects, safe_load
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -147,4 +147,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+    freeze_startup_objects()  # the imports' objects: no collector passes over them
     sys.exit(main())

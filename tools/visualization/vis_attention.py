@@ -19,6 +19,7 @@ import torch
 from mmengine.logging import MMLogger
 
 from mmdeit.apis import init_model
+from mmdeit.engine import freeze_startup_objects
 from mmdeit.visualization import attention_panels, resize_image, save_panel_grid
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
@@ -127,4 +128,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+    freeze_startup_objects()  # the imports' objects: no collector passes over them
     sys.exit(main())
