@@ -20,23 +20,29 @@ forks (here the data loaders' workers): the children do not write into the froze
 pages.
 
 It changes the whole process, so importing mmdeit does not call it: mmdeit's tools do (train,
-test, infer, export, convert, the visualizations and the digits studies), once their imports
-are done; the analysis tools, which time the library as a script of yours runs it, do not.
+test, infer, export, convert, vis_attention) at their start, once their imports are done; the
+analysis tools, which time the library as a script of yours runs it, do not. The environment
+variable ``MMDEIT_FREEZE_STARTUP=0`` turns it off (``tools/analysis/tool_exit_time.py`` times the
+tools with and without).
 """
 
 import gc
+import os
 
 __all__ = ['freeze_startup_objects']
 
 
 def freeze_startup_objects() -> int:
-    """Collect garbage once, then freeze every object alive (``gc.freeze()``).
+    """Collect garbage once, then freeze every object alive (``gc.freeze()``); nothing where the
+    environment sets ``MMDEIT_FREEZE_STARTUP=0``.
 
     Call it at a tool's start, after its imports and before its work.
 
     Returns:
         The number of objects in the collector's permanent generation afterwards.
     """
+    if os.environ.get('MMDEIT_FREEZE_STARTUP', '1') == '0':
+        return gc.get_freeze_count()
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()

@@ -66,6 +66,11 @@ def test_garbage_made_before_is_collected_not_frozen(thawed):
     assert watch() is None
 
 
+def test_the_switch_turns_it_off(thawed, monkeypatch):
+    monkeypatch.setenv('MMDEIT_FREEZE_STARTUP', '0')
+    assert freeze_startup_objects() == gc.get_freeze_count() == 0
+
+
 def test_each_tool_freezes_at_its_start_as_a_user_runs_it(tmp_path):
     proc = subprocess.run(
         [sys.executable, '-c', TOOLS_AS_A_USER_RUNS_THEM, *TOOLS],
