@@ -39,6 +39,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     if not osp.isfile(path):
         sys.exit(f'mmdeit: the tools are missing from this install ({path} does not exist)')
     sys.argv = [path, *argv[1:]]
+    from mmdeit.engine import freeze_startup_objects  # imported with the package already
+
+    freeze_startup_objects()  # every tool, those that import mmdeit only in their main too
     runpy.run_path(path, run_name='__main__')
 
 

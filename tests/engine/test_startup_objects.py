@@ -7,23 +7,32 @@ import weakref
 
 import pytest
 
+from mmdeit.__main__ import TOOLS
 from mmdeit.engine import freeze_startup_objects
 
-# As a user runs the tools (``python -m mmdeit TOOL``), each with ``--help``: argparse exits in
-# ``main``, after the tool's start; the objects frozen then are counted, then thawed again.
+# As a user runs the tools, each with ``--help`` (argparse exits in ``main``, after the tool's
+# start): as a script (``python tools/train.py``: run_path), then through ``python -m mmdeit``
+# (its ``main``); the objects frozen then are counted, then thawed again.
 TOOLS_AS_A_USER_RUNS_THEM = """
-import gc, sys
-from mmdeit.__main__ import main
+import gc, os, runpy, sys
+from mmdeit.__main__ import TOOLS, TOOLS_DIR, main
+
+def run(way, tool, call):
+    try:
+        call()
+    except SystemExit as exit:
+        assert exit.code in (0, None), (way, tool, exit.code)
+    print('frozen-by-start', way, tool, gc.get_freeze_count(), flush=True)
+    gc.unfreeze()
 
 for tool in sys.argv[1:]:
-    try:
-        main([tool, '--help'])
-    except SystemExit as exit:
-        assert exit.code in (0, None), (tool, exit.code)
-    print('frozen-by-start', tool, gc.get_freeze_count(), flush=True)
-    gc.unfreeze()
+    path = os.path.join(TOOLS_DIR, TOOLS[tool])
+    sys.argv = [path, '--help']
+    run('script', tool, lambda: runpy.run_path(path, run_name='__main__'))
+for tool in TOOLS:
+    run('module', tool, lambda: main([tool, '--help']))
 """
-TOOLS = ('train', 'test', 'infer', 'export', 'convert', 'vis_attention')
+SCRIPTS = ('train', 'test', 'infer', 'export', 'convert', 'vis_attention')
 
 
 class _Node:
@@ -73,7 +82,7 @@ def test_the_switch_turns_it_off(thawed, monkeypatch):
 
 def test_each_tool_freezes_at_its_start_as_a_user_runs_it(tmp_path):
     proc = subprocess.run(
-        [sys.executable, '-c', TOOLS_AS_A_USER_RUNS_THEM, *TOOLS],
+        [sys.executable, '-c', TOOLS_AS_A_USER_RUNS_THEM, *SCRIPTS],
         cwd=tmp_path,  # outside the checkout
         capture_output=True,
         text=True,
@@ -81,7 +90,8 @@ def test_each_tool_freezes_at_its_start_as_a_user_runs_it(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line.split() for line in proc.stdout.splitlines()]
-    frozen = {w[1]: int(w[2]) for w in lines if w and w[0] == 'frozen-by-start'}
-    assert set(frozen) == set(TOOLS), proc.stdout[-3000:]
-    for tool, count in frozen.items():
-        assert count > 100_000, (tool, count)  # the imports' objects, not only a few
+    frozen = {tuple(w[1:3]): int(w[3]) for w in lines if w and w[0] == 'frozen-by-start'}
+    assert {tool for way, tool in frozen if way == 'script'} == set(SCRIPTS), proc.stdout[-3000:]
+    assert {tool for way, tool in frozen if way == 'module'} == set(TOOLS), proc.stdout[-3000:]
+    for (way, tool), count in frozen.items():
+        assert count > 100_000, (way, tool, count)  # the imports' objects, not only a few
