@@ -21,9 +21,9 @@ pages.
 
 It changes the whole process, so importing mmdeit does not call it: mmdeit's tools do (train,
 test, infer, export, convert, vis_attention) at their start, once their imports are done, and
-``python -m mmdeit`` before any tool it runs; the analysis tools, which time the library as a script of yours runs it, do not. The environment
-variable ``MMDEIT_FREEZE_STARTUP=0`` turns it off (``tools/analysis/tool_exit_time.py`` times the
-tools with and without).
+``python -m mmdeit`` before any tool it runs; the analysis tools, which time the library as a
+script of yours runs it, do not. The environment variable ``MMDEIT_FREEZE_STARTUP=0`` turns it
+off (``tools/analysis/tool_exit_time.py`` times the tools with and without).
 """
 
 import gc
