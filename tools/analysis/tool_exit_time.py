@@ -2,12 +2,13 @@
 
 :func:`mmdeit.engine.freeze_startup_objects` changes a whole process, so the two settings
 alternate between processes: in a temporary folder outside the checkout this tool writes a
-digits config (``_base_ = 'mmdeit::digits/deit-digits-tiny_1xb64_digits.py'``, one epoch) and an
-image, then for each of ``--rounds`` rounds runs every tool of ``--tools`` once with
-``MMDEIT_FREEZE_STARTUP=0`` and once without (``python -m mmdeit TOOL ...``, the order swapped
-every round), timing each process from its start to its end. ``train`` runs first in a round:
-``test`` and ``infer`` read its checkpoint. One line per process as it ends, then the best and
-median seconds per tool and setting; ``--out`` for the JSON::
+digits config (``_base_ = 'mmdeit::digits/deit-digits-tiny_1xb64_digits.py'``, one epoch of
+128 images, validation and test on 128) and an image, then for each of ``--rounds`` rounds runs
+every tool of ``--tools`` once with ``MMDEIT_FREEZE_STARTUP=0`` and once without (``python -m
+mmdeit TOOL ...``, the order swapped every round), timing each process from its start to its
+end. ``train`` runs first in a round: ``test`` and ``infer`` read its checkpoint. One line per
+process as it ends, then the best and median seconds per tool and setting; ``--out`` for the
+JSON::
 
     python tools/analysis/tool_exit_time.py --rounds 5
 """
@@ -27,6 +28,9 @@ TOOLS = ('train', 'test', 'infer')
 SETTINGS = ('frozen', 'off')
 CONFIG = """_base_ = 'mmdeit::digits/deit-digits-tiny_1xb64_digits.py'
 train_cfg = dict(max_epochs=1)
+train_dataloader = dict(dataset=dict(indices=128))  # 2 iterations
+val_dataloader = dict(dataset=dict(indices=128))
+test_dataloader = dict(dataset=dict(indices=128))
 """
 
 
