@@ -40,8 +40,14 @@ def freeze_startup_objects() -> int:
 
     Returns:
         The number of objects in the collector's permanent generation afterwards.
+
+    Raises:
+        ValueError: If ``MMDEIT_FREEZE_STARTUP`` is set to something other than 0 or 1.
     """
-    if os.environ.get('MMDEIT_FREEZE_STARTUP', '1') == '0':
+    switch = os.environ.get('MMDEIT_FREEZE_STARTUP', '1')
+    if switch not in ('0', '1'):
+        raise ValueError(f'MMDEIT_FREEZE_STARTUP must be 0 (off) or 1 (on), got {switch!r}')
+    if switch == '0':
         return gc.get_freeze_count()
     gc.collect()
     gc.freeze()

@@ -80,6 +80,14 @@ def test_the_switch_turns_it_off(thawed, monkeypatch):
     assert freeze_startup_objects() == gc.get_freeze_count() == 0
 
 
+@pytest.mark.parametrize('value', ['off', 'false', ''])
+def test_a_bad_switch_value_is_refused_naming_the_variable(thawed, monkeypatch, value):
+    monkeypatch.setenv('MMDEIT_FREEZE_STARTUP', value)
+    with pytest.raises(ValueError, match='MMDEIT_FREEZE_STARTUP must be 0 .off. or 1 .on.'):
+        freeze_startup_objects()
+    assert gc.get_freeze_count() == 0
+
+
 def test_each_tool_freezes_at_its_start_as_a_user_runs_it(tmp_path):
     proc = subprocess.run(
         [sys.executable, '-c', TOOLS_AS_A_USER_RUNS_THEM, *SCRIPTS],
