@@ -10,14 +10,14 @@ s (``docs/benchmarks.md``, "The tools' exit").
 
 :func:`freeze_startup_objects` collects once, then moves every object alive into the
 collector's permanent generation (``gc.freeze()``), which its passes skip; the process then ends
-in 0.3 s. Objects made afterwards (the config, the model, the runner, the data loaders) stay
+in 0.3-0.6 s. Objects made afterwards (the config, the model, the runner, the data loaders) stay
 under the collector as before, and reference counting frees frozen objects as it always does.
 What changes: a reference cycle among the frozen objects that becomes garbage later is kept
 until the process ends, and at exit the frozen objects' finalizers do not run (the system takes
 the memory back; what must happen at exit, logging's flush and close included, runs through
 ``atexit``, which is unaffected). Python's documentation names the same call for a parent that
-forks (here the data loaders' workers): the children do not write into the frozen objects'
-pages.
+forks (here the data loaders' workers): the children's collector passes do not write into the
+frozen objects' pages.
 
 It changes the whole process, so importing mmdeit does not call it: mmdeit's tools do (train,
 test, infer, export, convert, vis_attention) at their start, once their imports are done, and
