@@ -72,7 +72,7 @@ def remove_gone_installs(build_dir: Path) -> None:
             *paths, host = record.read_text().split('\n')[:3]
         except OSError:
             continue
-        if host != socket.gethostname() or len(paths) != 2 or not all(paths):
+        if host != socket.gethostname() or not all(paths):  # a full record names this host
             continue
         if not all(Path(p).is_dir() for p in paths):
             print_log(f'mmdeit: removing the kernels of a removed install: {folder}', 'current')
